@@ -1,0 +1,84 @@
+"""Command line parsing only: argv -> Config, then hand over to the master."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from . import __version__
+from .config import OPTIONS, Config, ConfigError, Option, build_config, parse_value
+
+EXIT_USAGE = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse exits 2 with the whole usage text; our contract is one line and exit code 1.
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"duck-prefork: error: {message}\n")
+
+
+def _describe_default(option: Option) -> str:
+    if option.flag or option.name == "access_logfile":
+        return "off"
+    if option.name == "workers":
+        return f"{option.default_value()}, the CPUs available"
+    default = option.default_value()
+    if isinstance(default, list):
+        return " ".join(default)
+    if default == "":
+        return "none"
+    return str(default)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="duck-prefork",
+        description="Serve an ASGI application with a prefork master and uvloop workers. "
+        "Every option can also be set as DUCK_PREFORK_<OPTION> in the environment "
+        "(e.g. DUCK_PREFORK_WORKERS=8); the command line wins.",
+        epilog="Signals to the master: TERM/INT graceful stop (second INT: at once), "
+        "QUIT immediate stop. Exit codes: 0 clean stop, 1 bad option, 3 the app could not boot.",
+    )
+    parser.add_argument("app", nargs="?", metavar="APP",
+                        help="the ASGI app as module.path:attribute (default: a built-in demo app)")
+    parser.add_argument("--version", action="version", version=f"duck-prefork {__version__}")
+    for option in OPTIONS:
+        flags = [option.short, option.long] if option.short else [option.long]
+        help_text = f"{option.help} (default: {_describe_default(option)}; env {option.env})"
+        if option.flag:
+            parser.add_argument(*flags, dest=option.name, action="store_const", const="true",
+                                default=None, help=help_text)
+        else:
+            parser.add_argument(*flags, dest=option.name, metavar=option.metavar,
+                                action="append" if option.repeatable else "store",
+                                default=None, help=help_text)
+    return parser
+
+
+def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> Config:
+    """Parse argv (without the program name) into a Config; raises ConfigError."""
+    namespace = make_parser().parse_args(list(argv))
+    cli_values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw = getattr(namespace, option.name)
+        if raw is None:
+            continue
+        if option.repeatable:
+            cli_values[option.name] = [parse_value(option, item, option.long) for item in raw]
+        else:
+            cli_values[option.name] = parse_value(option, raw, option.long)
+    return build_config(namespace.app, cli_values, os.environ if environ is None else environ)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    from .master import run_master
+
+    try:
+        config = parse_args(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(f"duck-prefork: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    sys.exit(run_master(config))

@@ -1,0 +1,186 @@
+"""Every option once: its name, how its value is parsed, its default, its environment variable.
+
+The command line (cli.py) and the environment both read from the OPTIONS table, so a new option is
+one row here. Precedence: command line > `DUCK_PREFORK_<NAME>` environment > default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "DUCK_PREFORK_"
+
+
+class ConfigError(Exception):
+    """A bad option value; str() is the one line shown to the user."""
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):  # also rejects nan
+        raise ValueError("must be a number of seconds >= 0")
+    return value
+
+
+def one_of(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    parse.choices = choices  # type: ignore[attr-defined]
+    return parse
+
+
+def boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def text(value: str) -> str:
+    return value
+
+
+def bind_address(value: str) -> str:
+    # Imported here: sockets.py is the one place that knows address syntax.
+    from .sockets import parse_bind
+
+    parse_bind(value)
+    return value
+
+
+def root_path(value: str) -> str:
+    value = value.rstrip("/")
+    if value and not value.startswith("/"):
+        raise ValueError("must start with /")
+    return value
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configurable setting."""
+
+    name: str  # attribute on Config; env var is DUCK_PREFORK_<NAME upper>
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    short: str | None = None
+    metavar: str | None = None
+    repeatable: bool = False  # may be given several times; the env var takes a comma list
+    flag: bool = False  # a switch: present means true
+
+    @property
+    def long(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    def default_value(self) -> Any:
+        return self.default() if callable(self.default) else self.default
+
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+OPTIONS: tuple[Option, ...] = (
+    Option("bind", bind_address, ["127.0.0.1:8000"], short="-b", metavar="ADDR", repeatable=True,
+           help="address to listen on: HOST:PORT, [IPv6]:PORT, unix:/path/to.sock or fd://N; "
+                "repeat for several"),
+    Option("workers", positive_int, default_workers, short="-w", metavar="N",
+           help="number of worker processes"),
+    Option("factory", boolean, False, flag=True,
+           help="treat APP as a zero-argument callable that returns the ASGI app"),
+    Option("graceful_timeout", non_negative_float, 30.0, metavar="S",
+           help="seconds in-flight requests may take to finish on stop"),
+    Option("keep_alive", non_negative_float, 5.0, metavar="S",
+           help="seconds an idle keep-alive connection is kept open"),
+    Option("backlog", positive_int, 2048, metavar="N",
+           help="listen backlog: connections the kernel queues before accept"),
+    Option("root_path", root_path, "", metavar="PATH",
+           help="ASGI root_path: the prefix the app is mounted under behind a proxy"),
+    Option("lifespan", one_of("auto", "on", "off"), "auto", metavar="auto|on|off",
+           help="run the ASGI lifespan protocol: auto skips it if the app does not support it"),
+    Option("name", text, "", metavar="NAME", help="name shown in process titles"),
+    Option("access_logfile", text, "", metavar="PATH|-",
+           help="write one access log line per response to PATH, or - for stdout"),
+    Option("error_logfile", text, "-", metavar="PATH|-",
+           help="write the error log to PATH, or - for stderr"),
+    Option("log_level", one_of(*LOG_LEVELS), "info", metavar="LEVEL",
+           help="error log level: " + ", ".join(LOG_LEVELS)),
+    Option("chdir", text, "", metavar="DIR", help="change to DIR before loading the app"),
+)
+
+OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
+
+DEMO_APP = ""  # APP left empty: serve the built-in demo page
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective configuration: one attribute per option, plus the APP to serve."""
+
+    app: str
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def parse_value(option: Option, raw: str, source: str) -> Any:
+    try:
+        return option.parse(raw)
+    except ValueError as exc:
+        reason = str(exc)
+        if not reason or reason.startswith(("invalid literal", "could not convert")):
+            reason = "not a valid value"
+        raise ConfigError(f"{source}: {reason}, got {raw!r}") from None
+
+
+def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw = environ.get(option.env)
+        if raw is None:
+            continue
+        if option.repeatable:
+            values[option.name] = [parse_value(option, item.strip(), option.env)
+                                   for item in raw.split(",") if item.strip()]
+        else:
+            values[option.name] = parse_value(option, raw, option.env)
+    return values
+
+
+def build_config(app: str | None, cli_values: Mapping[str, Any],
+                 environ: Mapping[str, str] = os.environ) -> Config:
+    """Merge command line values over the environment over the defaults."""
+    values = {option.name: option.default_value() for option in OPTIONS}
+    values.update(from_environment(environ))
+    values.update(cli_values)
+    if app is None:
+        app = environ.get(ENV_PREFIX + "APP", DEMO_APP)
+    if app and ":" not in app:
+        raise ConfigError(f"APP: expected module:attribute, got {app!r}")
+    return Config(app=app, values=values)

@@ -1,0 +1,400 @@
+"""The HTTP/1.1 connection: request side, keep-alive and flow control, independent of the parser.
+
+A parser adapter (parser_h11.py) turns bytes into events; everything else about a connection
+lives here once: when a request starts, how its body reaches the app (RequestData.receive),
+when reading pauses, when the connection is kept alive or closed. The response side (framing,
+writing) is the ASGI pipeline's job (asgi.py); it writes through the HttpConnection methods.
+
+Parser contract, as used by HttpConnection.handle_events:
+  feed(data)            bytes from the client; b"" means the client closed its side
+  next_event()          one of:
+      tuple             a request head: (method, target, http_version, headers), all bytes but
+                        headers, a list of (lowercased name, value) byte pairs
+      bytes             a piece of the request body
+      END_OF_MESSAGE    the request is complete
+      NEED_DATA         nothing more until more bytes arrive
+      PAUSED            a request is complete; the next is not parsed before start_next_cycle()
+      CONNECTION_CLOSED the client closed the connection between requests
+    or raises ParseError(status, reason) for a request that must be refused.
+  start_next_cycle()    begin parsing the next request on this connection
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any
+
+from . import __version__
+
+END_OF_MESSAGE = "END_OF_MESSAGE"
+NEED_DATA = "NEED_DATA"
+PAUSED = "PAUSED"
+CONNECTION_CLOSED = "CONNECTION_CLOSED"
+
+# Reading pauses while this much request body waits for the app to receive() it.
+BODY_HIGH_WATER = 64 * 1024
+
+
+class ParseError(Exception):
+    """The client sent something we refuse; `status` is the 4xx/5xx to answer with."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+
+
+# --- the wire format of what the server writes itself ------------------------------------
+
+STATUS_LINES: dict[int, bytes] = {
+    status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode("ascii"))
+    for status in HTTPStatus
+}
+SERVER_HEADER = b"Server: duck-prefork\r\n"
+CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def status_line(status: int) -> bytes:
+    line = STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d \r\n" % status
+
+
+def date_header() -> bytes:
+    return b"Date: %s\r\n" % formatdate(usegmt=True).encode("ascii")
+
+
+def error_response(status: int, date: bytes) -> bytes:
+    """A complete response the server sends on its own behalf, closing the connection."""
+    body = b"%d %s\n" % (status, HTTPStatus(status).phrase.encode("ascii"))
+    return b"".join((
+        status_line(status), SERVER_HEADER, date,
+        b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(body),
+        b"Connection: close\r\n\r\n", body,
+    ))
+
+
+# --- shared per-worker state ----------------------------------------------------------------
+
+RequestHandler = Callable[[Any, "HttpConnection", Any, "RequestData"], Coroutine[Any, Any, Any]]
+
+
+class ServerState:
+    """What every connection of one worker shares: the app, the pipeline, and the bookkeeping
+    that graceful shutdown waits on (open connections and running request tasks)."""
+
+    def __init__(self, app: Any, handler: RequestHandler, parser_factory: Callable[[], Any],
+                 keep_alive: float, timing: bool):
+        self.app = app
+        self.handler = handler  # the ASGI pipeline: handler(app, connection, client, request)
+        self.parser_factory = parser_factory
+        self.keep_alive = keep_alive
+        self.timing = timing  # record request start times (only the access log needs them)
+        self.connections: set[HttpConnection] = set()
+        self.tasks: set[asyncio.Task] = set()
+        self.draining = False
+        self.drained = asyncio.Event()
+        self.date_header = date_header()
+        self.requests_served = 0
+
+    def tick(self, now: float) -> None:
+        """Called once a second: refresh the Date header, close expired keep-alive connections."""
+        self.date_header = date_header()
+        deadline = now - self.keep_alive
+        for connection in [c for c in self.connections if c.idle_since is not None]:
+            if connection.idle_since <= deadline:
+                connection.close()
+
+    def start_draining(self) -> None:
+        """Stop taking new requests: close idle connections now, the others after their
+        current response (which then carries Connection: close)."""
+        self.draining = True
+        for connection in list(self.connections):
+            if connection.request is None:
+                connection.close()
+        self.check_drained()
+
+    def check_drained(self) -> None:
+        if self.draining and not self.connections and not self.tasks:
+            self.drained.set()
+
+
+# --- one request as received ----------------------------------------------------------------
+
+class RequestData:
+    """A request head plus its body as a channel: the connection feeds, the app receive()s."""
+
+    __slots__ = ("method", "target", "http_version", "headers", "keep_alive", "expect_continue",
+                 "connection", "start_time", "_chunks", "_buffered", "_body_complete",
+                 "_body_delivered", "_waiter", "disconnected", "response_started",
+                 "response_complete")
+
+    def __init__(self, connection: HttpConnection, method: bytes, target: bytes,
+                 http_version: bytes, headers: list[tuple[bytes, bytes]]):
+        self.connection = connection
+        self.method = method.decode("ascii")
+        self.target = target
+        self.http_version = http_version.decode("ascii")
+        self.headers = headers
+        # HTTP/1.0 always closes after the response; 1.1 unless the client asks to.
+        keep_alive = self.http_version == "1.1"
+        expect_continue = False
+        for name, value in headers:
+            if name == b"connection":
+                if keep_alive and b"close" in [t.strip() for t in value.lower().split(b",")]:
+                    keep_alive = False
+            elif name == b"expect":
+                expect_continue = value.lower() == b"100-continue"
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.start_time = 0.0
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._body_complete = False
+        self._body_delivered = False
+        self._waiter: asyncio.Future | None = None
+        self.disconnected = False
+        self.response_started = False  # set by the pipeline once the head is written
+        self.response_complete = False
+
+    @property
+    def body_complete(self) -> bool:
+        return self._body_complete
+
+    # Called by the connection.
+    def feed_body(self, data: bytes) -> None:
+        if self.response_complete:
+            return  # the app is done with this request; the rest of its body is dropped
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > BODY_HIGH_WATER:
+            self.connection.pause_reading()
+        self._wake()
+
+    def feed_end(self) -> None:
+        self._body_complete = True
+        self._wake()
+
+    def feed_disconnect(self) -> None:
+        self.disconnected = True
+        self._wake()
+
+    def finish_response(self) -> None:
+        self.response_complete = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # The ASGI receive callable.
+    async def receive(self) -> dict:
+        while True:
+            if self.disconnected or self.response_complete:
+                return {"type": "http.disconnect"}
+            if not self._body_delivered and (self._chunks or self._body_complete):
+                chunks = self._chunks
+                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                self._chunks = []
+                if self._buffered > BODY_HIGH_WATER:
+                    self.connection.resume_reading()
+                self._buffered = 0
+                more_body = not self._body_complete
+                self._body_delivered = not more_body
+                return {"type": "http.request", "body": body, "more_body": more_body}
+            if self.expect_continue:
+                self.expect_continue = False  # RFC 9110 10.1.1: 100 only when the body is wanted
+                self.connection.write(CONTINUE_RESPONSE)
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+
+# --- the connection -------------------------------------------------------------------------
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: feeds the parser, starts a request task per request head,
+    answers refused requests, and decides between the next request and closing."""
+
+    __slots__ = ("state", "parser", "transport", "client", "server", "request", "idle_since",
+                 "closed", "_read_paused", "_write_paused", "_drain_waiter")
+
+    def __init__(self, state: ServerState):
+        self.state = state
+        self.parser = state.parser_factory()
+        self.transport: asyncio.Transport | None = None
+        self.client: tuple | None = None
+        self.server: tuple | None = None
+        self.request: RequestData | None = None
+        self.idle_since: float | None = None
+        self.closed = False
+        self._read_paused = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future | None = None
+
+    # asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.client = tuple(peer[:2]) if isinstance(peer, tuple) else None
+        sockname = transport.get_extra_info("sockname")
+        self.server = tuple(sockname[:2]) if isinstance(sockname, tuple) else (sockname, None)
+        self.state.connections.add(self)
+        if self.state.draining:
+            self.close()
+            return
+        self.idle_since = asyncio.get_running_loop().time()
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed(data)
+        self.handle_events()
+
+    def eof_received(self) -> bool:
+        self.parser.feed(b"")
+        self.handle_events()
+        return True  # keep our side open: a response may still be owed; we close it ourselves
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.state.connections.discard(self)
+        if self.request is not None:
+            self.request.feed_disconnect()
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self.state.check_drained()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # request side
+
+    def handle_events(self) -> None:
+        parser = self.parser
+        while not self.closed:
+            try:
+                event = parser.next_event()
+            except ParseError as exc:
+                self.refuse(exc.status)
+                return
+            kind = type(event)
+            if kind is bytes:
+                if self.request is not None:
+                    self.request.feed_body(event)
+            elif kind is tuple:
+                self.start_request(*event)
+            elif event is END_OF_MESSAGE:
+                request = self.request
+                if request is not None:
+                    request.feed_end()
+                    if request.response_complete:
+                        self.next_cycle()
+            elif event is NEED_DATA:
+                return
+            elif event is PAUSED:
+                # A request is complete and its response pending: stop reading until it is
+                # sent, so a pipelining client cannot make us buffer without bound.
+                self.pause_reading()
+                return
+            else:  # CONNECTION_CLOSED
+                self.close()
+                return
+
+    def start_request(self, method: bytes, target: bytes, http_version: bytes,
+                      headers: list) -> None:
+        request = RequestData(self, method, target, http_version, headers)
+        self.request = request
+        self.idle_since = None
+        state = self.state
+        if state.timing:
+            request.start_time = asyncio.get_running_loop().time()
+        task = asyncio.get_running_loop().create_task(
+            state.handler(state.app, self, self.client, request))
+        state.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        state = self.state
+        state.tasks.discard(task)
+        state.requests_served += 1
+        state.check_drained()
+
+    def refuse(self, status: int) -> None:
+        """Answer a request we will not serve, then close: nothing after it is parsed."""
+        request = self.request
+        if request is not None:
+            request.feed_disconnect()  # a bad body: its app sees the client go
+        if request is None or not request.response_started:
+            self.write(error_response(status, self.state.date_header))
+        self.close()
+
+    def next_cycle(self) -> None:
+        self.request = None
+        if self.state.draining:
+            self.close()
+            return
+        self.parser.start_next_cycle()
+        self.idle_since = asyncio.get_running_loop().time()
+        self.resume_reading()
+        self.handle_events()
+
+    # response side, used by the ASGI pipeline
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    @property
+    def write_paused(self) -> bool:
+        return self._write_paused
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its low-water mark again."""
+        if self._write_paused and not self.closed:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    def response_complete(self, keep_alive: bool) -> None:
+        """The response to the current request has been written in full."""
+        request = self.request
+        request.finish_response()
+        if not keep_alive or self.state.keep_alive <= 0:
+            self.close()
+        elif request.body_complete:
+            self.next_cycle()
+        # else: the rest of the request body is read and dropped, then next_cycle()
+
+    def pause_reading(self) -> None:
+        if not self._read_paused and not self.closed:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._read_paused and not self.closed:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Close after what was written has been sent."""
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping unsent data: a response cannot be completed."""
+        self.closed = True
+        self.transport.abort()

@@ -1,0 +1,366 @@
+"""The master: binds, forks workers, keeps their count, stops them. Synchronous on purpose.
+
+No event loop and no threads run here (forking from either is how prefork servers deadlock).
+The master sleeps in select() on a self-pipe that signal handlers wake, plus one channel per
+worker. Signal handlers only queue the signal; run() dispatches each to handle_<name>().
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import setproctitle
+
+from . import __version__, logs
+from .config import Config
+from .logs import log
+from .sockets import Listener, bind_all
+from .worker import EXIT_BOOT_FAILED, LIFESPAN_SHUTDOWN_TIMEOUT, Worker, process_title
+
+EXIT_OK = 0
+EXIT_CONFIG = 1
+
+HANDLED_SIGNALS = {
+    signal.SIGTERM: "term",
+    signal.SIGINT: "int",
+    signal.SIGQUIT: "quit",
+    signal.SIGCHLD: "chld",
+}
+
+# A worker that dies sooner than this after its fork counts as a crash, and is restarted
+# after a delay that doubles with each consecutive crash, up to RESTART_DELAY_MAX.
+YOUNG_DEATH = 5.0
+RESTART_DELAY_FIRST = 0.5
+RESTART_DELAY_MAX = 30.0
+
+
+@dataclass
+class WorkerProcess:
+    """The master's record of one forked worker."""
+
+    number: int  # the slot 1..N; a replacement keeps its predecessor's number
+    pid: int
+    channel: int  # read end of the worker's pipe
+    started: float
+    ready: bool = False
+    inbox: bytes = b""
+    failure: str | None = None
+
+
+@dataclass
+class Slot:
+    """Crash bookkeeping for one worker number."""
+
+    crashes: int = 0
+    restart_at: float = 0.0
+
+
+@dataclass
+class Master:
+    """The supervisor of the worker processes."""
+
+    config: Config
+    listeners: list[Listener]
+    workers: dict[int, WorkerProcess] = field(default_factory=dict)  # by pid
+    slots: dict[int, Slot] = field(default_factory=dict)
+    pending_signals: list[int] = field(default_factory=list)
+    booted: bool = False  # every worker of the first generation has reported ready
+    stopping: bool = False
+    graceful: bool = True
+    stop_deadline: float = 0.0
+    exit_code: int = EXIT_OK
+
+    @property
+    def title_name(self) -> str:
+        return self.config.name or self.config.app or "demo"
+
+    # --- the story of the master -----------------------------------------------------------
+
+    def run(self) -> int:
+        setproctitle.setproctitle(process_title("master", self.title_name))
+        self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, self._enqueue_signal)
+        log.info("duck-prefork %s (pid %d) listening on %s", __version__, os.getpid(),
+                 ", ".join(listener.describe() for listener in self.listeners))
+        try:
+            for number in range(1, self.config.workers + 1):
+                self.slots[number] = Slot()
+                self.spawn(number)
+            while self.workers or not self.stopping:
+                self.wait_for_events()
+                self.dispatch_signals()
+                self.reap_workers()
+                self.check_deadlines()
+                if not self.stopping:
+                    self.restart_missing_workers()
+        finally:
+            self.kill_all(signal.SIGKILL)
+            for listener in self.listeners:
+                listener.close(unlink=True)
+            signal.set_wakeup_fd(-1)
+            os.close(self._wakeup_r)
+            os.close(self._wakeup_w)
+        log.info("stopped (exit code %d)", self.exit_code)
+        return self.exit_code
+
+    # --- events ----------------------------------------------------------------------------
+
+    def _enqueue_signal(self, signum: int, frame: object) -> None:
+        self.pending_signals.append(signum)
+
+    def wait_for_events(self) -> None:
+        timeout = 1.0
+        now = time.monotonic()
+        for deadline in self.deadlines():
+            timeout = min(timeout, max(0.0, deadline - now))
+        channels = {worker.channel: worker for worker in self.workers.values()}
+        try:
+            readable, _, _ = select.select([self._wakeup_r, *channels], [], [], timeout)
+        except InterruptedError:
+            return
+        for fd in readable:
+            if fd == self._wakeup_r:
+                self._drain_fd(fd)
+            else:
+                self.read_channel(channels[fd])
+
+    def deadlines(self) -> list[float]:
+        if self.stopping:
+            return [self.stop_deadline]
+        return [slot.restart_at for number, slot in self.slots.items()
+                if slot.restart_at and not self._slot_alive(number)]
+
+    @staticmethod
+    def _drain_fd(fd: int) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def read_channel(self, worker: WorkerProcess) -> None:
+        worker.inbox += self._drain_fd(worker.channel)
+        if worker.failure is not None:
+            worker.failure = worker.inbox.decode("utf-8", "replace")
+            return
+        while worker.inbox:
+            if worker.inbox.startswith(b"ready\n"):
+                worker.inbox = worker.inbox[len(b"ready\n"):]
+                self.on_worker_ready(worker)
+            elif worker.inbox.startswith(b"failed\n"):
+                worker.inbox = worker.inbox[len(b"failed\n"):]
+                worker.failure = worker.inbox.decode("utf-8", "replace")
+                return
+            else:
+                return  # a partial message; the rest follows
+
+    def dispatch_signals(self) -> None:
+        while self.pending_signals:
+            signum = self.pending_signals.pop(0)
+            getattr(self, "handle_" + HANDLED_SIGNALS[signum])()
+
+    # --- signal handlers -------------------------------------------------------------------
+
+    def handle_term(self) -> None:
+        if not self.stopping:
+            log.info("TERM: graceful stop")
+            self.stop(graceful=True)
+
+    def handle_int(self) -> None:
+        if not self.stopping:
+            log.info("INT: graceful stop (INT again to stop at once)")
+            self.stop(graceful=True)
+        elif self.graceful:
+            log.info("INT again: stopping at once")
+            self.stop(graceful=False)
+
+    def handle_quit(self) -> None:
+        if not self.stopping or self.graceful:
+            log.info("QUIT: stopping at once")
+            self.stop(graceful=False)
+
+    def handle_chld(self) -> None:
+        pass  # reap_workers() runs after every wake-up
+
+    # --- workers ---------------------------------------------------------------------------
+
+    def spawn(self, number: int) -> None:
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            try:
+                self._forget_master_state(read_end)
+                Worker(self.config, self.listeners, number, write_end, self.title_name).run()
+            finally:
+                os._exit(1)
+        os.close(write_end)
+        os.set_blocking(read_end, False)
+        self.workers[pid] = WorkerProcess(number, pid, read_end, time.monotonic())
+        log.info("booting worker %d (pid %d)", number, pid)
+
+    def _forget_master_state(self, own_read_end: int) -> None:
+        """In a new worker: drop the master's signal handling and file descriptors."""
+        signal.set_wakeup_fd(-1)
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        for fd in (self._wakeup_r, self._wakeup_w, own_read_end,
+                   *(worker.channel for worker in self.workers.values())):
+            os.close(fd)
+
+    def on_worker_ready(self, worker: WorkerProcess) -> None:
+        worker.ready = True
+        log.info("worker %d (pid %d) ready", worker.number, worker.pid)
+        if not self.booted and all(w.ready for w in self.workers.values()) \
+                and len(self.workers) == self.config.workers:
+            self.booted = True
+            log.info("ready: %d workers serving", len(self.workers))
+
+    def reap_workers(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                continue
+            self.read_channel(worker)
+            os.close(worker.channel)
+            self.on_worker_exit(worker, os.waitstatus_to_exitcode(status))
+
+    def on_worker_exit(self, worker: WorkerProcess, code: int) -> None:
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        if self.stopping:
+            log.info("worker %d (pid %d) %s", worker.number, worker.pid, how)
+            return
+        if not worker.ready and not self.booted:
+            # The first generation cannot boot: the app or its lifespan is broken. Retrying
+            # would only crash-loop, so stop and say why.
+            cause = worker.failure or f"worker {worker.number} {how} before it was ready"
+            log.error("%s", cause)
+            if self.config.error_logfile not in ("", "-"):
+                print(cause, file=sys.stderr, flush=True)
+            log.error("worker %d (pid %d) failed to boot (%s); stopping", worker.number,
+                      worker.pid, how)
+            self.exit_code = EXIT_BOOT_FAILED
+            self.stop(graceful=False)
+            return
+        slot = self.slots[worker.number]
+        lived = time.monotonic() - worker.started
+        if lived < YOUNG_DEATH:
+            delay = min(RESTART_DELAY_FIRST * 2 ** slot.crashes, RESTART_DELAY_MAX)
+            slot.crashes += 1
+            slot.restart_at = time.monotonic() + delay
+            log.error("worker %d (pid %d) %s after %.1f s; restarting in %.1f s", worker.number,
+                      worker.pid, how, lived, delay)
+            if worker.failure:
+                log.error("worker %d could not boot: %s", worker.number, worker.failure)
+        else:
+            slot.crashes = 0
+            slot.restart_at = 0.0
+            log.error("worker %d (pid %d) %s; restarting it", worker.number, worker.pid, how)
+
+    def _slot_alive(self, number: int) -> bool:
+        return any(worker.number == number for worker in self.workers.values())
+
+    def restart_missing_workers(self) -> None:
+        now = time.monotonic()
+        for number, slot in self.slots.items():
+            if not self._slot_alive(number) and slot.restart_at <= now:
+                slot.restart_at = 0.0
+                self.spawn(number)
+
+    # --- stopping --------------------------------------------------------------------------
+
+    def stop(self, graceful: bool) -> None:
+        self.stopping = True
+        self.graceful = graceful
+        # New connections are refused from now on (once the workers close their copies too).
+        for listener in self.listeners:
+            listener.close(unlink=False)
+        if graceful:
+            # Workers drain for up to graceful_timeout, then run lifespan shutdown.
+            grace = self.config.graceful_timeout + LIFESPAN_SHUTDOWN_TIMEOUT + 1.0
+            self.stop_deadline = time.monotonic() + grace
+            self.kill_all(signal.SIGTERM)
+        else:
+            self.stop_deadline = time.monotonic()
+            self.kill_all(signal.SIGKILL)
+
+    def check_deadlines(self) -> None:
+        if self.stopping and self.workers and time.monotonic() >= self.stop_deadline:
+            if self.graceful:
+                log.warning("graceful stop took too long: killing %d workers", len(self.workers))
+                self.graceful = False
+            self.kill_all(signal.SIGKILL)
+            self.stop_deadline = time.monotonic() + 1.0
+
+    def kill_all(self, signum: int) -> None:
+        for pid in list(self.workers):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+        if signum == signal.SIGKILL:
+            self._reap_blocking()
+
+    def _reap_blocking(self) -> None:
+        """After SIGKILL: collect every worker, so none is left a zombie."""
+        for pid, worker in list(self.workers.items()):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            except OSError as exc:
+                if exc.errno != errno.EINTR:
+                    raise
+            self.workers.pop(pid, None)
+            os.close(worker.channel)
+            if self.stopping:
+                log.info("worker %d (pid %d) killed", worker.number, pid)
+
+
+def run_master(config: Config) -> int:
+    """Everything before the supervision loop that can fail with a one-line error."""
+    try:
+        logs.setup_error_log(config.error_logfile, config.log_level)
+    except OSError as exc:
+        print(f"duck-prefork: error: --error-logfile: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if config.access_logfile and config.access_logfile != "-":
+        try:
+            open(config.access_logfile, "a").close()
+        except OSError as exc:
+            print(f"duck-prefork: error: --access-logfile: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    if config.chdir:
+        try:
+            os.chdir(config.chdir)
+        except OSError as exc:
+            print(f"duck-prefork: error: --chdir: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    # Like `python -m`, make modules in the working directory importable as APP.
+    sys.path.insert(0, os.getcwd())
+    try:
+        listeners = bind_all(config.bind, config.backlog)
+    except OSError as exc:
+        print(f"duck-prefork: error: --bind: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return Master(config, listeners).run()

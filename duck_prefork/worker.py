@@ -1,0 +1,154 @@
+"""A worker process: after fork, load the app, run lifespan, serve, drain on TERM, exit.
+
+The worker tells the master how its boot went through its channel (a pipe):
+  b"ready\\n"             the app is loaded, lifespan startup is done, the listeners accept
+  b"failed\\n" + text     it cannot boot; text is the cause (a traceback or a message) and the
+                         worker exits with EXIT_BOOT_FAILED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import sys
+import traceback
+from typing import Any, NoReturn
+
+import setproctitle
+import uvloop
+
+from . import logs
+from .asgi import ASGI
+from .config import Config
+from .demo import create_demo_app
+from .http11 import HttpConnection, ServerState
+from .lifespan import Lifespan, LifespanFailure
+from .loader import AppLoadError, load_app
+from .logs import log
+from .parser_h11 import H11Parser
+from .sockets import Listener
+
+EXIT_BOOT_FAILED = 3
+# After the drain, lifespan shutdown gets this long; the master allows for it before killing.
+LIFESPAN_SHUTDOWN_TIMEOUT = 5.0
+_PR_SET_PDEATHSIG = 1
+
+
+class BootFailure(Exception):
+    """The worker cannot start serving; str() is the cause for the operator."""
+
+
+def process_title(role: str, name: str) -> str:
+    return f"duck-prefork: {role} [{name}]"
+
+
+class Worker:
+    """One worker process; `run()` is called in the child right after fork."""
+
+    def __init__(self, config: Config, listeners: list[Listener], number: int, channel: int,
+                 title_name: str):
+        self.config = config
+        self.listeners = listeners
+        self.number = number
+        self.channel = channel
+        self.title_name = title_name
+        self.stopping: asyncio.Event | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+
+    def run(self) -> NoReturn:
+        master_pid = os.getppid()
+        setproctitle.setproctitle(process_title(f"worker {self.number}", self.title_name))
+        logs.set_role(f"worker {self.number}")
+        # Die with the master: the kernel sends TERM (a graceful stop) if it goes away.
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != master_pid:
+            os._exit(0)
+        # Ctrl-\ reaches the whole process group; QUIT is the master's to act on (it kills us).
+        signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+        code = 0
+        try:
+            uvloop.run(self.serve())
+        except BootFailure as exc:
+            self.report(b"failed\n" + str(exc).encode("utf-8", "replace"))
+            code = EXIT_BOOT_FAILED
+        except BaseException:
+            log.exception("worker crashed")
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+    def report(self, message: bytes) -> None:
+        try:
+            os.write(self.channel, message)
+        except OSError:
+            pass  # the master is gone; the parent-death signal handles the rest
+
+    def load_application(self) -> Any:
+        if not self.config.app:
+            return create_demo_app(self.config.workers)
+        try:
+            return load_app(self.config.app, self.config.factory)
+        except AppLoadError as exc:
+            raise BootFailure(f"cannot load app: {exc}") from None
+        except BaseException:
+            raise BootFailure(f"cannot load app {self.config.app}: importing it raised\n"
+                              f"{traceback.format_exc().rstrip()}") from None
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stopping.set)
+        config = self.config
+        app = self.load_application()
+
+        lifespan_state: dict = {}
+        lifespan = Lifespan(app, config.lifespan, lifespan_state)
+        try:
+            await lifespan.startup()
+        except LifespanFailure as exc:
+            cause = exc.__cause__
+            detail = "".join(traceback.format_exception(cause)).rstrip() if cause else ""
+            raise BootFailure(f"{exc}\n{detail}".rstrip()) from None
+
+        access_log = logs.AccessLog(config.access_logfile) if config.access_logfile else None
+        pipeline = ASGI(root_path=config.root_path, state=lifespan_state, access_log=access_log)
+        state = ServerState(app, pipeline, H11Parser, config.keep_alive,
+                            timing=access_log is not None)
+        servers = [await loop.create_server(lambda: HttpConnection(state), sock=listener.socket,
+                                            backlog=config.backlog)
+                   for listener in self.listeners]
+        self._tick(loop, state)
+        self.report(b"ready\n")
+        log.debug("serving (pid %d)", os.getpid())
+
+        await self.stopping.wait()
+        log.info("draining: %d open connections, %d requests in flight",
+                 len(state.connections), len(state.tasks))
+        for server in servers:
+            server.close()
+        state.start_draining()
+        try:
+            await asyncio.wait_for(state.drained.wait(), config.graceful_timeout)
+        except asyncio.TimeoutError:
+            log.warning("graceful timeout (%.0f s): cancelling %d requests, closing %d "
+                        "connections", config.graceful_timeout, len(state.tasks),
+                        len(state.connections))
+            for task in list(state.tasks):
+                task.cancel()
+            for connection in list(state.connections):
+                connection.abort()
+            if state.tasks:
+                await asyncio.wait(list(state.tasks), timeout=1.0)
+        self._ticker.cancel()
+        await lifespan.shutdown(LIFESPAN_SHUTDOWN_TIMEOUT)
+        log.info("stopped after serving %d requests", state.requests_served)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop, state: ServerState) -> None:
+        state.tick(loop.time())
+        # Reschedule on the next whole second of loop time, so ticks do not drift.
+        self._ticker = loop.call_at(int(loop.time()) + 1.0, self._tick, loop, state)
