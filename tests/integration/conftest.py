@@ -1,0 +1,191 @@
+"""Fixtures that start the real duck-prefork process tree and clean it up by PID."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Server:
+    """One duck-prefork master started for a test, with its log in a file."""
+
+    def __init__(self, args: list[str], tmp_path: Path, env: dict | None = None,
+                 bind: str | None = "127.0.0.1:0"):
+        self.log_path = tmp_path / f"server-{time.monotonic_ns()}.log"
+        self.out_path = self.log_path.with_suffix(".out")
+        argv = [sys.executable, "-m", "duck_prefork", *args]
+        if bind:
+            argv += ["--bind", bind]
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("DUCK_PREFORK_")}
+        full_env.update(env or {})
+        full_env["PYTHONPATH"] = str(ROOT)
+        self._log = open(self.log_path, "wb")
+        self._out = open(self.out_path, "wb")
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=full_env, stdout=self._out,
+                                     stderr=self._log, start_new_session=True)
+        self.pid = self.proc.pid
+        self.known_pids: set[int] = {self.pid}
+        self._port: int | None = None
+
+    # --- observing ---
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stdout(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, count: int = 1, timeout: float = 15.0) -> list[str]:
+        regex = re.compile(pattern)
+
+        def found():
+            matches = regex.findall(self.log())
+            if len(matches) >= count:
+                return matches
+            if self.proc.poll() is not None and len(regex.findall(self.log())) < count:
+                raise AssertionError(f"server exited ({self.proc.returncode}) before logging "
+                                     f"{pattern!r}:\n{self.log()}")
+            return None
+
+        return wait_for(found, timeout, f"log line {pattern!r}")
+
+    def wait_ready(self, timeout: float = 20.0) -> Server:
+        self.wait_log(r"ready: \d+ workers serving", timeout=timeout)
+        self.worker_pids()
+        return self
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            line = self.wait_log(r"listening on http://127\.0\.0\.1:(\d+)")[0]
+            self._port = int(line)
+        return self._port
+
+    def worker_pids(self) -> list[int]:
+        try:
+            children = psutil.Process(self.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+        pids = [child.pid for child in children]
+        self.known_pids.update(pids)
+        return pids
+
+    # --- talking to it ---
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+
+    def request(self, method: str = "GET", path: str = "/", body: bytes | None = None,
+                headers: dict | None = None, timeout: float = 10.0):
+        """One request on a new connection: returns (status, headers dict, body)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            data = response.read()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+        finally:
+            conn.close()
+
+    # --- stopping ---
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.signal(signum)
+        return self.wait_exit(timeout)
+
+    def cleanup(self) -> list[int]:
+        """Kill (by PID) whatever is left of the tree; returns the PIDs that were still alive."""
+        self.worker_pids()
+        survivors = []
+        if self.proc.poll() is None:
+            survivors.append(self.pid)
+            self.proc.kill()
+            self.proc.wait(10)
+        for pid in self.known_pids - {self.pid}:
+            try:
+                process = psutil.Process(pid)
+                if process.status() != psutil.STATUS_ZOMBIE and "duck-prefork" in " ".join(
+                        process.cmdline()):
+                    survivors.append(pid)
+                    process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self._log.close()
+        self._out.close()
+        return survivors
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """start_server(*args, env=..., bind=..., ready=True) -> a running Server."""
+    servers: list[Server] = []
+
+    def start(*args: str, env: dict | None = None, bind: str | None = "127.0.0.1:0",
+              ready: bool = True) -> Server:
+        server = Server(list(args), tmp_path, env=env, bind=bind)
+        servers.append(server)
+        if ready:
+            server.wait_ready()
+        return server
+
+    yield start
+    leftovers = []
+    for server in servers:
+        leftovers += server.cleanup()
+    assert not leftovers, f"processes outlived their test: {leftovers}"
+
+
+def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict, bytes]:
+    """Read one HTTP/1.1 response from a raw socket (Content-Length or chunked or to EOF)."""
+    response = http.client.HTTPResponse(sock)
+    sock.settimeout(timeout)
+    response.begin()
+    body = response.read()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+
+
+def recv_all(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    sock.settimeout(timeout)
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
