@@ -49,19 +49,20 @@ class Lifespan:
             return
         self._task = asyncio.get_running_loop().create_task(self._run())
         reply = await self._exchange("startup")
-        if isinstance(reply, dict):
-            if reply.get("type") == "lifespan.startup.complete":
-                return
-            if reply.get("type") == "lifespan.startup.failed":
-                raise LifespanFailure(f"lifespan startup failed: {reply.get('message') or ''}")
-            raise LifespanFailure(f"lifespan startup: unexpected message {reply.get('type')!r}")
+        kind = reply.get("type") if isinstance(reply, dict) else None
+        if kind == "lifespan.startup.complete":
+            return
+        if kind == "lifespan.startup.failed":
+            raise LifespanFailure(f"lifespan startup failed: {reply.get('message') or ''}")
         self.supported = False
         if self.mode == "auto":
-            # An app without lifespan support raises on the unknown scope type, or returns.
-            if reply is not None:
-                log.info("ASGI lifespan not supported by the app (%r); continuing without it",
-                          reply)
+            # An app without lifespan support raises on the unknown scope type, returns, or
+            # answers as if it were an HTTP request.
+            log.info("ASGI lifespan not supported by the app (%r); continuing without it",
+                     reply if kind is None else kind)
             return
+        if kind is not None:
+            raise LifespanFailure(f"lifespan startup failed: unexpected message {kind!r}")
         if reply is None:
             raise LifespanFailure("lifespan startup failed: the app returned without answering "
                                   "lifespan.startup")

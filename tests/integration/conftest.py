@@ -82,7 +82,7 @@ class Server:
     @property
     def port(self) -> int:
         if self._port is None:
-            line = self.wait_log(r"listening on http://127\.0\.0\.1:(\d+)")[0]
+            line = self.wait_log(r"listening on .*?http://127\.0\.0\.1:(\d+)")[0]
             self._port = int(line)
         return self._port
 
@@ -114,7 +114,7 @@ class Server:
 
     # --- stopping ---
 
-    def signal(self, signum: int) -> None:
+    def send_signal(self, signum: int) -> None:
         os.kill(self.pid, signum)
 
     def wait_exit(self, timeout: float = 30.0) -> int:
@@ -122,17 +122,22 @@ class Server:
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
-            self.signal(signum)
+            self.send_signal(signum)
         return self.wait_exit(timeout)
 
     def cleanup(self) -> list[int]:
-        """Kill (by PID) whatever is left of the tree; returns the PIDs that were still alive."""
+        """Stop what the test left running; returns the PIDs that had to be killed, which
+        is a failure: a master that ignores TERM, or a worker that outlived its master."""
         self.worker_pids()
         survivors = []
         if self.proc.poll() is None:
-            survivors.append(self.pid)
-            self.proc.kill()
-            self.proc.wait(10)
+            self.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                survivors.append(self.pid)
+                self.proc.kill()
+                self.proc.wait(10)
         for pid in self.known_pids - {self.pid}:
             try:
                 process = psutil.Process(pid)

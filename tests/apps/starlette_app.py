@@ -1,0 +1,73 @@
+"""A Starlette app exercising the server end to end (see tests/integration/test_frameworks.py)."""
+
+import contextlib
+import os
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+STREAM_CHUNKS = 5
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app):
+    # Yielded state is copied into every request's scope["state"] by the server.
+    yield {"thing": "made by lifespan", "lifespan_pid": os.getpid()}
+
+
+async def plain(request: Request) -> Response:
+    return PlainTextResponse("hello from starlette")
+
+
+async def json_route(request: Request) -> Response:
+    return JSONResponse({"framework": "starlette", "numbers": [1, 2, 3], "nested": {"ok": True}})
+
+
+async def echo(request: Request) -> Response:
+    body = await request.body()
+    media_type = request.headers.get("content-type", "application/octet-stream")
+    return Response(body, media_type=media_type, headers={"x-body-length": str(len(body))})
+
+
+async def stream(request: Request) -> Response:
+    async def chunks():
+        for i in range(STREAM_CHUNKS):
+            yield f"chunk {i}\n".encode()
+
+    return StreamingResponse(chunks(), media_type="text/plain")
+
+
+async def state(request: Request) -> Response:
+    return JSONResponse({"thing": request.state.thing,
+                         "lifespan_pid": request.state.lifespan_pid,
+                         "pid": os.getpid()})
+
+
+async def boom(request: Request) -> Response:
+    raise RuntimeError("starlette route exploded")
+
+
+async def query(request: Request) -> Response:
+    return JSONResponse({"items": list(request.query_params.multi_items()),
+                         "raw": request.url.query})
+
+
+async def item(request: Request) -> Response:
+    return JSONResponse({"name": request.path_params["name"], "path": request.url.path})
+
+
+app = Starlette(
+    routes=[
+        Route("/", plain),
+        Route("/json", json_route),
+        Route("/echo", echo, methods=["POST"]),
+        Route("/stream", stream),
+        Route("/state", state),
+        Route("/boom", boom),
+        Route("/query", query),
+        Route("/items/{name}", item),
+    ],
+    lifespan=lifespan,
+)
