@@ -31,7 +31,7 @@ async def app(scope, receive, send):
             else:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-    path = scope["path"]
+    path = scope["path"][len(scope["root_path"]):]  # routing as ASGI apps do behind a prefix
     if path == "/scope":
         body = await _read_body(receive)
         info = {k: v for k, v in scope.items() if k not in ("headers", "raw_path", "query_string",

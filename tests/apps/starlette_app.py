@@ -4,6 +4,7 @@ import contextlib
 import os
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -49,6 +50,18 @@ async def boom(request: Request) -> Response:
     raise RuntimeError("starlette route exploded")
 
 
+def _fail_in_background() -> None:
+    raise RuntimeError("background task failed after the response")
+
+
+async def complete_then_raise(request: Request) -> Response:
+    # The response goes out in full; then its background task raises, so the exception reaches
+    # the server after the response is complete (Starlette lets background errors propagate).
+    size = int(request.query_params.get("size", "13"))
+    return Response(b"x" * size, media_type="application/octet-stream",
+                    background=BackgroundTask(_fail_in_background))
+
+
 async def query(request: Request) -> Response:
     return JSONResponse({"items": list(request.query_params.multi_items()),
                          "raw": request.url.query})
@@ -66,6 +79,7 @@ app = Starlette(
         Route("/stream", stream),
         Route("/state", state),
         Route("/boom", boom),
+        Route("/complete-then-raise", complete_then_raise),
         Route("/query", query),
         Route("/items/{name}", item),
     ],

@@ -154,6 +154,18 @@ def test_starlette_exception_gives_500(starlette):
     assert (status, body) == (200, b"hello from starlette")
 
 
+def test_starlette_error_after_complete_response_keeps_body(starlette):
+    # Starlette re-raises a background task's error after the response went out in full
+    # (more_body=False). The server may log it and close the connection, but the client must
+    # still receive the whole response it was promised.
+    size = 16 << 20
+    status, headers, body = starlette.request("GET", f"/complete-then-raise?size={size}")
+    assert status == 200
+    assert headers["content-length"] == str(size)
+    assert len(body) == size
+    starlette.wait_log(r"background task failed after the response")
+
+
 def test_starlette_404(starlette):
     status, _, body = starlette.request("GET", "/no/such/route")
     assert status == 404
