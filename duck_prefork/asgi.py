@@ -176,6 +176,10 @@ class ASGI:
             if request.data.disconnected:
                 log.debug("ASGI app raised after its client disconnected", exc_info=True)
                 return
+            if response.complete:
+                # e.g. a background task failing after the response: the client has it all.
+                log.exception("exception in ASGI app after the response was complete")
+                return
             if response.started:
                 log.exception("exception in ASGI app after the response started; "
                               "closing the connection")

@@ -27,8 +27,6 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
-from . import __version__
-
 END_OF_MESSAGE = "END_OF_MESSAGE"
 NEED_DATA = "NEED_DATA"
 PAUSED = "PAUSED"
@@ -99,19 +97,22 @@ class ServerState:
         self.requests_served = 0
 
     def tick(self, now: float) -> None:
-        """Called once a second: refresh the Date header, close expired keep-alive connections."""
+        """Called once a second: refresh the Date header, close expired keep-alive connections
+        (and, when draining, every idle one)."""
         self.date_header = date_header()
-        deadline = now - self.keep_alive
+        deadline = now if self.draining else now - self.keep_alive
         for connection in [c for c in self.connections if c.idle_since is not None]:
             if connection.idle_since <= deadline:
                 connection.close()
 
     def start_draining(self) -> None:
-        """Stop taking new requests: close idle connections now, the others after their
-        current response (which then carries Connection: close)."""
+        """Stop taking new requests: close idle keep-alive connections now, the others after
+        their current response (which then carries Connection: close). A connection accepted
+        but not yet read from is left to the next tick, so that a request already on its way
+        is still answered."""
         self.draining = True
         for connection in list(self.connections):
-            if connection.request is None:
+            if connection.request is None and connection.served:
                 connection.close()
         self.check_drained()
 
@@ -221,7 +222,7 @@ class HttpConnection(asyncio.Protocol):
     answers refused requests, and decides between the next request and closing."""
 
     __slots__ = ("state", "parser", "transport", "client", "server", "request", "idle_since",
-                 "closed", "_read_paused", "_write_paused", "_drain_waiter")
+                 "served", "closed", "_read_paused", "_write_paused", "_drain_waiter")
 
     def __init__(self, state: ServerState):
         self.state = state
@@ -231,6 +232,7 @@ class HttpConnection(asyncio.Protocol):
         self.server: tuple | None = None
         self.request: RequestData | None = None
         self.idle_since: float | None = None
+        self.served = 0  # requests started on this connection
         self.closed = False
         self._read_paused = False
         self._write_paused = False
@@ -245,9 +247,6 @@ class HttpConnection(asyncio.Protocol):
         sockname = transport.get_extra_info("sockname")
         self.server = tuple(sockname[:2]) if isinstance(sockname, tuple) else (sockname, None)
         self.state.connections.add(self)
-        if self.state.draining:
-            self.close()
-            return
         self.idle_since = asyncio.get_running_loop().time()
 
     def data_received(self, data: bytes) -> None:
@@ -316,6 +315,7 @@ class HttpConnection(asyncio.Protocol):
         request = RequestData(self, method, target, http_version, headers)
         self.request = request
         self.idle_since = None
+        self.served += 1
         state = self.state
         if state.timing:
             request.start_time = asyncio.get_running_loop().time()

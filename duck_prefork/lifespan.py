@@ -75,7 +75,7 @@ class Lifespan:
             return
         try:
             reply = await asyncio.wait_for(self._exchange("shutdown"), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.error("lifespan shutdown did not complete within %.0f s", timeout)
             self._task.cancel()
             return

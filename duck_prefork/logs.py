@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import TextIO
 
 log = logging.getLogger("duck_prefork")
@@ -31,8 +32,11 @@ def _open(path: str, default: TextIO) -> TextIO:
 def setup_error_log(path: str, level: str) -> None:
     """Send our log records to PATH or stderr; raises OSError if the file cannot be opened."""
     handler = logging.StreamHandler(_open(path, sys.stderr))
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s [%(process)d] [%(levelname)s] %(role)s: %(message)s", "%Y-%m-%d %H:%M:%S %z"))
+    formatter = logging.Formatter(
+        "%(asctime)s [%(process)d] [%(levelname)s] %(role)s: %(message)s", "%Y-%m-%d %H:%M:%S UTC")
+    # UTC everywhere: an app may change TZ in its worker (Django does), not our timestamps.
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
     handler.addFilter(_role_filter)
     log.handlers[:] = [handler]
     log.setLevel(level.upper())

@@ -142,7 +142,8 @@ def bind_all(binds: list[str], backlog: int) -> list[Listener]:
             try:
                 sock = _BINDERS[address.kind](address, backlog)
             except OSError as exc:
-                raise OSError(exc.errno, f"cannot listen on {value}: {exc.strerror or exc}") from exc
+                reason = exc.strerror or str(exc)
+                raise OSError(exc.errno, f"cannot listen on {value}: {reason}") from exc
             sock.setblocking(False)
             listeners.append(Listener(sock, address))
     except BaseException:

@@ -134,7 +134,7 @@ class Worker:
         state.start_draining()
         try:
             await asyncio.wait_for(state.drained.wait(), config.graceful_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("graceful timeout (%.0f s): cancelling %d requests, closing %d "
                         "connections", config.graceful_timeout, len(state.tasks),
                         len(state.connections))

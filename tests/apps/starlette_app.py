@@ -50,7 +50,8 @@ async def boom(request: Request) -> Response:
     raise RuntimeError("starlette route exploded")
 
 
-def _fail_in_background() -> None:
+async def _fail_in_background() -> None:
+    # async: runs right after the last body message, before the event loop can flush more
     raise RuntimeError("background task failed after the response")
 
 

@@ -1,7 +1,6 @@
 """HTTP/1.1 and ASGI behaviour as a client sees it, over real sockets."""
 
 import json
-import socket
 import time
 
 import pytest
@@ -239,7 +238,8 @@ def test_http_disconnect_reaches_the_app(server, tmp_path):
 
 def test_body_not_read_by_the_app_is_skipped_on_keep_alive(server):
     sock = server.connect()
-    sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n0123456789" + get("/pid"))
+    sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n0123456789"
+                 + get("/pid"))
     assert read_response(sock)[2] == b"Hello, world!"
     status, _, body = read_response(sock)
     assert status == 200 and body.isdigit()
