@@ -200,3 +200,17 @@ def test_fd_bind_serves_an_inherited_socket(start_server, tmp_path):
             proc.kill()
             proc.wait()
         log.close()
+
+
+def test_workers_dying_young_are_restarted_with_growing_delays(start_server):
+    server = start_server("tests.apps.basic:app", "--workers", "1")
+    delays = []
+    for attempt in range(3):
+        server.wait_log(r"worker 1 \(pid \d+\) ready", count=attempt + 1)
+        with pytest.raises((ConnectionError, http.client.RemoteDisconnected)):
+            server.request("GET", "/exit", timeout=5)
+        line = server.wait_log(r"exited with code 17 after [\d.]+ s; restarting in ([\d.]+) s",
+                               count=attempt + 1)
+        delays = [float(d) for d in line]
+    assert delays == sorted(delays) and delays[-1] > delays[0]
+    assert server.log().count("booting worker") == 3  # one fork per restart, no storm
