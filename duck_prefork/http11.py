@@ -317,6 +317,8 @@ class HttpConnection(asyncio.Protocol):
         self.idle_since = None
         self.served += 1
         state = self.state
+        if state.keep_alive <= 0:
+            request.keep_alive = False  # --keep-alive 0: one request per connection
         if state.timing:
             request.start_time = asyncio.get_running_loop().time()
         task = asyncio.get_running_loop().create_task(
@@ -372,7 +374,7 @@ class HttpConnection(asyncio.Protocol):
         """The response to the current request has been written in full."""
         request = self.request
         request.finish_response()
-        if not keep_alive or self.state.keep_alive <= 0:
+        if not keep_alive:
             self.close()
         elif request.body_complete:
             self.next_cycle()

@@ -48,6 +48,7 @@ class WorkerProcess:
     pid: int
     channel: int  # read end of the worker's pipe
     started: float
+    channel_open: bool = True  # False once the worker closed its end (it is exiting)
     ready: bool = False
     inbox: bytes = b""
     failure: str | None = None
@@ -121,7 +122,8 @@ class Master:
         now = time.monotonic()
         for deadline in self.deadlines():
             timeout = min(timeout, max(0.0, deadline - now))
-        channels = {worker.channel: worker for worker in self.workers.values()}
+        channels = {worker.channel: worker for worker in self.workers.values()
+                    if worker.channel_open}
         try:
             readable, _, _ = select.select([self._wakeup_r, *channels], [], [], timeout)
         except InterruptedError:
@@ -139,20 +141,23 @@ class Master:
                 if slot.restart_at and not self._slot_alive(number)]
 
     @staticmethod
-    def _drain_fd(fd: int) -> bytes:
+    def _drain_fd(fd: int) -> tuple[bytes, bool]:
+        """Read what is there without blocking; returns (data, end of file seen)."""
         chunks = []
         while True:
             try:
                 chunk = os.read(fd, 65536)
             except BlockingIOError:
-                break
+                return b"".join(chunks), False
             if not chunk:
-                break
+                return b"".join(chunks), True
             chunks.append(chunk)
-        return b"".join(chunks)
 
     def read_channel(self, worker: WorkerProcess) -> None:
-        worker.inbox += self._drain_fd(worker.channel)
+        data, eof = self._drain_fd(worker.channel)
+        worker.inbox += data
+        if eof:
+            worker.channel_open = False  # stop selecting on it until the worker is reaped
         if worker.failure is not None:
             worker.failure = worker.inbox.decode("utf-8", "replace")
             return

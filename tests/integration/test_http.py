@@ -271,3 +271,12 @@ def test_access_log_to_stdout(start_server):
     server = start_server(APP, "--workers", "1", "--access-logfile", "-")
     server.request("GET", "/pid")
     wait_for(lambda: '"GET /pid HTTP/1.1" 200' in server.stdout(), what="access line on stdout")
+
+
+def test_keep_alive_0_closes_after_each_response(start_server):
+    server = start_server(APP, "--workers", "1", "--keep-alive", "0")
+    sock = server.connect()
+    sock.sendall(get("/") + get("/"))
+    data = recv_all(sock)
+    assert data.count(b"HTTP/1.1 200 OK") == 1
+    assert b"Connection: close" in data
