@@ -94,8 +94,12 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
     if target[:1] != b"/":
         scheme_end = target.find(b"://")
         if scheme_end > 0:  # absolute-form, as sent to proxies: drop scheme and authority
-            slash = target.find(b"/", scheme_end + 3)
-            target = target[slash:] if slash >= 0 else b"/"
+            authority_end = scheme_end + 3
+            while authority_end < len(target) and target[authority_end] not in b"/?":
+                authority_end += 1
+            target = target[authority_end:]
+            if target[:1] != b"/":
+                target = b"/" + target
     raw_path, _, query = target.partition(b"?")
     return raw_path, query
 
@@ -254,7 +258,7 @@ class ASGI:
             response.has_body = data.method != "HEAD"
             if content_length is not None:
                 head.append(b"Content-Length: %d\r\n" % content_length)
-            elif not more_body and response.has_body:
+            elif not more_body and (response.has_body or body):
                 content_length = len(body)  # the whole body is in hand: no need to chunk
                 head.append(b"Content-Length: %d\r\n" % content_length)
             elif not response.has_body:
@@ -273,12 +277,9 @@ class ASGI:
 
     def start_response(self, request: Request, response: Response | None = None,
                        body: bytes = b"", more_body: bool = False) -> bytes:
-        """Finalize the head; it goes on the wire with the first body bytes, in one write."""
-        response = response or request.response
-        head = self.finalize_response(response, request, body, more_body)
-        response.started = True
-        request.data.response_started = True
-        return head
+        """Finalize the head; send_response puts it on the wire with the first body bytes, in
+        one write."""
+        return self.finalize_response(response or request.response, request, body, more_body)
 
     async def send_response(self, response: Response, client_socket: HttpConnection,
                             request: Request | None = None, disable_logging: bool = False,
@@ -307,6 +308,8 @@ class ASGI:
                           "closing the connection", response.bytes_sent, response.content_length)
                 response.keep_alive = False
         if head:
+            response.started = True
+            request.data.response_started = True
             client_socket.write(head + body if body else head)
         elif body:
             client_socket.write(body)

@@ -166,8 +166,10 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
         if raw is None:
             continue
         if option.repeatable:
-            values[option.name] = [parse_value(option, item.strip(), option.env)
-                                   for item in raw.split(",") if item.strip()]
+            items = [item.strip() for item in raw.split(",") if item.strip()]
+            if not items:
+                raise ConfigError(f"{option.env}: needs at least one value, got {raw!r}")
+            values[option.name] = [parse_value(option, item, option.env) for item in items]
         else:
             values[option.name] = parse_value(option, raw, option.env)
     return values

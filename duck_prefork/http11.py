@@ -98,9 +98,9 @@ class ServerState:
 
     def tick(self, now: float) -> None:
         """Called once a second: refresh the Date header, close expired keep-alive connections
-        (and, when draining, every idle one)."""
+        (and, when draining, every connection that has been idle for a second)."""
         self.date_header = date_header()
-        deadline = now if self.draining else now - self.keep_alive
+        deadline = now - (min(self.keep_alive, 1.0) if self.draining else self.keep_alive)
         for connection in [c for c in self.connections if c.idle_since is not None]:
             if connection.idle_since <= deadline:
                 connection.close()
@@ -145,7 +145,7 @@ class RequestData:
             if name == b"connection":
                 if keep_alive and b"close" in [t.strip() for t in value.lower().split(b",")]:
                     keep_alive = False
-            elif name == b"expect":
+            elif name == b"expect" and self.http_version == "1.1":  # RFC 9110 10.1.1
                 expect_continue = value.lower() == b"100-continue"
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
@@ -207,7 +207,8 @@ class RequestData:
                 return {"type": "http.request", "body": body, "more_body": more_body}
             if self.expect_continue:
                 self.expect_continue = False  # RFC 9110 10.1.1: 100 only when the body is wanted
-                self.connection.write(CONTINUE_RESPONSE)
+                if not self.response_started:
+                    self.connection.write(CONTINUE_RESPONSE)
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -307,7 +308,12 @@ class HttpConnection(asyncio.Protocol):
                 self.pause_reading()
                 return
             else:  # CONNECTION_CLOSED
-                self.close()
+                if self.request is None:
+                    self.close()
+                else:
+                    # A half-close after a complete request: the response is still owed.
+                    # next_cycle() sees the EOF again and closes then.
+                    self.request.keep_alive = False
                 return
 
     def start_request(self, method: bytes, target: bytes, http_version: bytes,
@@ -378,7 +384,12 @@ class HttpConnection(asyncio.Protocol):
             self.close()
         elif request.body_complete:
             self.next_cycle()
-        # else: the rest of the request body is read and dropped, then next_cycle()
+        else:
+            # The app answered without reading the whole body: read the rest and drop it
+            # (feed_body does), then next_cycle(). Counted as idle, so a client that stops
+            # sending is closed by the keep-alive sweep.
+            self.idle_since = asyncio.get_running_loop().time()
+            self.resume_reading()
 
     def pause_reading(self) -> None:
         if not self._read_paused and not self.closed:

@@ -41,7 +41,8 @@ def load_app(spec: str, factory: bool = False) -> Any:
                            f"send)); if it builds the app, pass --factory")
     if inspect.isclass(app) is False and not _looks_like_asgi3(app):
         raise AppLoadError(f"{spec} does not look like an ASGI 3 app: it must be an async "
-                           f"callable taking (scope, receive, send)")
+                           f"callable taking (scope, receive, send); if it builds the app, "
+                           f"pass --factory")
     return app
 
 

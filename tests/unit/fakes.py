@@ -1,0 +1,97 @@
+"""Small stand-ins for the connection and transport, so the pipeline runs without sockets."""
+
+from __future__ import annotations
+
+
+class FakeState:
+    """The parts of ServerState the ASGI pipeline reads."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.date_header = b"Date: X\r\n"
+
+
+class FakeConnection:
+    """The parts of HttpConnection that RequestData and the ASGI pipeline use."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closed = False
+        self.write_paused = False
+        self.server = ("127.0.0.1", 8000)
+        self.state = FakeState()
+        self.completed: list[bool] = []  # response_complete(keep_alive) arguments
+        self.aborted = False
+        self.drains = 0
+        self.read_paused = False
+        self.pauses = 0
+        self.resumes = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    async def drain(self) -> None:
+        self.drains += 1
+        self.write_paused = False
+
+    def response_complete(self, keep_alive: bool) -> None:
+        self.completed.append(keep_alive)
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        self.pauses += 1
+        self.read_paused = True
+
+    def resume_reading(self) -> None:
+        self.resumes += 1
+        self.read_paused = False
+
+
+class FakeTransport:
+    """An asyncio transport that records what HttpConnection does with it."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closed = False
+        self.aborted = False
+        self.reading_paused = False
+
+    def get_extra_info(self, name: str, default=None):
+        return {"peername": ("10.0.0.1", 5555), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "write after close"
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
+
+
+def split_response(raw: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
+    """One response -> (status line, [(name, value)], rest of the bytes)."""
+    head, sep, body = bytes(raw).partition(b"\r\n\r\n")
+    assert sep, f"no end of head in {bytes(raw)!r}"
+    status, *lines = head.split(b"\r\n")
+    headers = []
+    for line in lines:
+        name, colon, value = line.partition(b": ")
+        assert colon, f"bad header line {line!r}"
+        headers.append((name, value))
+    return status, headers, body
+
+
+def header_names(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    return [name.lower() for name, _ in headers]
