@@ -179,6 +179,8 @@ class ASGI:
         except Exception:
             if request.data.disconnected:
                 log.debug("ASGI app raised after its client disconnected", exc_info=True)
+                if not response.complete:
+                    connection.close()
                 return
             if response.complete:
                 # e.g. a background task failing after the response: the client has it all.
@@ -193,6 +195,9 @@ class ASGI:
             await self.send_error(request, 500)
             return
         if response.complete or connection.closed:
+            return
+        if request.data.disconnected:
+            connection.close()  # the client left and the app stopped: nobody to answer
             return
         if not response.started:
             log.error("ASGI app returned without sending a response")

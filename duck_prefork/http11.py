@@ -311,9 +311,12 @@ class HttpConnection(asyncio.Protocol):
                 if self.request is None:
                     self.close()
                 else:
-                    # A half-close after a complete request: the response is still owed.
-                    # next_cycle() sees the EOF again and closes then.
+                    # EOF after a complete request: a client that is gone, or one that only
+                    # half-closed and still reads. The app hears http.disconnect (so a long
+                    # poll stops), but a response it sends anyway is still written; the
+                    # connection closes after it.
                     self.request.keep_alive = False
+                    self.request.feed_disconnect()
                 return
 
     def start_request(self, method: bytes, target: bytes, http_version: bytes,

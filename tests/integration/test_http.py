@@ -1,6 +1,7 @@
 """HTTP/1.1 and ASGI behaviour as a client sees it, over real sockets."""
 
 import json
+import socket
 import time
 
 import pytest
@@ -279,4 +280,13 @@ def test_keep_alive_0_closes_after_each_response(start_server):
     sock.sendall(get("/") + get("/"))
     data = recv_all(sock)
     assert data.count(b"HTTP/1.1 200 OK") == 1
+    assert b"Connection: close" in data
+
+
+def test_half_closed_client_still_gets_its_response(server):
+    sock = server.connect()
+    sock.sendall(get("/slow?delay=0.2"))
+    sock.shutdown(socket.SHUT_WR)  # as `printf ... | nc -N` does
+    data = recv_all(sock)
+    assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"slow")
     assert b"Connection: close" in data

@@ -41,6 +41,9 @@ class FakeConnection:
         self.aborted = True
         self.closed = True
 
+    def close(self) -> None:
+        self.closed = True
+
     def pause_reading(self) -> None:
         self.pauses += 1
         self.read_paused = True

@@ -550,6 +550,7 @@ def test_app_raising_once_the_client_is_gone_writes_nothing():
     data.feed_disconnect()
     asyncio.run(pipeline(app, connection, CLIENT, data))
     assert connection.written == b""
+    assert connection.closed and not connection.aborted
 
 
 # --- middlewares and the access log -----------------------------------------------------------
