@@ -72,8 +72,12 @@ class Request:
                                    "complete (more_body was False)")
             if self.connection.closed:
                 raise ClientDisconnected("client disconnected")
-            await self.pipeline.send_response(response, self.connection, self,
-                                              body=message.get("body", b""),
+            body = message.get("body", b"")
+            if type(body) is not bytes:
+                if isinstance(body, str):
+                    raise TypeError("ASGI: 'http.response.body' body must be bytes, not str")
+                body = bytes(body)
+            await self.pipeline.send_response(response, self.connection, self, body=body,
                                               more_body=message.get("more_body", False))
         elif kind == "http.response.start":
             if response.status is not None:

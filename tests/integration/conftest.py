@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -172,10 +173,35 @@ def start_server(tmp_path):
     assert not leftovers, f"processes outlived their test: {leftovers}"
 
 
+class _SocketReader:
+    """One buffered reader per socket, shared by successive responses: a reader per response
+    would lose the bytes of a pipelined next response that it had already buffered."""
+
+    _by_socket: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __init__(self, sock: socket.socket):
+        self._file = sock.makefile("rb")
+
+    @classmethod
+    def of(cls, sock: socket.socket) -> _SocketReader:
+        if sock not in cls._by_socket:
+            cls._by_socket[sock] = cls(sock)
+        return cls._by_socket[sock]
+
+    def makefile(self, mode: str) -> _SocketReader:  # what HTTPResponse calls
+        return self
+
+    def __getattr__(self, name: str):
+        return getattr(self._file, name)
+
+    def close(self) -> None:
+        pass  # HTTPResponse closes its file after each body; the socket's reader lives on
+
+
 def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict, bytes]:
     """Read one HTTP/1.1 response from a raw socket (Content-Length or chunked or to EOF)."""
-    response = http.client.HTTPResponse(sock)
     sock.settimeout(timeout)
+    response = http.client.HTTPResponse(_SocketReader.of(sock))
     response.begin()
     body = response.read()
     return response.status, {k.lower(): v for k, v in response.getheaders()}, body
