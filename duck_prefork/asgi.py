@@ -20,6 +20,7 @@ from urllib.parse import unquote_to_bytes
 
 from .http11 import SERVER_HEADER, HttpConnection, RequestData, status_line
 from .logs import AccessLog, log
+from .proxy import ProxyHeaders
 
 ResponseMiddleware = Callable[["Response", "Request"], None]
 
@@ -123,8 +124,10 @@ class ASGI:
 
     def __init__(self, root_path: str = "", state: dict | None = None,
                  access_log: AccessLog | None = None,
-                 middlewares: list[ResponseMiddleware] | None = None):
+                 middlewares: list[ResponseMiddleware] | None = None,
+                 proxy: ProxyHeaders | None = None):
         self.root_path = root_path
+        self.proxy = proxy  # forwarded headers from trusted peers, or None to ignore them
         self.raw_root_path = root_path.encode("utf-8")
         self.state = {} if state is None else state  # the lifespan state
         self.access_log = access_log
@@ -157,6 +160,8 @@ class ASGI:
             "headers": request_data.headers,
             "state": self.state.copy(),
         }
+        if self.proxy is not None and self.proxy.trusts(client_address):
+            self.proxy.apply(scope)
         return Request(scope, request_data, client_socket, None, self)
 
     async def get_response(self, request: Request) -> None:

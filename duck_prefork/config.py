@@ -25,6 +25,21 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be an integer >= 0")
+    return value
+
+
+def ip_list(text: str) -> str:
+    """A comma list of IP addresses or networks, or *; kept as text, checked here."""
+    from .proxy import parse_trusted
+
+    parse_trusted(text)
+    return text
+
+
 def non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0 or value == float("inf"):  # also rejects nan
@@ -120,6 +135,28 @@ OPTIONS: tuple[Option, ...] = (
            help="ASGI root_path: the prefix the app is mounted under behind a proxy"),
     Option("lifespan", one_of("auto", "on", "off"), "auto", metavar="auto|on|off",
            help="run the ASGI lifespan protocol: auto skips it if the app does not support it"),
+    Option("limit_request_line", non_negative_int, 8190, metavar="N",
+           help="longest request line in bytes, else 414 (0: only the head size bound)"),
+    Option("limit_request_fields", non_negative_int, 100, metavar="N",
+           help="most header fields in a request, else 431 (0: no count limit)"),
+    Option("limit_request_field_size", non_negative_int, 8190, metavar="N",
+           help="longest header field (name: value) in bytes, else 431 (0: only the head "
+                "size bound)"),
+    Option("limit_request_body", non_negative_int, 0, metavar="BYTES",
+           help="largest request body, else 413 (0: unlimited)"),
+    Option("limit_concurrency", non_negative_int, 0, metavar="N",
+           help="most requests in progress per worker; beyond it a 503 (0: unlimited)"),
+    Option("header_timeout", non_negative_float, 10.0, metavar="S",
+           help="seconds a client has to send a complete request head, from connecting or "
+                "from the previous response (0: no limit)"),
+    Option("send_timeout", non_negative_float, 60.0, metavar="S",
+           help="seconds a response write may make no progress before the connection is "
+                "closed (0: no limit)"),
+    Option("forwarded_allow_ips", ip_list, "127.0.0.1,::1", metavar="LIST",
+           help="peers (IPs or networks, comma separated; * for all) whose X-Forwarded-* "
+                "and Forwarded headers are trusted"),
+    Option("no_proxy_headers", boolean, False, flag=True,
+           help="ignore X-Forwarded-* and Forwarded headers from every peer"),
     Option("name", text, "", metavar="NAME", help="name shown in process titles"),
     Option("access_logfile", text, "", metavar="PATH|-",
            help="write one access log line per response to PATH, or - for stdout"),

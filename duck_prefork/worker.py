@@ -28,6 +28,7 @@ from .lifespan import Lifespan, LifespanFailure
 from .loader import AppLoadError, load_app
 from .logs import log
 from .parser_h11 import H11Parser
+from .proxy import ProxyHeaders
 from .sockets import Listener
 
 EXIT_BOOT_FAILED = 3
@@ -116,7 +117,9 @@ class Worker:
             raise BootFailure(f"{exc}\n{detail}".rstrip()) from None
 
         access_log = logs.AccessLog(config.access_logfile) if config.access_logfile else None
-        pipeline = ASGI(root_path=config.root_path, state=lifespan_state, access_log=access_log)
+        proxy = None if config.no_proxy_headers else ProxyHeaders(config.forwarded_allow_ips)
+        pipeline = ASGI(root_path=config.root_path, state=lifespan_state, access_log=access_log,
+                        proxy=proxy)
         state = ServerState(app, pipeline, H11Parser, config.keep_alive,
                             timing=access_log is not None)
         servers = [await loop.create_server(lambda: HttpConnection(state), sock=listener.socket,
