@@ -20,6 +20,7 @@ import setproctitle
 import uvloop
 
 from . import logs
+from .acceptor import Acceptor
 from .asgi import ASGI
 from .config import Config
 from .demo import create_demo_app
@@ -122,9 +123,10 @@ class Worker:
                         proxy=proxy)
         state = ServerState(app, pipeline, H11Parser, config.keep_alive,
                             timing=access_log is not None)
-        servers = [await loop.create_server(lambda: HttpConnection(state), sock=listener.socket,
-                                            backlog=config.backlog)
-                   for listener in self.listeners]
+        acceptors = [Acceptor(listener.socket, lambda: HttpConnection(state))
+                     for listener in self.listeners]
+        for acceptor in acceptors:
+            acceptor.start()
         self._tick(loop, state)
         self.report(b"ready\n")
         log.debug("serving (pid %d)", os.getpid())
@@ -132,8 +134,8 @@ class Worker:
         await self.stopping.wait()
         log.info("draining: %d open connections, %d requests in flight",
                  len(state.connections), len(state.tasks))
-        for server in servers:
-            server.close()
+        for acceptor in acceptors:
+            acceptor.stop()
         state.start_draining()
         try:
             await asyncio.wait_for(state.drained.wait(), config.graceful_timeout)

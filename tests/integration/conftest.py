@@ -199,7 +199,10 @@ class _SocketReader:
 
 
 def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict, bytes]:
-    """Read one HTTP/1.1 response from a raw socket (Content-Length or chunked or to EOF)."""
+    """Read one HTTP/1.1 response from a raw socket (Content-Length or chunked or to EOF).
+
+    The socket's reader keeps its descriptor open after sock.close() (as any makefile()
+    does); shut the socket down to end the connection at once."""
     sock.settimeout(timeout)
     response = http.client.HTTPResponse(_SocketReader.of(sock))
     response.begin()
