@@ -27,6 +27,9 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
+from .logs import log
+from .request_head import DEFAULT_LIMITS, Limits, ParseError, read_head
+
 END_OF_MESSAGE = "END_OF_MESSAGE"
 NEED_DATA = "NEED_DATA"
 PAUSED = "PAUSED"
@@ -34,14 +37,6 @@ CONNECTION_CLOSED = "CONNECTION_CLOSED"
 
 # Reading pauses while this much request body waits for the app to receive() it.
 BODY_HIGH_WATER = 64 * 1024
-
-
-class ParseError(Exception):
-    """The client sent something we refuse; `status` is the 4xx/5xx to answer with."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status = status
 
 
 # --- the wire format of what the server writes itself ------------------------------------
@@ -83,11 +78,16 @@ class ServerState:
     that graceful shutdown waits on (open connections and running request tasks)."""
 
     def __init__(self, app: Any, handler: RequestHandler, parser_factory: Callable[[], Any],
-                 keep_alive: float, timing: bool):
+                 keep_alive: float, timing: bool, limits: Limits = DEFAULT_LIMITS,
+                 concurrency: int = 0, header_timeout: float = 0.0, send_timeout: float = 0.0):
         self.app = app
         self.handler = handler  # the ASGI pipeline: handler(app, connection, client, request)
         self.parser_factory = parser_factory
         self.keep_alive = keep_alive
+        self.limits = limits
+        self.concurrency = concurrency  # most requests in progress at once; 0: no limit
+        self.header_timeout = header_timeout
+        self.send_timeout = send_timeout
         self.timing = timing  # record request start times (only the access log needs them)
         self.connections: set[HttpConnection] = set()
         self.tasks: set[asyncio.Task] = set()
@@ -95,15 +95,18 @@ class ServerState:
         self.drained = asyncio.Event()
         self.date_header = date_header()
         self.requests_served = 0
+        self.refused_busy = 0  # 503s for --limit-concurrency since the last tick
 
     def tick(self, now: float) -> None:
-        """Called once a second: refresh the Date header, close expired keep-alive connections
-        (and, when draining, every connection that has been idle for a second)."""
+        """Called once a second: refresh the Date header and enforce every connection timeout.
+        One sweep for all connections keeps timers off the per-request path."""
         self.date_header = date_header()
-        deadline = now - (min(self.keep_alive, 1.0) if self.draining else self.keep_alive)
-        for connection in [c for c in self.connections if c.idle_since is not None]:
-            if connection.idle_since <= deadline:
-                connection.close()
+        if self.refused_busy:
+            log.warning("--limit-concurrency %d reached: answered %d requests with 503",
+                        self.concurrency, self.refused_busy)
+            self.refused_busy = 0
+        for connection in list(self.connections):
+            connection.check_timeouts(now)
 
     def start_draining(self) -> None:
         """Stop taking new requests: close idle keep-alive connections now, the others after
@@ -127,28 +130,21 @@ class RequestData:
     """A request head plus its body as a channel: the connection feeds, the app receive()s."""
 
     __slots__ = ("method", "target", "http_version", "headers", "keep_alive", "expect_continue",
-                 "connection", "start_time", "_chunks", "_buffered", "_body_complete",
-                 "_body_delivered", "_waiter", "disconnected", "response_started",
-                 "response_complete")
+                 "content_length", "chunked", "body_received", "connection", "start_time",
+                 "_chunks", "_buffered", "_body_complete", "_body_delivered", "_waiter",
+                 "disconnected", "response_started", "response_complete")
 
     def __init__(self, connection: HttpConnection, method: bytes, target: bytes,
                  http_version: bytes, headers: list[tuple[bytes, bytes]]):
+        """Raises ParseError for a head that must be refused (see request_head.py)."""
+        self.keep_alive, self.expect_continue, self.content_length, self.chunked = read_head(
+            method, target, http_version, headers, connection.state.limits)
         self.connection = connection
         self.method = method.decode("ascii")
         self.target = target
         self.http_version = http_version.decode("ascii")
         self.headers = headers
-        # HTTP/1.0 always closes after the response; 1.1 unless the client asks to.
-        keep_alive = self.http_version == "1.1"
-        expect_continue = False
-        for name, value in headers:
-            if name == b"connection":
-                if keep_alive and b"close" in [t.strip() for t in value.lower().split(b",")]:
-                    keep_alive = False
-            elif name == b"expect" and self.http_version == "1.1":  # RFC 9110 10.1.1
-                expect_continue = value.lower() == b"100-continue"
-        self.keep_alive = keep_alive
-        self.expect_continue = expect_continue
+        self.body_received = 0
         self.start_time = 0.0
         self._chunks: list[bytes] = []
         self._buffered = 0
@@ -223,7 +219,8 @@ class HttpConnection(asyncio.Protocol):
     answers refused requests, and decides between the next request and closing."""
 
     __slots__ = ("state", "parser", "transport", "client", "server", "request", "idle_since",
-                 "served", "closed", "_read_paused", "_write_paused", "_drain_waiter")
+                 "head_started", "served", "closed", "_read_paused", "_write_paused",
+                 "_drain_waiter", "_stall_since", "_stall_size")
 
     def __init__(self, state: ServerState):
         self.state = state
@@ -232,12 +229,15 @@ class HttpConnection(asyncio.Protocol):
         self.client: tuple | None = None
         self.server: tuple | None = None
         self.request: RequestData | None = None
-        self.idle_since: float | None = None
+        self.idle_since: float | None = None  # waiting for a request head since
+        self.head_started = False  # bytes of the next head have arrived
         self.served = 0  # requests started on this connection
         self.closed = False
         self._read_paused = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future | None = None
+        self._stall_since: float | None = None  # a write is waiting on the client since
+        self._stall_size = 0  # bytes it was waiting to send then
 
     # asyncio callbacks
 
@@ -251,6 +251,8 @@ class HttpConnection(asyncio.Protocol):
         self.idle_since = asyncio.get_running_loop().time()
 
     def data_received(self, data: bytes) -> None:
+        if self.request is None:
+            self.head_started = True
         self.parser.feed(data)
         self.handle_events()
 
@@ -271,6 +273,7 @@ class HttpConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self._stall_since = None  # the next tick starts watching for progress
 
     def resume_writing(self) -> None:
         self._write_paused = False
@@ -290,10 +293,18 @@ class HttpConnection(asyncio.Protocol):
                 return
             kind = type(event)
             if kind is bytes:
-                if self.request is not None:
-                    self.request.feed_body(event)
+                request = self.request
+                if request is not None:
+                    request.body_received += len(event)
+                    body_limit = self.state.limits.body
+                    if body_limit and request.body_received > body_limit:
+                        self.refuse(413)  # a chunked body past the limit
+                        return
+                    request.feed_body(event)
             elif kind is tuple:
                 self.start_request(*event)
+                if self.closed:
+                    return
             elif event is END_OF_MESSAGE:
                 request = self.request
                 if request is not None:
@@ -321,11 +332,19 @@ class HttpConnection(asyncio.Protocol):
 
     def start_request(self, method: bytes, target: bytes, http_version: bytes,
                       headers: list) -> None:
-        request = RequestData(self, method, target, http_version, headers)
+        state = self.state
+        try:
+            request = RequestData(self, method, target, http_version, headers)
+        except ParseError as exc:
+            self.refuse(exc.status)
+            return
+        if state.concurrency and len(state.tasks) >= state.concurrency:
+            state.refused_busy += 1  # logged once a second by tick(), not per request
+            self.refuse(503)
+            return
         self.request = request
         self.idle_since = None
         self.served += 1
-        state = self.state
         if state.keep_alive <= 0:
             request.keep_alive = False  # --keep-alive 0: one request per connection
         if state.timing:
@@ -357,6 +376,7 @@ class HttpConnection(asyncio.Protocol):
             return
         self.parser.start_next_cycle()
         self.idle_since = asyncio.get_running_loop().time()
+        self.head_started = False
         self.resume_reading()
         self.handle_events()
 
@@ -403,6 +423,37 @@ class HttpConnection(asyncio.Protocol):
         if self._read_paused and not self.closed:
             self._read_paused = False
             self.transport.resume_reading()
+
+    def check_timeouts(self, now: float) -> None:
+        """Close the connection if it has outstayed a timeout (see ServerState.tick)."""
+        state = self.state
+        if self.closed or self._write_paused:
+            # A response (or its last bytes, after close()) waits for the client to read.
+            size = self.transport.get_write_buffer_size()
+            if not size:
+                return
+            if self._stall_since is None or size < self._stall_size:
+                self._stall_since, self._stall_size = now, size  # progress: restart the clock
+            elif state.send_timeout and now - self._stall_since >= state.send_timeout:
+                log.debug("send timeout: client %s read nothing for %.0f s", self.client,
+                          now - self._stall_since)
+                self.abort()
+            return
+        idle_since = self.idle_since
+        if idle_since is None:
+            return  # a request is in progress: the app's time is not limited here
+        if self.served == 0:
+            limit = state.header_timeout or state.keep_alive  # a new connection, no head yet
+        elif self.head_started:
+            limit = state.header_timeout  # a keep-alive client that started a head
+        else:
+            limit = state.keep_alive
+        if state.draining:
+            limit = min(limit, 1.0) if limit else 1.0
+        if limit and now - idle_since >= limit:
+            if self.served == 0 and not state.draining:
+                self.write(error_response(408, state.date_header))
+            self.close()
 
     def close(self) -> None:
         """Close after what was written has been sent."""

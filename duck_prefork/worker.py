@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import os
 import signal
 import sys
@@ -30,6 +31,7 @@ from .loader import AppLoadError, load_app
 from .logs import log
 from .parser_h11 import H11Parser
 from .proxy import ProxyHeaders
+from .request_head import Limits
 from .sockets import Listener
 
 EXIT_BOOT_FAILED = 3
@@ -121,8 +123,15 @@ class Worker:
         proxy = None if config.no_proxy_headers else ProxyHeaders(config.forwarded_allow_ips)
         pipeline = ASGI(root_path=config.root_path, state=lifespan_state, access_log=access_log,
                         proxy=proxy)
-        state = ServerState(app, pipeline, H11Parser, config.keep_alive,
-                            timing=access_log is not None)
+        limits = Limits(request_line=config.limit_request_line,
+                        fields=config.limit_request_fields,
+                        field_size=config.limit_request_field_size,
+                        body=config.limit_request_body)
+        state = ServerState(app, pipeline, functools.partial(H11Parser, limits),
+                            config.keep_alive, timing=access_log is not None, limits=limits,
+                            concurrency=config.limit_concurrency,
+                            header_timeout=config.header_timeout,
+                            send_timeout=config.send_timeout)
         acceptors = [Acceptor(listener.socket, lambda: HttpConnection(state))
                      for listener in self.listeners]
         for acceptor in acceptors:

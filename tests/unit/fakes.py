@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from duck_prefork.request_head import Limits
+
 
 class FakeState:
     """The parts of ServerState the ASGI pipeline reads."""
@@ -9,6 +11,7 @@ class FakeState:
     def __init__(self) -> None:
         self.draining = False
         self.date_header = b"Date: X\r\n"
+        self.limits = Limits()
 
 
 class FakeConnection:

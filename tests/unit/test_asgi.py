@@ -20,7 +20,10 @@ def make(method: str = "GET", target: bytes = b"/", version: str = "1.1",
          headers=((b"host", b"example.com"),), **pipeline_options):
     """A pipeline, a fake connection and a complete request without a body."""
     connection = FakeConnection()
-    data = RequestData(connection, method.encode(), target, version.encode(), list(headers))
+    headers = list(headers)
+    if not any(name == b"host" for name, _ in headers):
+        headers.append((b"host", b"test"))  # HTTP/1.1 requires exactly one
+    data = RequestData(connection, method.encode(), target, version.encode(), headers)
     data.feed_end()
     return ASGI(**pipeline_options), connection, data
 

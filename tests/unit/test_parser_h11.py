@@ -11,7 +11,10 @@ from duck_prefork.http11 import (
     PAUSED,
     ParseError,
 )
-from duck_prefork.parser_h11 import MAX_HEAD_SIZE, H11Parser
+from duck_prefork.parser_h11 import H11Parser
+from duck_prefork.request_head import Limits
+
+MAX_HEAD_SIZE = Limits().head_size
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -188,3 +191,28 @@ def test_oversized_head_is_refused():
     with pytest.raises(ParseError) as info:
         parser.next_event()
     assert info.value.status == 431
+
+
+def test_endless_request_line_is_414():
+    parser = fed(b"GET /" + b"a" * (MAX_HEAD_SIZE + 1))
+    with pytest.raises(ParseError) as info:
+        parser.next_event()
+    assert info.value.status == 414
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b"GET / HTTP/1.1\nHost: a\n\n", "bare LF"),
+    (b"GET / HTTP/1.1\r\nHost: a\nX: y\r\n\r\n", "bare LF"),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", "folding"),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n\tb\r\n\r\n", "folding"),
+])
+def test_lenient_line_endings_and_folding_are_refused(raw, reason):
+    parser = fed(raw)
+    with pytest.raises(ParseError) as info:
+        parser.next_event()
+    assert info.value.status == 400 and reason in str(info.value)
+
+
+def test_body_bytes_are_not_held_to_head_rules():
+    parser = fed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\na\n b\nc")
+    assert events(parser)[1:3] == [b"a\n b\nc", END_OF_MESSAGE]

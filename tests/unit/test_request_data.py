@@ -26,7 +26,10 @@ DISCONNECT = {"type": "http.disconnect"}
 
 def request_data(version: bytes = b"1.1", headers=(), method: bytes = b"POST",
                  connection: FakeConnection | None = None) -> RequestData:
-    return RequestData(connection or FakeConnection(), method, b"/", version, list(headers))
+    headers = list(headers)
+    if not any(name == b"host" for name, _ in headers):
+        headers.append((b"host", b"test"))  # HTTP/1.1 requires exactly one
+    return RequestData(connection or FakeConnection(), method, b"/", version, headers)
 
 
 async def settle() -> None:

@@ -1,0 +1,112 @@
+"""What a request head must satisfy before the app sees it, whichever parser read it.
+
+The parser has already split the head into method, target, version and headers. Here the
+head is held to RFC 9112 where a server may be strict and where request smuggling lives
+(conflicting framing, odd versions, control characters), and to the configured limits. One
+pass over the headers also collects what the connection needs: keep-alive, Expect, and the
+body framing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+class ParseError(Exception):
+    """The client sent something we refuse; `status` is the 4xx/5xx to answer with."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request size limits; 0 means no limit of that kind."""
+
+    request_line: int = 8190
+    fields: int = 100
+    field_size: int = 8190
+    body: int = 0
+
+    @property
+    def head_size(self) -> int:
+        """The bound on a whole head, enforced while it is still arriving: room for the request
+        line and the allowed fields, capped so that a slow client cannot pin much memory."""
+        wanted = self.request_line + self.fields * (self.field_size + 4) + 4
+        return max(16 * 1024, min(wanted, 64 * 1024))
+
+
+DEFAULT_LIMITS = Limits()
+
+# Anything but visible ASCII in a request target: controls, space, DEL, non-ASCII bytes.
+_BAD_TARGET_BYTE = re.compile(rb"[^\x21-\x7e]")
+
+# Header names that matter to the server; every other field is only counted and measured.
+_CONNECTION, _EXPECT, _CONTENT_LENGTH, _TRANSFER_ENCODING, _HOST = range(5)
+_SERVER_HEADERS = {
+    b"connection": _CONNECTION,
+    b"expect": _EXPECT,
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"host": _HOST,
+}
+
+
+def read_head(method: bytes, target: bytes, http_version: bytes,
+              headers: list[tuple[bytes, bytes]], limits: Limits
+              ) -> tuple[bool, bool, int | None, bool]:
+    """Check a parsed request head; returns (keep_alive, expect_continue, content_length,
+    chunked) or raises ParseError. Header names are lowercase, values stripped."""
+    if http_version != b"1.1" and http_version != b"1.0":
+        if http_version[:1].isdigit() and http_version[:1] >= b"2":
+            raise ParseError(505, f"HTTP/{http_version.decode('latin-1')} is not supported")
+        raise ParseError(400, "unsupported HTTP version")
+    if limits.request_line and len(method) + len(target) + 10 > limits.request_line:
+        raise ParseError(414, "request line too long")
+    if _BAD_TARGET_BYTE.search(target):
+        raise ParseError(400, "invalid character in request target")
+    if limits.fields and len(headers) > limits.fields:
+        raise ParseError(431, "too many header fields")
+
+    http11 = http_version == b"1.1"
+    keep_alive = http11  # HTTP/1.0 closes after the response; 1.1 unless asked to
+    expect_continue = False
+    content_length: int | None = None
+    chunked = False
+    hosts = 0
+    field_size = limits.field_size
+    for name, value in headers:
+        if field_size and len(name) + len(value) + 2 > field_size:
+            raise ParseError(431, "header field too large")
+        kind = _SERVER_HEADERS.get(name)
+        if kind is None:
+            continue
+        if kind == _CONNECTION:
+            if b"close" in [token.strip() for token in value.lower().split(b",")]:
+                keep_alive = False
+        elif kind == _EXPECT:
+            # RFC 9110 10.1.1: an HTTP/1.0 client cannot be waiting for a 100.
+            expect_continue = http11 and value.lower() == b"100-continue"
+        elif kind == _CONTENT_LENGTH:
+            if not value.isdigit():
+                raise ParseError(400, "Content-Length is not a plain number")
+            length = int(value)
+            if content_length is not None and content_length != length:
+                raise ParseError(400, "conflicting Content-Length headers")
+            content_length = length
+        elif kind == _TRANSFER_ENCODING:
+            if chunked or value.lower() != b"chunked":
+                raise ParseError(501, "only Transfer-Encoding: chunked is supported")
+            chunked = True
+        else:  # _HOST
+            hosts += 1
+    if chunked and content_length is not None:
+        # RFC 9112 6.1: a request with both is how requests are smuggled past a proxy.
+        raise ParseError(400, "both Content-Length and Transfer-Encoding")
+    if hosts > 1 or (http11 and hosts == 0):
+        raise ParseError(400, "HTTP/1.1 requests need exactly one Host header")
+    if limits.body and content_length is not None and content_length > limits.body:
+        raise ParseError(413, "request body too large")
+    return keep_alive, expect_continue, content_length, chunked

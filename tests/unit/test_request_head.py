@@ -1,0 +1,87 @@
+"""read_head: RFC 9112 strictness and limits on a parsed request head."""
+
+import pytest
+
+from duck_prefork.request_head import DEFAULT_LIMITS, Limits, ParseError, read_head
+
+pytestmark = pytest.mark.timeout(30)
+
+HOST = (b"host", b"example.com")
+
+
+def check(headers=(HOST,), version=b"1.1", target=b"/", method=b"GET", limits=DEFAULT_LIMITS):
+    return read_head(method, target, version, list(headers), limits)
+
+
+def refused(**kwargs) -> ParseError:
+    with pytest.raises(ParseError) as info:
+        check(**kwargs)
+    return info.value
+
+
+def test_plain_get():
+    assert check() == (True, False, None, False)
+
+
+@pytest.mark.parametrize("headers, status", [
+    ([HOST, (b"content-length", b"5"), (b"transfer-encoding", b"chunked")], 400),
+    ([HOST, (b"transfer-encoding", b"chunked"), (b"content-length", b"5")], 400),
+    ([HOST, (b"content-length", b"+5")], 400),
+    ([HOST, (b"content-length", b"5, 5")], 400),
+    ([HOST, (b"content-length", b" 5")], 400),
+    ([HOST, (b"content-length", b"-1")], 400),
+    ([HOST, (b"content-length", b"5"), (b"content-length", b"6")], 400),
+    ([HOST, (b"transfer-encoding", b"gzip, chunked")], 501),
+    ([HOST, (b"transfer-encoding", b"chunked"), (b"transfer-encoding", b"chunked")], 501),
+    ([HOST, (b"transfer-encoding", b"xchunked")], 501),
+    ([], 400),
+    ([HOST, HOST], 400),
+])
+def test_framing_and_host_violations(headers, status):
+    assert refused(headers=headers).status == status
+
+
+def test_identical_content_length_copies_are_one():
+    assert check([HOST, (b"content-length", b"5"), (b"content-length", b"5")])[2] == 5
+
+
+def test_chunked_is_case_insensitive():
+    assert check([HOST, (b"transfer-encoding", b"Chunked")])[3] is True
+
+
+@pytest.mark.parametrize("version, status", [
+    (b"2.0", 505), (b"3.0", 505), (b"9.9", 505), (b"1.2", 400), (b"0.9", 400)])
+def test_versions_other_than_1_0_and_1_1(version, status):
+    assert refused(version=version).status == status
+
+
+def test_http_1_0_needs_no_host_and_closes():
+    assert check(headers=[], version=b"1.0") == (False, False, None, False)
+
+
+@pytest.mark.parametrize("target", [b"/a\x01b", b"/a b", b"/\x7f", b"/\xff", b"/a\tb"])
+def test_control_and_non_ascii_bytes_in_the_target(target):
+    assert refused(target=target).status == 400
+
+
+def test_limits():
+    limits = Limits(request_line=100, fields=3, field_size=50, body=10)
+    assert refused(target=b"/" + b"a" * 90, limits=limits).status == 414
+    assert refused(headers=[HOST] + [(b"x-%d" % i, b"v") for i in range(3)],
+                   limits=limits).status == 431
+    assert refused(headers=[HOST, (b"x-big", b"v" * 50)], limits=limits).status == 431
+    assert refused(headers=[HOST, (b"content-length", b"11")], limits=limits).status == 413
+    assert check(headers=[HOST, (b"content-length", b"10")], limits=limits)[2] == 10
+
+
+def test_zero_means_no_limit():
+    limits = Limits(request_line=0, fields=0, field_size=0, body=0)
+    headers = [HOST] + [(b"x-%d" % i, b"v" * 10000) for i in range(200)]
+    assert check(headers=headers, target=b"/" + b"a" * 20000, limits=limits)[0] is True
+
+
+@pytest.mark.parametrize("value, keep_alive", [
+    (b"close", False), (b"Close", False), (b"keep-alive, close", False), (b"keep-alive", True),
+    (b"upgrade", True)])
+def test_connection_tokens(value, keep_alive):
+    assert check([HOST, (b"connection", value)])[0] is keep_alive
