@@ -219,7 +219,7 @@ class HttpConnection(asyncio.Protocol):
     answers refused requests, and decides between the next request and closing."""
 
     __slots__ = ("state", "parser", "transport", "client", "server", "request", "idle_since",
-                 "head_started", "served", "closed", "_read_paused", "_write_paused",
+                 "head_started", "served", "closed", "input_done", "_read_paused", "_write_paused",
                  "_drain_waiter", "_stall_since", "_stall_size")
 
     def __init__(self, state: ServerState):
@@ -233,6 +233,11 @@ class HttpConnection(asyncio.Protocol):
         self.head_started = False  # bytes of the next head have arrived
         self.served = 0  # requests started on this connection
         self.closed = False
+        # The last request this connection will serve has been read (it asked to close, or
+        # is HTTP/1.0): what else arrives is read and dropped, never parsed. Reading it still
+        # (rather than pausing) lets the close be a FIN, not a reset that could destroy the
+        # response in flight.
+        self.input_done = False
         self._read_paused = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future | None = None
@@ -251,12 +256,16 @@ class HttpConnection(asyncio.Protocol):
         self.idle_since = asyncio.get_running_loop().time()
 
     def data_received(self, data: bytes) -> None:
+        if self.input_done:
+            return
         if self.request is None:
             self.head_started = True
         self.parser.feed(data)
         self.handle_events()
 
     def eof_received(self) -> bool:
+        if self.input_done:
+            return True
         self.parser.feed(b"")
         self.handle_events()
         return True  # keep our side open: a response may still be owed; we close it ourselves
@@ -309,6 +318,9 @@ class HttpConnection(asyncio.Protocol):
                 request = self.request
                 if request is not None:
                     request.feed_end()
+                    if not request.keep_alive:
+                        self.input_done = True
+                        return
                     if request.response_complete:
                         self.next_cycle()
             elif event is NEED_DATA:

@@ -5,13 +5,16 @@ learns that a response was sent. A fresh h11.Connection per request cycle stands
 h11's start_next_cycle() (which needs both sides DONE); the bytes a client pipelined behind the
 previous request are carried over through `trailing_data`.
 
-h11 is lenient in two ways a smuggling-aware server is not (RFC 9112 2.2 and 5.2 allow both
-choices): it accepts a bare LF as a line ending and unfolds obsolete line folding. Both are
-only visible in the raw head, so this adapter keeps the bytes of the head being read and
-checks them once h11 has found its end.
+h11 is lenient in ways a smuggling-aware server is not: it accepts a bare LF as a line ending
+and unfolds obsolete line folding in the head (RFC 9112 2.2 and 5.2 allow both choices), and
+it takes any bytes after a chunk size and chunk sizes of any length. These are only visible in
+the raw bytes, so this adapter keeps the bytes of the head being read and checks them once h11
+has found its end, and runs a ChunkedFraming check beside h11 over a chunked body.
 """
 
 from __future__ import annotations
+
+import re
 
 import h11
 
@@ -22,20 +25,41 @@ from .request_head import DEFAULT_LIMITS, Limits, ParseError
 class H11Parser:
     """The parser contract of http11.py, implemented over h11."""
 
-    __slots__ = ("_conn", "_head", "_head_size", "_line_limit")
+    __slots__ = ("_conn", "_head", "_head_size", "_line_limit", "_chunked", "_error")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._head_size = limits.head_size
         self._line_limit = limits.request_line
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._head_size)
         self._head: bytearray | None = bytearray()  # raw bytes of the head being read
+        self._chunked: ChunkedFraming | None = None  # checks the chunked body being read
+        self._error: ParseError | None = None  # found while feeding, raised by next_event
 
     def feed(self, data: bytes) -> None:
-        if self._head is not None and len(self._head) <= self._head_size:
-            self._head += data
+        head = self._head
+        if head is not None:
+            if not head and data[:2] == b"\r\n":
+                # RFC 9112 2.2: a server SHOULD ignore empty lines before a request line.
+                while data[:2] == b"\r\n":
+                    data = data[2:]
+                if not data:
+                    return
+            if len(head) <= self._head_size:
+                head += data
+        elif self._chunked is not None and self._error is None:
+            self._check_chunked(data)
         self._conn.receive_data(data)
 
+    def _check_chunked(self, data: bytes) -> None:
+        try:
+            if self._chunked.feed(data):
+                self._chunked = None  # the body ended; what follows is the next request
+        except ParseError as exc:
+            self._error = exc
+
     def next_event(self):
+        if self._error is not None:
+            raise self._error
         try:
             event = self._conn.next_event()
         except h11.RemoteProtocolError as exc:
@@ -45,9 +69,16 @@ class H11Parser:
             data = event.data
             return data if type(data) is bytes else bytes(data)
         if kind is h11.Request:
-            self._check_raw_head()
-            return (event.method, event.target, event.http_version, list(event.headers))
+            headers = list(event.headers)
+            body = self._check_raw_head()
+            if any(name == b"transfer-encoding" for name, _ in headers):
+                self._chunked = ChunkedFraming()  # h11 accepts no coding but chunked
+                self._check_chunked(body)
+                if self._error is not None:
+                    raise self._error
+            return (event.method, event.target, event.http_version, headers)
         if kind is h11.EndOfMessage:
+            self._chunked = None
             return END_OF_MESSAGE
         if event is h11.NEED_DATA:
             return NEED_DATA
@@ -59,23 +90,26 @@ class H11Parser:
         data, closed = self._conn.trailing_data
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._head_size)
         self._head = bytearray()
+        self._chunked = None
         if data:
             self.feed(bytes(data))
         if closed:
             self._conn.receive_data(b"")
 
-    def _check_raw_head(self) -> None:
-        head = self._head
+    def _check_raw_head(self) -> bytes:
+        """Refuse a head with bare LFs or folded lines; returns the bytes after it."""
+        raw = self._head
         self._head = None  # the body and what follows are not head bytes
-        end = head.find(b"\n\r\n")
-        lf_end = head.find(b"\n\n")
+        end = raw.find(b"\n\r\n")
+        lf_end = raw.find(b"\n\n")
         if end < 0 or 0 <= lf_end < end:
             end = lf_end
-        head = head[:end + 1]
+        head = raw[:end + 1]
         if head.count(b"\n") != head.count(b"\r\n"):
             raise ParseError(400, "bare LF in the request head")
         if b"\n " in head or b"\n\t" in head:
             raise ParseError(400, "obsolete line folding in a header")
+        return bytes(raw[end + 3:])
 
     def _refusal(self, exc: h11.RemoteProtocolError) -> ParseError:
         status = exc.error_status_hint
@@ -85,3 +119,66 @@ class H11Parser:
             if line_end < 0 or line_end > self._line_limit:
                 status = 414
         return ParseError(status, str(exc))
+
+
+# chunk-size [chunk-ext] CRLF (RFC 9112 7.1.1), the size in at most 16 hex digits (64 bits):
+# chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+_CHUNK_SIZE_LINE = re.compile(
+    rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[ \t]*" + _TOKEN
+    + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*\r\n")
+_MAX_LINE = 4096  # a chunk-size or trailer line longer than this is refused
+
+
+class ChunkedFraming:
+    """Follows a chunked body's framing byte by byte, beside h11, and refuses what h11 lets
+    through: malformed chunk extensions, whitespace after the size, sizes past 64 bits, and
+    chunk data not followed by CRLF. feed() returns True once the body has ended."""
+
+    __slots__ = ("_state", "_remaining", "_line")
+
+    _SIZE, _DATA, _DATA_END, _TRAILERS = range(4)
+
+    def __init__(self) -> None:
+        self._state = self._SIZE
+        self._remaining = 0
+        self._line = b""
+
+    def feed(self, data: bytes) -> bool:
+        position, end = 0, len(data)
+        while position < end:
+            if self._state == self._DATA:
+                taken = min(self._remaining, end - position)
+                position += taken
+                self._remaining -= taken
+                if not self._remaining:
+                    self._state = self._DATA_END
+                continue
+            newline = data.find(b"\n", position)
+            if newline < 0:
+                self._line += data[position:]
+                if len(self._line) > _MAX_LINE:
+                    raise ParseError(400, "chunk framing line too long")
+                return False
+            line = self._line + data[position:newline + 1]
+            self._line = b""
+            position = newline + 1
+            if self._line_ends_body(line):
+                return True
+        return False
+
+    def _line_ends_body(self, line: bytes) -> bool:
+        if self._state == self._SIZE:
+            match = _CHUNK_SIZE_LINE.fullmatch(line)
+            if match is None:
+                raise ParseError(400, "invalid chunk size line")
+            self._remaining = int(match.group(1), 16)
+            self._state = self._DATA if self._remaining else self._TRAILERS
+        elif self._state == self._DATA_END:
+            if line != b"\r\n":
+                raise ParseError(400, "chunk data not followed by CRLF")
+            self._state = self._SIZE
+        elif line == b"\r\n":  # _TRAILERS: the empty line ends them, and the body
+            return True
+        return False

@@ -42,6 +42,15 @@ DEFAULT_LIMITS = Limits()
 
 # Anything but visible ASCII in a request target: controls, space, DEL, non-ASCII bytes.
 _BAD_TARGET_BYTE = re.compile(rb"[^\x21-\x7e]")
+# A Host value (RFC 9110 7.2: uri-host [":" port]): an IP literal or a reg-name.
+_HOST_VALUE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
+# authority-form (RFC 9112 3.2.3), host:port, for CONNECT.
+_AUTHORITY = rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]*)?"
+_AUTHORITY_FORM = re.compile(_AUTHORITY)
+# absolute-form (RFC 9112 3.2.2), as sent to a proxy: http(s)://[userinfo@]authority[/path][?q]
+_ABSOLUTE_FORM = re.compile(
+    rb"[Hh][Tt][Tt][Pp][Ss]?://(?:[A-Za-z0-9._~!$&'()*+,;=%:-]*@)?" + _AUTHORITY
+    + rb"(?:[/?].*)?", re.DOTALL)
 
 # Header names that matter to the server; every other field is only counted and measured.
 _CONNECTION, _EXPECT, _CONTENT_LENGTH, _TRANSFER_ENCODING, _HOST = range(5)
@@ -67,6 +76,8 @@ def read_head(method: bytes, target: bytes, http_version: bytes,
         raise ParseError(414, "request line too long")
     if _BAD_TARGET_BYTE.search(target):
         raise ParseError(400, "invalid character in request target")
+    if target[:1] != b"/" and not _other_target_form_ok(method, target):
+        raise ParseError(400, "request target form does not fit the method")
     if limits.fields and len(headers) > limits.fields:
         raise ParseError(431, "too many header fields")
 
@@ -102,6 +113,10 @@ def read_head(method: bytes, target: bytes, http_version: bytes,
             chunked = True
         else:  # _HOST
             hosts += 1
+            if not _HOST_VALUE.fullmatch(value):
+                raise ParseError(400, "invalid Host header")
+    if chunked and not http11:
+        raise ParseError(400, "Transfer-Encoding in an HTTP/1.0 request")  # RFC 9112 6.1
     if chunked and content_length is not None:
         # RFC 9112 6.1: a request with both is how requests are smuggled past a proxy.
         raise ParseError(400, "both Content-Length and Transfer-Encoding")
@@ -110,3 +125,14 @@ def read_head(method: bytes, target: bytes, http_version: bytes,
     if limits.body and content_length is not None and content_length > limits.body:
         raise ParseError(413, "request body too large")
     return keep_alive, expect_continue, content_length, chunked
+
+
+def _other_target_form_ok(method: bytes, target: bytes) -> bool:
+    """RFC 9112 3.2: a target not in origin-form ("/...") is absolute-form, authority-form for
+    CONNECT, or asterisk-form ("*": OPTIONS, and SSDP's M-SEARCH in practice; never PRI,
+    which only opens an HTTP/2 connection)."""
+    if target == b"*":
+        return method != b"PRI"
+    if method == b"CONNECT":
+        return _AUTHORITY_FORM.fullmatch(target) is not None
+    return _ABSOLUTE_FORM.fullmatch(target) is not None

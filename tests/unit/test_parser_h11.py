@@ -216,3 +216,40 @@ def test_lenient_line_endings_and_folding_are_refused(raw, reason):
 def test_body_bytes_are_not_held_to_head_rules():
     parser = fed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\na\n b\nc")
     assert events(parser)[1:3] == [b"a\n b\nc", END_OF_MESSAGE]
+
+
+def test_empty_lines_before_a_request_line_are_ignored():
+    parser = fed(b"\r\n\r\n" + GET)
+    assert type(parser.next_event()) is tuple
+
+
+@pytest.mark.parametrize("body", [
+    b"5 \r\nhello\r\n0\r\n\r\n",               # whitespace after the size
+    b"5;\r\nhello\r\n0\r\n\r\n",               # an extension without a name
+    b'5;a="open\r\nhello\r\n0\r\n\r\n',        # an unterminated quoted value
+    b"5;a=b\rc\r\nhello\r\n0\r\n\r\n",         # a bare CR in an extension
+    b"fffffffffffffffff\r\nhello\r\n",         # a size past 64 bits
+    b"5\r\nhelloXX\r\n0\r\n\r\n",              # chunk data not followed by CRLF
+])
+def test_malformed_chunk_framing_is_refused(body):
+    parser = fed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+    with pytest.raises(ParseError) as info:
+        events(parser)
+    assert info.value.status == 400
+
+
+def test_well_formed_chunk_extensions_and_trailers_pass():
+    parser = fed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b'5;name="quoted \\" value"\r\nhello\r\n0;last\r\nX-Trailer: 1\r\n\r\n'
+                 + GET)
+    seen = events(parser)
+    assert seen[1:3] == [b"hello", END_OF_MESSAGE] and seen[-1] == PAUSED
+    parser.start_next_cycle()
+    assert type(parser.next_event()) is tuple  # the pipelined request is not chunk data
+
+
+def test_chunk_framing_split_across_feeds():
+    parser = fed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;a")
+    for piece in (b"=b\r", b"\nhel", b"lo\r\n0\r", b"\n\r\n"):
+        parser.feed(piece)
+    assert [e for e in events(parser) if e is not NEED_DATA][1:] == [b"hello", END_OF_MESSAGE]

@@ -85,3 +85,33 @@ def test_zero_means_no_limit():
     (b"upgrade", True)])
 def test_connection_tokens(value, keep_alive):
     assert check([HOST, (b"connection", value)])[0] is keep_alive
+
+
+def test_transfer_encoding_in_http_1_0_is_refused():
+    assert refused(headers=[(b"transfer-encoding", b"chunked")], version=b"1.0").status == 400
+
+
+@pytest.mark.parametrize("value, ok", [
+    (b"example.com", True), (b"example.com:8080", True), (b"[::1]:80", True),
+    (b"127.0.0.1", True), (b"exa mple.com", False), (b"a/b", False), (b"a@b", False),
+    (b"[::1", False)])
+def test_host_value(value, ok):
+    if ok:
+        assert check([(b"host", value)])[0] is True
+    else:
+        assert refused(headers=[(b"host", value)]).status == 400
+
+
+@pytest.mark.parametrize("method, target, ok", [
+    (b"OPTIONS", b"*", True), (b"M-SEARCH", b"*", True), (b"PRI", b"*", False),
+    (b"CONNECT", b"example.com:443", True), (b"CONNECT", b"[::1]:443", True),
+    (b"CONNECT", b"/a", True), (b"GET", b"http://user:pass@example.com:8080/foo", True),
+    (b"GET", b"http://example.com/a?b", True), (b"GET", b"HTTPS://example.com", True),
+    (b"GET", b"http://[::1]:8080/", True), (b"PUT", b"s://]ufd/:", False),
+    (b"GET", b"example.com:443", False), (b"GET", b"foo/bar", False),
+    (b"GET", b"http://exa]mple/", False)])
+def test_target_forms(method, target, ok):
+    if ok:
+        assert check(method=method, target=target)[0] is True
+    else:
+        assert refused(method=method, target=target).status == 400
