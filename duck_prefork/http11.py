@@ -424,6 +424,7 @@ class HttpConnection(asyncio.Protocol):
             # (feed_body does), then next_cycle(). Counted as idle, so a client that stops
             # sending is closed by the keep-alive sweep.
             self.idle_since = asyncio.get_running_loop().time()
+            self.head_started = False  # what arrives now is body: keep-alive rules apply
             self.resume_reading()
 
     def pause_reading(self) -> None:
