@@ -78,8 +78,10 @@ class Request:
                 if isinstance(body, str):
                     raise TypeError("ASGI: 'http.response.body' body must be bytes, not str")
                 body = bytes(body)
-            await self.pipeline.send_response(response, self.connection, self, body=body,
-                                              more_body=message.get("more_body", False))
+            drained = self.pipeline.send_response(response, self.connection, self, False, body,
+                                                  message.get("more_body", False))
+            if drained is not None:
+                await drained
         elif kind == "http.response.start":
             if response.status is not None:
                 raise RuntimeError("ASGI: 'http.response.start' sent twice")
@@ -92,6 +94,11 @@ class Request:
             response.headers = message.get("headers", ())
         else:
             raise RuntimeError(f"ASGI: unexpected message type {kind!r} for an HTTP request")
+
+
+def call_application(request: Request) -> Awaitable[None]:
+    """The producer of a normal response: the app's own coroutine, awaited by the failsafe."""
+    return request.application(request.scope, request.data.receive, request.send)
 
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:
@@ -160,17 +167,15 @@ class ASGI:
             "headers": request_data.headers,
             "state": self.state.copy(),
         }
-        if self.proxy is not None and self.proxy.trusts(client_address):
+        if request_data.forwarded and self.proxy is not None \
+                and self.proxy.trusts(client_address):
             self.proxy.apply(scope)
         return Request(scope, request_data, client_socket, None, self)
 
-    async def get_response(self, request: Request) -> None:
-        """Run the application for `request`; every failure ends in a response or a close."""
-        await self.produce_final_response_failsafe(request, self._run_application)
-
-    @staticmethod
-    async def _run_application(request: Request) -> None:
-        await request.application(request.scope, request.data.receive, request.send)
+    def get_response(self, request: Request) -> Awaitable[None]:
+        """Run the application for `request`; every failure ends in a response or a close.
+        (Returns the failsafe's coroutine rather than awaiting it: one frame less a request.)"""
+        return self.produce_final_response_failsafe(request, call_application)
 
     async def produce_final_response_failsafe(
             self, request: Request, producer: Callable[[Request], Awaitable[None]]) -> None:
@@ -201,7 +206,7 @@ class ASGI:
                 connection.abort()
                 return
             log.exception("exception in ASGI app")
-            await self.send_error(request, 500)
+            self.send_error(request, 500)
             return
         if response.complete or connection.closed:
             return
@@ -210,19 +215,19 @@ class ASGI:
             return
         if not response.started:
             log.error("ASGI app returned without sending a response")
-            await self.send_error(request, 500)
+            self.send_error(request, 500)
         else:
             log.error("ASGI app returned before the response was complete; closing the "
                       "connection")
             connection.abort()
 
-    async def send_error(self, request: Request, status: int) -> None:
+    def send_error(self, request: Request, status: int) -> None:
         body = b"Internal Server Error\n" if status == 500 else b"Error\n"
         response = request.response = Response()
         response.status = status
         response.headers = [(b"content-type", b"text/plain; charset=utf-8"),
                             (b"connection", b"close")]
-        await self.send_response(response, request.connection, request, body=body)
+        self.send_response(response, request.connection, request, False, body)
 
     def apply_middlewares_to_response(self, response: Response, request: Request) -> None:
         """Server-level response middlewares, last registered first."""
@@ -295,11 +300,13 @@ class ASGI:
         one write."""
         return self.finalize_response(response or request.response, request, body, more_body)
 
-    async def send_response(self, response: Response, client_socket: HttpConnection,
-                            request: Request | None = None, disable_logging: bool = False,
-                            body: bytes = b"", more_body: bool = False) -> None:
-        """Write one body message (the head too, the first time), with backpressure; on the
-        last one, complete the response and write the access log line."""
+    def send_response(self, response: Response, client_socket: HttpConnection,
+                      request: Request | None = None, disable_logging: bool = False,
+                      body: bytes = b"", more_body: bool = False) -> Awaitable[None] | None:
+        """Write one body message (the head too, the first time); on the last one, complete
+        the response and write the access log line. Backpressure: when the socket's buffer is
+        full, returns the drain to await before the app may send more (None otherwise: no
+        coroutine is made for the common case)."""
         head = b"" if response.started else self.start_response(request, response, body,
                                                                more_body)
         if response.has_body and body:
@@ -328,16 +335,15 @@ class ASGI:
         elif body:
             client_socket.write(body)
         if more_body:
-            if client_socket.write_paused:
-                await client_socket.drain()
-            return
+            return client_socket.drain() if client_socket.write_paused else None
         if self.access_log is not None and not disable_logging:
             self.write_access_log(request, response)
         client_socket.response_complete(response.keep_alive)
+        return None
 
     def write_access_log(self, request: Request, response: Response) -> None:
         data = request.data
-        loop_time = asyncio.get_running_loop().time()
+        loop_time = request.connection.state.loop.time()
         self.access_log.write(
             request.scope["client"], data.method, data.target.decode("latin-1"),
             data.http_version, response.status, response.bytes_sent, loop_time - data.start_time)

@@ -80,6 +80,7 @@ class ServerState:
     def __init__(self, app: Any, handler: RequestHandler, parser_factory: Callable[[], Any],
                  keep_alive: float, timing: bool, limits: Limits = DEFAULT_LIMITS,
                  concurrency: int = 0, header_timeout: float = 0.0, send_timeout: float = 0.0):
+        self.loop = asyncio.get_running_loop()
         self.app = app
         self.handler = handler  # the ASGI pipeline: handler(app, connection, client, request)
         self.parser_factory = parser_factory
@@ -130,15 +131,16 @@ class RequestData:
     """A request head plus its body as a channel: the connection feeds, the app receive()s."""
 
     __slots__ = ("method", "target", "http_version", "headers", "keep_alive", "expect_continue",
-                 "content_length", "chunked", "body_received", "connection", "start_time",
-                 "_chunks", "_buffered", "_body_complete", "_body_delivered", "_waiter",
-                 "disconnected", "response_started", "response_complete")
+                 "content_length", "chunked", "forwarded", "body_received", "connection",
+                 "start_time", "_chunks", "_buffered", "_body_complete", "_body_delivered",
+                 "_waiter", "disconnected", "response_started", "response_complete")
 
     def __init__(self, connection: HttpConnection, method: bytes, target: bytes,
                  http_version: bytes, headers: list[tuple[bytes, bytes]]):
         """Raises ParseError for a head that must be refused (see request_head.py)."""
-        self.keep_alive, self.expect_continue, self.content_length, self.chunked = read_head(
-            method, target, http_version, headers, connection.state.limits)
+        (self.keep_alive, self.expect_continue, self.content_length, self.chunked,
+         self.forwarded) = read_head(method, target, http_version, headers,
+                                     connection.state.limits)
         self.connection = connection
         self.method = method.decode("ascii")
         self.target = target
@@ -205,7 +207,7 @@ class RequestData:
                 self.expect_continue = False  # RFC 9110 10.1.1: 100 only when the body is wanted
                 if not self.response_started:
                     self.connection.write(CONTINUE_RESPONSE)
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self.connection.state.loop.create_future()
             try:
                 await self._waiter
             finally:
@@ -253,7 +255,7 @@ class HttpConnection(asyncio.Protocol):
         sockname = transport.get_extra_info("sockname")
         self.server = tuple(sockname[:2]) if isinstance(sockname, tuple) else (sockname, None)
         self.state.connections.add(self)
-        self.idle_since = asyncio.get_running_loop().time()
+        self.idle_since = self.state.loop.time()
 
     def data_received(self, data: bytes) -> None:
         if self.input_done:
@@ -360,9 +362,8 @@ class HttpConnection(asyncio.Protocol):
         if state.keep_alive <= 0:
             request.keep_alive = False  # --keep-alive 0: one request per connection
         if state.timing:
-            request.start_time = asyncio.get_running_loop().time()
-        task = asyncio.get_running_loop().create_task(
-            state.handler(state.app, self, self.client, request))
+            request.start_time = state.loop.time()
+        task = state.loop.create_task(state.handler(state.app, self, self.client, request))
         state.tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -387,7 +388,7 @@ class HttpConnection(asyncio.Protocol):
             self.close()
             return
         self.parser.start_next_cycle()
-        self.idle_since = asyncio.get_running_loop().time()
+        self.idle_since = self.state.loop.time()
         self.head_started = False
         self.resume_reading()
         self.handle_events()
@@ -405,7 +406,7 @@ class HttpConnection(asyncio.Protocol):
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its low-water mark again."""
         if self._write_paused and not self.closed:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
+            self._drain_waiter = self.state.loop.create_future()
             try:
                 await self._drain_waiter
             finally:
@@ -423,7 +424,7 @@ class HttpConnection(asyncio.Protocol):
             # The app answered without reading the whole body: read the rest and drop it
             # (feed_body does), then next_cycle(). Counted as idle, so a client that stops
             # sending is closed by the keep-alive sweep.
-            self.idle_since = asyncio.get_running_loop().time()
+            self.idle_since = self.state.loop.time()
             self.head_started = False  # what arrives now is body: keep-alive rules apply
             self.resume_reading()
 

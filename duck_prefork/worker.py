@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import functools
+import gc
 import os
 import signal
 import sys
@@ -137,6 +138,10 @@ class Worker:
         for acceptor in acceptors:
             acceptor.start()
         self._tick(loop, state)
+        # Everything allocated so far (the app, its imports, lifespan state) lives as long as
+        # the worker: move it out of the cyclic collector's way, so that its full passes only
+        # walk what requests allocate. Measured: see the project's bench notes.
+        gc.freeze()
         self.report(b"ready\n")
         log.debug("serving (pid %d)", os.getpid())
 

@@ -48,20 +48,6 @@ from tests.apps.basic import app as basic_app
 
 FLOOD_CHUNK = bytes(64 * 1024)
 
-_server_state: ServerState | None = None
-
-
-def _find_server_state() -> ServerState:
-    """The worker's ServerState: found once through gc (nothing else refers to it globally)."""
-    global _server_state
-    if _server_state is None:
-        states = [o for o in gc.get_objects() if type(o) is ServerState]
-        if len(states) != 1:
-            raise RuntimeError(f"expected one ServerState in the worker, found {len(states)}")
-        _server_state = states[0]
-    return _server_state
-
-
 def _pending_timers(loop: asyncio.AbstractEventLoop) -> int:
     """Timers scheduled and neither fired nor cancelled.
 
@@ -111,7 +97,7 @@ def _stats(own_data: RequestData, quick: bool) -> dict:
     loop = asyncio.get_running_loop()
     own_task = asyncio.current_task()
     own_connection = own_data.connection
-    state = _find_server_state()
+    state: ServerState = own_connection.state  # the worker's, shared by its connections
     others = [c for c in state.connections if c is not own_connection]
     stats = {
         "pid": os.getpid(),

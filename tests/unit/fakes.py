@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from duck_prefork.request_head import Limits
 
 
@@ -12,6 +14,10 @@ class FakeState:
         self.draining = False
         self.date_header = b"Date: X\r\n"
         self.limits = Limits()
+
+    @property
+    def loop(self):
+        return asyncio.get_running_loop()
 
 
 class FakeConnection:

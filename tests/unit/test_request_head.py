@@ -20,7 +20,7 @@ def refused(**kwargs) -> ParseError:
 
 
 def test_plain_get():
-    assert check() == (True, False, None, False)
+    assert check() == (True, False, None, False, False)
 
 
 @pytest.mark.parametrize("headers, status", [
@@ -56,7 +56,7 @@ def test_versions_other_than_1_0_and_1_1(version, status):
 
 
 def test_http_1_0_needs_no_host_and_closes():
-    assert check(headers=[], version=b"1.0") == (False, False, None, False)
+    assert check(headers=[], version=b"1.0") == (False, False, None, False, False)
 
 
 @pytest.mark.parametrize("target", [b"/a\x01b", b"/a b", b"/\x7f", b"/\xff", b"/a\tb"])
@@ -115,3 +115,9 @@ def test_target_forms(method, target, ok):
         assert check(method=method, target=target)[0] is True
     else:
         assert refused(method=method, target=target).status == 400
+
+
+@pytest.mark.parametrize("name", [b"forwarded", b"x-forwarded-for", b"x-forwarded-proto",
+                                  b"x-forwarded-host"])
+def test_forwarded_headers_are_noted_for_the_proxy_step(name):
+    assert check([HOST, (name, b"x")])[4] is True
