@@ -1,8 +1,10 @@
-"""The HTTP/1.1 connection: request side, keep-alive and flow control, independent of the parser.
+"""The HTTP/1.1 connection, independent of the parser: requests, keep-alive, flow, timeouts.
 
-A parser adapter (parser_h11.py) turns bytes into events; everything else about a connection
-lives here once: when a request starts, how its body reaches the app (RequestData.receive),
-when reading pauses, when the connection is kept alive or closed. The response side (framing,
+A parser adapter (parser_h11.py) turns bytes into events, and request_head.py holds each head
+to the rules and limits; everything else about a connection lives here once: when a request
+starts, how its body reaches the app (RequestData.receive), when reading pauses, when the
+connection is kept alive or closed, and the timeouts, which one sweep a second enforces
+(ServerState.tick) so that no timer is armed per request. The response side (framing,
 writing) is the ASGI pipeline's job (asgi.py); it writes through the HttpConnection methods.
 
 Parser contract, as used by HttpConnection.handle_events:
