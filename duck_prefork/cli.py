@@ -76,9 +76,10 @@ def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> Co
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     from .master import run_master
 
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        config = parse_args(sys.argv[1:] if argv is None else argv)
+        config = parse_args(argv)
     except ConfigError as exc:
         print(f"duck-prefork: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    sys.exit(run_master(config))
+    sys.exit(run_master(config, reload_config=lambda: parse_args(argv)))

@@ -157,6 +157,17 @@ OPTIONS: tuple[Option, ...] = (
                 "and Forwarded headers are trusted"),
     Option("no_proxy_headers", boolean, False, flag=True,
            help="ignore X-Forwarded-* and Forwarded headers from every peer"),
+    Option("timeout", non_negative_float, 30.0, metavar="S",
+           help="a worker whose event loop has not reported for S seconds is hung: its stack "
+                "is dumped to the error log and it is replaced (0: off)"),
+    Option("boot_timeout", non_negative_float, 60.0, metavar="S",
+           help="a worker not ready (app imported, lifespan started) S seconds after its fork "
+                "is killed (0: off)"),
+    Option("max_requests", non_negative_int, 0, metavar="N",
+           help="replace a worker gracefully after it has served N requests (0: never)"),
+    Option("max_requests_jitter", non_negative_int, 0, metavar="J",
+           help="add random(0..J) to --max-requests per worker, so they do not all recycle "
+                "at once"),
     Option("name", text, "", metavar="NAME", help="name shown in process titles"),
     Option("access_logfile", text, "", metavar="PATH|-",
            help="write one access log line per response to PATH, or - for stdout"),

@@ -29,8 +29,13 @@ def _open(path: str, default: TextIO) -> TextIO:
     return open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
 
 
+_error_log_path = ""
+
+
 def setup_error_log(path: str, level: str) -> None:
     """Send our log records to PATH or stderr; raises OSError if the file cannot be opened."""
+    global _error_log_path
+    _error_log_path = path
     handler = logging.StreamHandler(_open(path, sys.stderr))
     formatter = logging.Formatter(
         "%(asctime)s [%(process)d] [%(levelname)s] %(role)s: %(message)s", "%Y-%m-%d %H:%M:%S UTC")
@@ -47,11 +52,32 @@ def set_role(role: str) -> None:
     _role_filter.role = role
 
 
+def error_stream() -> TextIO:
+    """Where the error log goes now (for faulthandler's stack dumps)."""
+    return log.handlers[0].stream if log.handlers else sys.stderr
+
+
+def reopen() -> None:
+    """Reopen the error log file by its path (logrotate has moved the old one away)."""
+    if _error_log_path in ("", "-") or not log.handlers:
+        return
+    handler = log.handlers[0]
+    old = handler.setStream(_open(_error_log_path, sys.stderr))
+    if old is not None:
+        old.close()
+
+
 class AccessLog:
     """Writes one line per response; built only when --access-logfile is set."""
 
     def __init__(self, path: str):
+        self.path = path
         self.stream = _open(path, sys.stdout)
+
+    def reopen(self) -> None:
+        if self.path != "-":
+            old, self.stream = self.stream, _open(self.path, sys.stdout)
+            old.close()
 
     def write(self, client: tuple | None, method: str, target: str, http_version: str,
               status: int, size: int, duration: float) -> None:

@@ -13,12 +13,13 @@ import select
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import setproctitle
 
-from . import __version__, logs
-from .config import Config
+from . import __version__, channel, logs
+from .config import Config, ConfigError
 from .logs import log
 from .sockets import Listener, bind_all
 from .worker import EXIT_BOOT_FAILED, LIFESPAN_SHUTDOWN_TIMEOUT, Worker, process_title
@@ -30,8 +31,17 @@ HANDLED_SIGNALS = {
     signal.SIGTERM: "term",
     signal.SIGINT: "int",
     signal.SIGQUIT: "quit",
+    signal.SIGHUP: "hup",
+    signal.SIGTTIN: "ttin",
+    signal.SIGTTOU: "ttou",
+    signal.SIGUSR1: "usr1",
     signal.SIGCHLD: "chld",
 }
+
+# A hung worker is sent this to dump every thread's stack (faulthandler), then killed after
+# STACK_DUMP_GRACE seconds.
+STACK_DUMP_SIGNAL = signal.SIGUSR2
+STACK_DUMP_GRACE = 1.0
 
 # A worker that dies sooner than this after its fork counts as a crash, and is restarted
 # after a delay that doubles with each consecutive crash, up to RESTART_DELAY_MAX.
@@ -52,6 +62,12 @@ class WorkerProcess:
     ready: bool = False
     inbox: bytes = b""
     failure: str | None = None
+    last_beat: float = 0.0  # when the worker's event loop last reported
+    replaces: int | None = None  # pid of the worker this one takes over from once ready
+    replaced_by: int | None = None  # pid of the worker being started to take over
+    retiring: bool = False  # asked to stop (replaced or scaled down): not restarted
+    hung: bool = False  # found silent past --timeout: its stack was dumped, it is being killed
+    kill_at: float = 0.0  # when to SIGKILL the hung worker, once its stack dump is written
 
 
 @dataclass
@@ -68,6 +84,7 @@ class Master:
 
     config: Config
     listeners: list[Listener]
+    reload_config: Callable[[], Config] | None = None  # re-reads the configuration on HUP
     workers: dict[int, WorkerProcess] = field(default_factory=dict)  # by pid
     slots: dict[int, Slot] = field(default_factory=dict)
     pending_signals: list[int] = field(default_factory=list)
@@ -101,6 +118,7 @@ class Master:
                 self.reap_workers()
                 self.check_deadlines()
                 if not self.stopping:
+                    self.check_health()
                     self.restart_missing_workers()
         finally:
             self.kill_all(signal.SIGKILL)
@@ -138,7 +156,8 @@ class Master:
         if self.stopping:
             return [self.stop_deadline]
         return [slot.restart_at for number, slot in self.slots.items()
-                if slot.restart_at and not self._slot_alive(number)]
+                if slot.restart_at and not self._slot_alive(number)] + \
+            [worker.kill_at for worker in self.workers.values() if worker.kill_at]
 
     @staticmethod
     def _drain_fd(fd: int) -> tuple[bytes, bool]:
@@ -155,22 +174,21 @@ class Master:
 
     def read_channel(self, worker: WorkerProcess) -> None:
         data, eof = self._drain_fd(worker.channel)
-        worker.inbox += data
         if eof:
             worker.channel_open = False  # stop selecting on it until the worker is reaped
         if worker.failure is not None:
-            worker.failure = worker.inbox.decode("utf-8", "replace")
+            worker.failure += data.decode("utf-8", "replace")
             return
-        while worker.inbox:
-            if worker.inbox.startswith(b"ready\n"):
-                worker.inbox = worker.inbox[len(b"ready\n"):]
+        messages, worker.inbox, worker.failure = channel.split_messages(worker.inbox + data)
+        if messages:
+            worker.last_beat = time.monotonic()
+        for message in messages:
+            if message == channel.READY:
                 self.on_worker_ready(worker)
-            elif worker.inbox.startswith(b"failed\n"):
-                worker.inbox = worker.inbox[len(b"failed\n"):]
-                worker.failure = worker.inbox.decode("utf-8", "replace")
-                return
-            else:
-                return  # a partial message; the rest follows
+            elif message == channel.RECYCLE:
+                log.info("worker %d (pid %d) served its --max-requests: replacing it",
+                         worker.number, worker.pid)
+                self.replace(worker)
 
     def dispatch_signals(self) -> None:
         while self.pending_signals:
@@ -200,9 +218,55 @@ class Master:
     def handle_chld(self) -> None:
         pass  # reap_workers() runs after every wake-up
 
+    def handle_hup(self) -> None:
+        """Reload: a new worker for every slot, each old one retired once its new one is ready.
+        A bad configuration or new workers that cannot boot leave the old ones serving."""
+        if self.stopping:
+            return
+        if self.reload_config is not None:
+            try:
+                config = self.reload_config()
+            except ConfigError as exc:
+                log.error("HUP: the configuration is invalid, keeping the current one: %s", exc)
+                return
+            self.config = config
+        current = [w for w in self.workers.values() if not w.retiring and w.replaces is None]
+        log.info("HUP: reloading %d workers (each old one stops once its new one is ready)",
+                 len(current))
+        for worker in current:
+            self.replace(worker)
+
+    def handle_ttin(self) -> None:
+        if self.stopping:
+            return
+        number = max(self.slots, default=0) + 1
+        self.slots[number] = Slot()
+        log.info("TTIN: one worker more (%d)", len(self.slots))
+        self.spawn(number)
+
+    def handle_ttou(self) -> None:
+        if self.stopping:
+            return
+        if len(self.slots) <= 1:
+            log.info("TTOU: already down to one worker")
+            return
+        number = max(self.slots)
+        del self.slots[number]
+        log.info("TTOU: one worker fewer (%d); stopping worker %d gracefully", len(self.slots),
+                 number)
+        for worker in [w for w in self.workers.values() if w.number == number]:
+            self.retire(worker)
+
+    def handle_usr1(self) -> None:
+        """Reopen the log files (after logrotate moved them), here and in every worker."""
+        logs.reopen()
+        log.info("USR1: log files reopened")
+        for pid in list(self.workers):
+            self._signal(pid, signal.SIGUSR1)
+
     # --- workers ---------------------------------------------------------------------------
 
-    def spawn(self, number: int) -> None:
+    def spawn(self, number: int, replaces: WorkerProcess | None = None) -> None:
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -215,8 +279,32 @@ class Master:
                 os._exit(1)
         os.close(write_end)
         os.set_blocking(read_end, False)
-        self.workers[pid] = WorkerProcess(number, pid, read_end, time.monotonic())
-        log.info("booting worker %d (pid %d)", number, pid)
+        now = time.monotonic()
+        self.workers[pid] = WorkerProcess(number, pid, read_end, now, last_beat=now,
+                                          replaces=replaces.pid if replaces else None)
+        if replaces is not None:
+            replaces.replaced_by = pid
+        log.info("booting worker %d (pid %d)%s", number, pid,
+                 f" to replace pid {replaces.pid}" if replaces else "")
+
+    def replace(self, worker: WorkerProcess) -> None:
+        """Start a successor for `worker`; `worker` stops once the successor is ready."""
+        if worker.retiring or worker.replaced_by in self.workers:
+            return  # already on its way out
+        self.spawn(worker.number, replaces=worker)
+
+    def retire(self, worker: WorkerProcess) -> None:
+        """Stop `worker` gracefully for good: it drains and is not restarted."""
+        if not worker.retiring:
+            worker.retiring = True
+            self._signal(worker.pid, signal.SIGTERM)
+
+    @staticmethod
+    def _signal(pid: int, signum: int) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass  # it is exiting; reap_workers() will see it
 
     def _forget_master_state(self, own_read_end: int) -> None:
         """In a new worker: drop the master's signal handling and file descriptors."""
@@ -230,8 +318,14 @@ class Master:
     def on_worker_ready(self, worker: WorkerProcess) -> None:
         worker.ready = True
         log.info("worker %d (pid %d) ready", worker.number, worker.pid)
+        predecessor = self.workers.get(worker.replaces) if worker.replaces else None
+        worker.replaces = None
+        if predecessor is not None:
+            self.retire(predecessor)
+        if worker.number not in self.slots:
+            self.retire(worker)  # scaled down (TTOU) while it booted
         if not self.booted and all(w.ready for w in self.workers.values()) \
-                and len(self.workers) == self.config.workers:
+                and len(self.workers) == len(self.slots):
             self.booted = True
             log.info("ready: %d workers serving", len(self.workers))
 
@@ -252,8 +346,17 @@ class Master:
 
     def on_worker_exit(self, worker: WorkerProcess, code: int) -> None:
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-        if self.stopping:
+        if self.stopping or (worker.retiring and code == 0):
             log.info("worker %d (pid %d) %s", worker.number, worker.pid, how)
+            return
+        if worker.replaces is not None:
+            # A replacement (reload, recycle) that could not boot: its predecessor serves on.
+            log.error("new worker %d (pid %d) %s before it was ready; pid %d keeps serving%s",
+                      worker.number, worker.pid, how, worker.replaces,
+                      f": {worker.failure}" if worker.failure else "")
+            return
+        if worker.retiring:
+            log.warning("worker %d (pid %d) %s while stopping", worker.number, worker.pid, how)
             return
         if not worker.ready and not self.booted:
             # The first generation cannot boot: the app or its lifespan is broken. Retrying
@@ -267,7 +370,9 @@ class Master:
             self.exit_code = EXIT_BOOT_FAILED
             self.stop(graceful=False)
             return
-        slot = self.slots[worker.number]
+        slot = self.slots.get(worker.number)
+        if slot is None:
+            return  # its number was scaled away (TTOU)
         lived = time.monotonic() - worker.started
         if lived < YOUNG_DEATH:
             delay = min(RESTART_DELAY_FIRST * 2 ** slot.crashes, RESTART_DELAY_MAX)
@@ -283,7 +388,8 @@ class Master:
             log.error("worker %d (pid %d) %s; restarting it", worker.number, worker.pid, how)
 
     def _slot_alive(self, number: int) -> bool:
-        return any(worker.number == number for worker in self.workers.values())
+        return any(worker.number == number and not worker.retiring
+                   for worker in self.workers.values())
 
     def restart_missing_workers(self) -> None:
         now = time.monotonic()
@@ -291,6 +397,33 @@ class Master:
             if not self._slot_alive(number) and slot.restart_at <= now:
                 slot.restart_at = 0.0
                 self.spawn(number)
+
+    # --- health ----------------------------------------------------------------------------
+
+    def check_health(self) -> None:
+        """Kill workers that hang at boot (--boot-timeout) or later (--timeout); a hung one
+        first dumps its stack to the error log."""
+        now = time.monotonic()
+        boot_timeout, timeout = self.config.boot_timeout, self.config.timeout
+        for worker in list(self.workers.values()):
+            if worker.hung:
+                if worker.kill_at and now >= worker.kill_at:
+                    worker.kill_at = 0.0
+                    self._signal(worker.pid, signal.SIGKILL)
+            elif not worker.ready:
+                if boot_timeout and now - worker.started > boot_timeout:
+                    worker.failure = (f"worker {worker.number} (pid {worker.pid}) was not ready "
+                                      f"{boot_timeout:g} s after its fork (--boot-timeout): "
+                                      f"the app's import or lifespan startup hangs")
+                    log.error("%s; killing it", worker.failure)
+                    self._signal(worker.pid, signal.SIGKILL)
+            elif timeout and now - worker.last_beat > timeout:
+                log.error("worker %d (pid %d) has been silent for %.1f s (--timeout %g): "
+                          "dumping its stack, then killing it", worker.number, worker.pid,
+                          now - worker.last_beat, timeout)
+                self._signal(worker.pid, STACK_DUMP_SIGNAL)
+                worker.hung = True
+                worker.kill_at = now + STACK_DUMP_GRACE
 
     # --- stopping --------------------------------------------------------------------------
 
@@ -342,7 +475,7 @@ class Master:
                 log.info("worker %d (pid %d) killed", worker.number, pid)
 
 
-def run_master(config: Config) -> int:
+def run_master(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
     """Everything before the supervision loop that can fail with a one-line error."""
     try:
         logs.setup_error_log(config.error_logfile, config.log_level)
@@ -368,4 +501,4 @@ def run_master(config: Config) -> int:
     except OSError as exc:
         print(f"duck-prefork: error: --bind: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_CONFIG
-    return Master(config, listeners).run()
+    return Master(config, listeners, reload_config=reload_config).run()

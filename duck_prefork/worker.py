@@ -1,18 +1,20 @@
 """A worker process: after fork, load the app, run lifespan, serve, drain on TERM, exit.
 
-The worker tells the master how its boot went through its channel (a pipe):
-  b"ready\\n"             the app is loaded, lifespan startup is done, the listeners accept
-  b"failed\\n" + text     it cannot boot; text is the cause (a traceback or a message) and the
-                         worker exits with EXIT_BOOT_FAILED.
+It reports to the master over its channel (see channel.py): ready or failed at boot, then a
+heartbeat a second from inside its event loop, and "recycle" after --max-requests.
+Signals: TERM/INT drain and exit; USR1 reopens the log files; USR2 dumps every thread's stack
+to the error log (faulthandler, works even when the event loop is blocked).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import faulthandler
 import functools
 import gc
 import os
+import random
 import signal
 import sys
 import traceback
@@ -21,7 +23,7 @@ from typing import Any, NoReturn
 import setproctitle
 import uvloop
 
-from . import logs
+from . import channel, logs
 from .acceptor import Acceptor
 from .asgi import ASGI
 from .config import Config
@@ -60,6 +62,8 @@ class Worker:
         self.channel = channel
         self.title_name = title_name
         self.stopping: asyncio.Event | None = None
+        self.access_log: logs.AccessLog | None = None
+        self.recycle_after = 0  # requests served before asking to be replaced; 0: never
         self._ticker: asyncio.TimerHandle | None = None
 
     def run(self) -> NoReturn:
@@ -72,11 +76,12 @@ class Worker:
             os._exit(0)
         # Ctrl-\ reaches the whole process group; QUIT is the master's to act on (it kills us).
         signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+        faulthandler.register(signal.SIGUSR2, file=logs.error_stream(), all_threads=True)
         code = 0
         try:
             uvloop.run(self.serve())
         except BootFailure as exc:
-            self.report(b"failed\n" + str(exc).encode("utf-8", "replace"))
+            self.report(channel.FAILED + str(exc).encode("utf-8", "replace"))
             code = EXIT_BOOT_FAILED
         except BaseException:
             log.exception("worker crashed")
@@ -108,6 +113,7 @@ class Worker:
         self.stopping = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
+        loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
         config = self.config
         app = self.load_application()
 
@@ -121,6 +127,7 @@ class Worker:
             raise BootFailure(f"{exc}\n{detail}".rstrip()) from None
 
         access_log = logs.AccessLog(config.access_logfile) if config.access_logfile else None
+        self.access_log = access_log
         proxy = None if config.no_proxy_headers else ProxyHeaders(config.forwarded_allow_ips)
         pipeline = ASGI(root_path=config.root_path, state=lifespan_state, access_log=access_log,
                         proxy=proxy)
@@ -137,12 +144,14 @@ class Worker:
                      for listener in self.listeners]
         for acceptor in acceptors:
             acceptor.start()
+        self.recycle_after = config.max_requests and \
+            config.max_requests + random.randint(0, config.max_requests_jitter)
         self._tick(loop, state)
         # Everything allocated so far (the app, its imports, lifespan state) lives as long as
         # the worker: move it out of the cyclic collector's way, so that its full passes only
         # walk what requests allocate. Measured: see the project's bench notes.
         gc.freeze()
-        self.report(b"ready\n")
+        self.report(channel.READY)
         log.debug("serving (pid %d)", os.getpid())
 
         await self.stopping.wait()
@@ -167,7 +176,17 @@ class Worker:
         await lifespan.shutdown(LIFESPAN_SHUTDOWN_TIMEOUT)
         log.info("stopped after serving %d requests", state.requests_served)
 
+    def reopen_logs(self) -> None:
+        logs.reopen()
+        faulthandler.register(signal.SIGUSR2, file=logs.error_stream(), all_threads=True)
+        if self.access_log is not None:
+            self.access_log.reopen()
+
     def _tick(self, loop: asyncio.AbstractEventLoop, state: ServerState) -> None:
         state.tick(loop.time())
+        self.report(channel.HEARTBEAT)  # from inside the loop: a blocked loop stops beating
+        if self.recycle_after and state.requests_served >= self.recycle_after:
+            self.recycle_after = 0  # asked once; the master replaces us, then sends TERM
+            self.report(channel.RECYCLE)
         # Reschedule on the next whole second of loop time, so ticks do not drift.
         self._ticker = loop.call_at(int(loop.time()) + 1.0, self._tick, loop, state)
