@@ -40,7 +40,9 @@ def make_parser() -> argparse.ArgumentParser:
         "Every option can also be set as DUCK_PREFORK_<OPTION> in the environment "
         "(e.g. DUCK_PREFORK_WORKERS=8); the command line wins.",
         epilog="Signals to the master: TERM/INT graceful stop (second INT: at once), "
-        "QUIT immediate stop. Exit codes: 0 clean stop, 1 bad option, 3 the app could not boot.",
+        "QUIT immediate stop, HUP reload (new workers, each old one stops once its "
+        "replacement is ready), TTIN/TTOU one worker more/fewer, USR1 reopen log files. "
+        "Exit codes: 0 clean stop, 1 bad option, 3 the app could not boot.",
     )
     parser.add_argument("app", nargs="?", metavar="APP",
                         help="the ASGI app as module.path:attribute (default: a built-in demo app)")
