@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -75,6 +76,17 @@ def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> Co
     return build_config(namespace.app, cli_values, os.environ if environ is None else environ)
 
 
+def describe(config: Config) -> str:
+    """The effective configuration, as TOML a --config file would accept."""
+    lines = [f"app = {json.dumps(config.app)}" if config.app else "# app: the built-in demo"]
+    for option in OPTIONS:
+        if option.name in ("config", "check_config"):
+            continue
+        lines.append(f"{option.name.replace('_', '-')} = "
+                     f"{json.dumps(config.values[option.name])}")  # JSON scalars are TOML
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     from .master import run_master
 
@@ -84,4 +96,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except ConfigError as exc:
         print(f"duck-prefork: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    if config.check_config:
+        print(describe(config))
+        sys.exit(0)
     sys.exit(run_master(config, reload_config=lambda: parse_args(argv)))

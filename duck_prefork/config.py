@@ -1,12 +1,14 @@
 """Every option once: its name, how its value is parsed, its default, its environment variable.
 
-The command line (cli.py) and the environment both read from the OPTIONS table, so a new option is
-one row here. Precedence: command line > `DUCK_PREFORK_<NAME>` environment > default.
+The command line (cli.py), the environment and the TOML file all read from the OPTIONS table,
+so a new option is one row here. Precedence: command line > `DUCK_PREFORK_<NAME>` environment
+> `--config` file > default.
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,6 +120,11 @@ class Option:
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 OPTIONS: tuple[Option, ...] = (
+    Option("config", text, "", metavar="FILE",
+           help="read options from a TOML file: each long option name as a key "
+                "(workers = 8, bind = [\"0.0.0.0:80\"]), and app"),
+    Option("check_config", boolean, False, flag=True,
+           help="validate the configuration, print the effective values, and exit"),
     Option("bind", bind_address, ["127.0.0.1:8000"], short="-b", metavar="ADDR", repeatable=True,
            help="address to listen on: HOST:PORT, [IPv6]:PORT, unix:/path/to.sock or fd://N; "
                 "repeat for several"),
@@ -223,14 +230,57 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
+def from_file(path: str) -> tuple[str | None, dict[str, Any]]:
+    """The APP and option values of a TOML file; errors name the file and the key or line."""
+    try:
+        with open(path, "rb") as file:
+            table = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None  # the message gives line and column
+    app = table.pop("app", None)
+    if app is not None and not isinstance(app, str):
+        raise ConfigError(f"{path}: app: expected a string like \"module:attribute\"")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        option = OPTIONS_BY_NAME.get(key.replace("-", "_"))
+        if option is None or option.name in ("config", "check_config"):
+            raise ConfigError(f"{path}: unknown key {key!r}")
+        source = f"{path}: {key}"
+        if option.repeatable:
+            items = value if isinstance(value, list) else [value]
+            if not items:
+                raise ConfigError(f"{source}: needs at least one value")
+            values[option.name] = [parse_value(option, _toml_text(item), source)
+                                   for item in items]
+        elif isinstance(value, (list, dict)):
+            raise ConfigError(f"{source}: expected a single value, got {value!r}")
+        else:
+            values[option.name] = parse_value(option, _toml_text(value), source)
+    return app, values
+
+
+def _toml_text(value: Any) -> str:
+    """A TOML scalar as the command line would have given it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def build_config(app: str | None, cli_values: Mapping[str, Any],
                  environ: Mapping[str, str] = os.environ) -> Config:
-    """Merge command line values over the environment over the defaults."""
+    """Merge command line values over the environment over the file over the defaults."""
     values = {option.name: option.default_value() for option in OPTIONS}
+    path = cli_values.get("config") or environ.get(OPTIONS_BY_NAME["config"].env, "")
+    file_app = None
+    if path:
+        file_app, file_values = from_file(path)
+        values.update(file_values)
     values.update(from_environment(environ))
     values.update(cli_values)
     if app is None:
-        app = environ.get(ENV_PREFIX + "APP", DEMO_APP)
+        app = environ.get(ENV_PREFIX + "APP", file_app or DEMO_APP)
     if app and ":" not in app:
         raise ConfigError(f"APP: expected module:attribute, got {app!r}")
     return Config(app=app, values=values)

@@ -229,20 +229,23 @@ class Master:
             except ConfigError as exc:
                 log.error("HUP: the configuration is invalid, keeping the current one: %s", exc)
                 return
+            if config.bind != self.config.bind:
+                log.warning("HUP: --bind changed; listeners change only with a restart")
             self.config = config
+        while len(self.slots) > self.config.workers:
+            self.remove_slot()
         current = [w for w in self.workers.values() if not w.retiring and w.replaces is None]
         log.info("HUP: reloading %d workers (each old one stops once its new one is ready)",
                  len(current))
         for worker in current:
             self.replace(worker)
+        while len(self.slots) < self.config.workers:
+            self.add_slot()
 
     def handle_ttin(self) -> None:
-        if self.stopping:
-            return
-        number = max(self.slots, default=0) + 1
-        self.slots[number] = Slot()
-        log.info("TTIN: one worker more (%d)", len(self.slots))
-        self.spawn(number)
+        if not self.stopping:
+            self.add_slot()
+            log.info("TTIN: one worker more (%d)", len(self.slots))
 
     def handle_ttou(self) -> None:
         if self.stopping:
@@ -250,12 +253,22 @@ class Master:
         if len(self.slots) <= 1:
             log.info("TTOU: already down to one worker")
             return
-        number = max(self.slots)
-        del self.slots[number]
+        number = self.remove_slot()
         log.info("TTOU: one worker fewer (%d); stopping worker %d gracefully", len(self.slots),
                  number)
+
+    def add_slot(self) -> None:
+        number = max(self.slots, default=0) + 1
+        self.slots[number] = Slot()
+        self.spawn(number)
+
+    def remove_slot(self) -> int:
+        """Drop the highest worker number; its workers drain and are not restarted."""
+        number = max(self.slots)
+        del self.slots[number]
         for worker in [w for w in self.workers.values() if w.number == number]:
             self.retire(worker)
+        return number
 
     def handle_usr1(self) -> None:
         """Reopen the log files (after logrotate moved them), here and in every worker."""
