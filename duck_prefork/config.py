@@ -175,6 +175,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_requests_jitter", non_negative_int, 0, metavar="J",
            help="add random(0..J) to --max-requests per worker, so they do not all recycle "
                 "at once"),
+    Option("pid", text, "", metavar="FILE",
+           help="write the master's pid to FILE (refused if it names a running process), "
+                "removed at exit"),
     Option("name", text, "", metavar="NAME", help="name shown in process titles"),
     Option("access_logfile", text, "", metavar="PATH|-",
            help="write one access log line per response to PATH, or - for stdout"),

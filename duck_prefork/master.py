@@ -93,6 +93,7 @@ class Master:
     graceful: bool = True
     stop_deadline: float = 0.0
     exit_code: int = EXIT_OK
+    oom_kills: int | None = None  # the cgroup's oom_kill count when last looked at
 
     @property
     def title_name(self) -> str:
@@ -108,6 +109,7 @@ class Master:
             signal.signal(signum, self._enqueue_signal)
         log.info("duck-prefork %s (pid %d) listening on %s", __version__, os.getpid(),
                  ", ".join(listener.describe() for listener in self.listeners))
+        self.oom_kills = oom_kill_count()
         try:
             for number in range(1, self.config.workers + 1):
                 self.slots[number] = Slot()
@@ -359,6 +361,11 @@ class Master:
 
     def on_worker_exit(self, worker: WorkerProcess, code: int) -> None:
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        oom_kills = oom_kill_count()
+        if code == -signal.SIGKILL and oom_kills is not None and self.oom_kills is not None \
+                and oom_kills > self.oom_kills:
+            how += " (the kernel's OOM killer: out of memory)"
+        self.oom_kills = oom_kills
         if self.stopping or (worker.retiring and code == 0):
             log.info("worker %d (pid %d) %s", worker.number, worker.pid, how)
             return
@@ -488,6 +495,54 @@ class Master:
                 log.info("worker %d (pid %d) killed", worker.number, pid)
 
 
+def oom_kill_count() -> int | None:
+    """How many processes the kernel's OOM killer has killed in our cgroup (cgroup v2), or None
+    where that cannot be read: compared before and after a SIGKILL, it says who sent it."""
+    try:
+        with open("/proc/self/cgroup") as file:
+            path = next(line.split(":", 2)[2].strip() for line in file if line.startswith("0::"))
+        with open(f"/sys/fs/cgroup{path}/memory.events") as file:
+            for line in file:
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+    except (OSError, StopIteration, ValueError):
+        pass
+    return None
+
+
+def write_pid_file(path: str) -> None:
+    """Write our pid atomically; refuse if the file names another live process."""
+    try:
+        with open(path) as file:
+            other = int(file.read().strip() or 0)
+    except (OSError, ValueError):
+        other = 0
+    if other and other != os.getpid():
+        try:
+            os.kill(other, 0)
+        except ProcessLookupError:
+            pass  # a leftover from a server that died
+        except PermissionError:
+            raise OSError(errno.EEXIST, f"{path} names running process {other}") from None
+        else:
+            raise OSError(errno.EEXIST, f"{path} names running process {other}")
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w") as file:
+        file.write(f"{os.getpid()}\n")
+    os.replace(temporary, path)
+
+
+def remove_pid_file(path: str) -> None:
+    try:
+        with open(path) as file:
+            if int(file.read().strip() or 0) != os.getpid():
+                return  # not ours any more
+        os.unlink(path)
+    except (OSError, ValueError):
+        pass
+
+
 def run_master(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
     """Everything before the supervision loop that can fail with a one-line error."""
     try:
@@ -509,9 +564,19 @@ def run_master(config: Config, reload_config: Callable[[], Config] | None = None
             return EXIT_CONFIG
     # Like `python -m`, make modules in the working directory importable as APP.
     sys.path.insert(0, os.getcwd())
+    if config.pid:
+        try:
+            write_pid_file(config.pid)
+        except OSError as exc:
+            print(f"duck-prefork: error: --pid: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_CONFIG
     try:
-        listeners = bind_all(config.bind, config.backlog)
-    except OSError as exc:
-        print(f"duck-prefork: error: --bind: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    return Master(config, listeners, reload_config=reload_config).run()
+        try:
+            listeners = bind_all(config.bind, config.backlog)
+        except OSError as exc:
+            print(f"duck-prefork: error: --bind: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        return Master(config, listeners, reload_config=reload_config).run()
+    finally:
+        if config.pid:
+            remove_pid_file(config.pid)
