@@ -175,6 +175,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_requests_jitter", non_negative_int, 0, metavar="J",
            help="add random(0..J) to --max-requests per worker, so they do not all recycle "
                 "at once"),
+    Option("max_worker_memory", non_negative_int, 0, metavar="MiB",
+           help="replace a worker gracefully once its unique memory (USS, else RSS) passes "
+                "this many MiB; checked every few seconds (0: off)"),
     Option("pid", text, "", metavar="FILE",
            help="write the master's pid to FILE (refused if it names a running process), "
                 "removed at exit"),

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import psutil
 import setproctitle
 
 from . import __version__, channel, logs
@@ -42,6 +43,8 @@ HANDLED_SIGNALS = {
 # STACK_DUMP_GRACE seconds.
 STACK_DUMP_SIGNAL = signal.SIGUSR2
 STACK_DUMP_GRACE = 1.0
+# How often --max-worker-memory is checked (reading USS costs the master a few ms a worker).
+MEMORY_CHECK_INTERVAL = 5.0
 
 # A worker that dies sooner than this after its fork counts as a crash, and is restarted
 # after a delay that doubles with each consecutive crash, up to RESTART_DELAY_MAX.
@@ -94,6 +97,7 @@ class Master:
     stop_deadline: float = 0.0
     exit_code: int = EXIT_OK
     oom_kills: int | None = None  # the cgroup's oom_kill count when last looked at
+    next_memory_check: float = 0.0
 
     @property
     def title_name(self) -> str:
@@ -421,29 +425,52 @@ class Master:
     # --- health ----------------------------------------------------------------------------
 
     def check_health(self) -> None:
-        """Kill workers that hang at boot (--boot-timeout) or later (--timeout); a hung one
-        first dumps its stack to the error log."""
+        """Kill workers that hang at boot (--boot-timeout) or later (--timeout; a hung one
+        first dumps its stack to the error log), replace those over --max-worker-memory."""
         now = time.monotonic()
-        boot_timeout, timeout = self.config.boot_timeout, self.config.timeout
+        config = self.config
+        check_memory = config.max_worker_memory and now >= self.next_memory_check
+        if check_memory:
+            self.next_memory_check = now + MEMORY_CHECK_INTERVAL
         for worker in list(self.workers.values()):
             if worker.hung:
                 if worker.kill_at and now >= worker.kill_at:
                     worker.kill_at = 0.0
                     self._signal(worker.pid, signal.SIGKILL)
             elif not worker.ready:
-                if boot_timeout and now - worker.started > boot_timeout:
+                if config.boot_timeout and now - worker.started > config.boot_timeout:
+                    worker.hung = True
                     worker.failure = (f"worker {worker.number} (pid {worker.pid}) was not ready "
-                                      f"{boot_timeout:g} s after its fork (--boot-timeout): "
-                                      f"the app's import or lifespan startup hangs")
+                                      f"{config.boot_timeout:g} s after its fork "
+                                      f"(--boot-timeout): the app's import or lifespan startup "
+                                      f"hangs")
                     log.error("%s; killing it", worker.failure)
                     self._signal(worker.pid, signal.SIGKILL)
-            elif timeout and now - worker.last_beat > timeout:
+            elif config.timeout and now - worker.last_beat > config.timeout:
                 log.error("worker %d (pid %d) has been silent for %.1f s (--timeout %g): "
                           "dumping its stack, then killing it", worker.number, worker.pid,
-                          now - worker.last_beat, timeout)
+                          now - worker.last_beat, config.timeout)
                 self._signal(worker.pid, STACK_DUMP_SIGNAL)
                 worker.hung = True
                 worker.kill_at = now + STACK_DUMP_GRACE
+            elif check_memory and not worker.retiring and worker.replaced_by not in self.workers:
+                self.check_memory(worker)
+
+    def check_memory(self, worker: WorkerProcess) -> None:
+        try:
+            process = psutil.Process(worker.pid)
+            try:
+                used = process.memory_full_info().uss
+            except (psutil.AccessDenied, AttributeError):
+                used = process.memory_info().rss
+        except psutil.NoSuchProcess:
+            return
+        limit = self.config.max_worker_memory * 1024 * 1024
+        if used > limit:
+            log.warning("worker %d (pid %d) uses %.1f MiB, over --max-worker-memory %d: "
+                        "replacing it", worker.number, worker.pid, used / 2**20,
+                        self.config.max_worker_memory)
+            self.replace(worker)
 
     # --- stopping --------------------------------------------------------------------------
 
