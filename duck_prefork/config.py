@@ -42,6 +42,12 @@ def ip_list(text: str) -> str:
     return text
 
 
+def hook_spec(text: str) -> str:
+    if text and (":" not in text or text.startswith(":") or text.endswith(":")):
+        raise ValueError("expected module:function")
+    return text
+
+
 def non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0 or value == float("inf"):  # also rejects nan
@@ -181,6 +187,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("pid", text, "", metavar="FILE",
            help="write the master's pid to FILE (refused if it names a running process), "
                 "removed at exit"),
+    Option("on_starting", hook_spec, "", metavar="MODULE:FUNCTION",
+           help="call FUNCTION(config) in the master before the first fork"),
+    Option("post_fork", hook_spec, "", metavar="MODULE:FUNCTION",
+           help="call FUNCTION(config, worker_number) in each worker right after its fork"),
+    Option("worker_exit", hook_spec, "", metavar="MODULE:FUNCTION",
+           help="call FUNCTION(config, worker_number, pid, exit_code) in the master when a "
+                "worker has exited"),
+    Option("on_reload", hook_spec, "", metavar="MODULE:FUNCTION",
+           help="call FUNCTION(config) in the master on HUP, with the new configuration"),
     Option("name", text, "", metavar="NAME", help="name shown in process titles"),
     Option("access_logfile", text, "", metavar="PATH|-",
            help="write one access log line per response to PATH, or - for stdout"),

@@ -11,6 +11,22 @@ class AppLoadError(Exception):
     """The app could not be loaded; str() says what failed in one line."""
 
 
+def load_callable(spec: str) -> Any:
+    """Import and return the callable named by "module:attr" (for hooks)."""
+    module_name, _, attrs = spec.partition(":")
+    if not module_name or not attrs:
+        raise AppLoadError(f"expected module:function, got {spec!r}")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for attr in attrs.split("."):
+            target = getattr(target, attr)
+    except (ImportError, AttributeError) as exc:
+        raise AppLoadError(f"cannot load {spec}: {exc}") from None
+    if not callable(target):
+        raise AppLoadError(f"{spec} is not callable")
+    return target
+
+
 def load_app(spec: str, factory: bool = False) -> Any:
     """Import and return the ASGI app named by `spec`.
 

@@ -21,6 +21,7 @@ import setproctitle
 
 from . import __version__, channel, logs
 from .config import Config, ConfigError
+from .hooks import run_hook
 from .logs import log
 from .sockets import Listener, bind_all
 from .worker import EXIT_BOOT_FAILED, LIFESPAN_SHUTDOWN_TIMEOUT, Worker, process_title
@@ -114,6 +115,7 @@ class Master:
         log.info("duck-prefork %s (pid %d) listening on %s", __version__, os.getpid(),
                  ", ".join(listener.describe() for listener in self.listeners))
         self.oom_kills = oom_kill_count()
+        run_hook("on-starting", self.config.on_starting, self.config)
         try:
             for number in range(1, self.config.workers + 1):
                 self.slots[number] = Slot()
@@ -235,6 +237,7 @@ class Master:
             except ConfigError as exc:
                 log.error("HUP: the configuration is invalid, keeping the current one: %s", exc)
                 return
+            run_hook("on-reload", config.on_reload, config)
             if config.bind != self.config.bind:
                 log.warning("HUP: --bind changed; listeners change only with a restart")
             self.config = config
@@ -361,7 +364,10 @@ class Master:
                 continue
             self.read_channel(worker)
             os.close(worker.channel)
-            self.on_worker_exit(worker, os.waitstatus_to_exitcode(status))
+            code = os.waitstatus_to_exitcode(status)
+            self.on_worker_exit(worker, code)
+            run_hook("worker-exit", self.config.worker_exit, self.config, worker.number,
+                     worker.pid, code)
 
     def on_worker_exit(self, worker: WorkerProcess, code: int) -> None:
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"

@@ -28,6 +28,7 @@ from .acceptor import Acceptor
 from .asgi import ASGI
 from .config import Config
 from .demo import create_demo_app
+from .hooks import run_hook
 from .http11 import HttpConnection, ServerState
 from .lifespan import Lifespan, LifespanFailure
 from .loader import AppLoadError, load_app
@@ -77,6 +78,7 @@ class Worker:
         # Ctrl-\ reaches the whole process group; QUIT is the master's to act on (it kills us).
         signal.signal(signal.SIGQUIT, signal.SIG_IGN)
         faulthandler.register(signal.SIGUSR2, file=logs.error_stream(), all_threads=True)
+        run_hook("post-fork", self.config.post_fork, self.config, self.number)
         code = 0
         try:
             uvloop.run(self.serve())
