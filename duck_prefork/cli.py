@@ -29,7 +29,7 @@ def _describe_default(option: Option) -> str:
     default = option.default_value()
     if isinstance(default, list):
         return " ".join(default)
-    if default == "":
+    if default == "" or default is None:
         return "none"
     return str(default)
 
@@ -82,8 +82,14 @@ def describe(config: Config) -> str:
     for option in OPTIONS:
         if option.name in ("config", "check_config"):
             continue
-        lines.append(f"{option.name.replace('_', '-')} = "
-                     f"{json.dumps(config.values[option.name])}")  # JSON scalars are TOML
+        value = config.values[option.name]
+        key = option.name.replace("_", "-")
+        if value is None:
+            lines.append(f"# {key}: not set")
+        elif option.name == "umask":
+            lines.append(f'{key} = "{value:03o}"')
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")  # JSON scalars are TOML
     return "\n".join(lines)
 
 

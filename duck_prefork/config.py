@@ -42,6 +42,13 @@ def ip_list(text: str) -> str:
     return text
 
 
+def octal(text: str) -> int:
+    value = int(text, 8)
+    if not 0 <= value <= 0o777:
+        raise ValueError("must be an octal mask like 027")
+    return value
+
+
 def hook_spec(text: str) -> str:
     if text and (":" not in text or text.startswith(":") or text.endswith(":")):
         raise ValueError("expected module:function")
@@ -184,6 +191,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_worker_memory", non_negative_int, 0, metavar="MiB",
            help="replace a worker gracefully once its unique memory (USS, else RSS) passes "
                 "this many MiB; checked every few seconds (0: off)"),
+    Option("preload", boolean, False, flag=True,
+           help="import the app in the master before forking (shared memory, faster boots); "
+                "HUP then restarts workers without importing it again"),
+    Option("user", text, "", metavar="USER",
+           help="run workers as USER (name or uid), after the master has bound its sockets"),
+    Option("group", text, "", metavar="GROUP",
+           help="run workers as GROUP (name or gid); default: USER's primary group"),
+    Option("umask", octal, None, metavar="MASK",
+           help="set the process umask, e.g. 027 (affects unix socket and log file modes)"),
     Option("pid", text, "", metavar="FILE",
            help="write the master's pid to FILE (refused if it names a running process), "
                 "removed at exit"),

@@ -24,7 +24,15 @@ from .config import Config, ConfigError
 from .hooks import run_hook
 from .logs import log
 from .sockets import Listener, bind_all
-from .worker import EXIT_BOOT_FAILED, LIFESPAN_SHUTDOWN_TIMEOUT, Worker, process_title
+from .worker import (
+    EXIT_BOOT_FAILED,
+    LIFESPAN_SHUTDOWN_TIMEOUT,
+    BootFailure,
+    Worker,
+    load_application,
+    process_title,
+    resolve_user,
+)
 
 EXIT_OK = 0
 EXIT_CONFIG = 1
@@ -89,6 +97,7 @@ class Master:
     config: Config
     listeners: list[Listener]
     reload_config: Callable[[], Config] | None = None  # re-reads the configuration on HUP
+    preloaded_app: object = None  # --preload: the app, imported here before any fork
     workers: dict[int, WorkerProcess] = field(default_factory=dict)  # by pid
     slots: dict[int, Slot] = field(default_factory=dict)
     pending_signals: list[int] = field(default_factory=list)
@@ -296,7 +305,9 @@ class Master:
         if pid == 0:  # the worker
             try:
                 self._forget_master_state(read_end)
-                Worker(self.config, self.listeners, number, write_end, self.title_name).run()
+                worker = Worker(self.config, self.listeners, number, write_end, self.title_name)
+                worker.preloaded_app = self.preloaded_app
+                worker.run()
             finally:
                 os._exit(1)
         os.close(write_end)
@@ -597,6 +608,22 @@ def run_master(config: Config, reload_config: Callable[[], Config] | None = None
             return EXIT_CONFIG
     # Like `python -m`, make modules in the working directory importable as APP.
     sys.path.insert(0, os.getcwd())
+    if config.umask is not None:
+        os.umask(config.umask)
+    try:
+        resolve_user(config.user, config.group)
+    except (KeyError, ValueError, OverflowError):
+        print(f"duck-prefork: error: --user/--group: no such user or group: "
+              f"{config.user or ''} {config.group or ''}".rstrip(), file=sys.stderr)
+        return EXIT_CONFIG
+    preloaded_app = None
+    if config.preload:
+        try:
+            preloaded_app = load_application(config)
+        except BootFailure as exc:
+            print(f"{exc}\nduck-prefork: --preload: the app could not be loaded; stopping",
+                  file=sys.stderr)
+            return EXIT_BOOT_FAILED
     if config.pid:
         try:
             write_pid_file(config.pid)
@@ -609,7 +636,8 @@ def run_master(config: Config, reload_config: Callable[[], Config] | None = None
         except OSError as exc:
             print(f"duck-prefork: error: --bind: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_CONFIG
-        return Master(config, listeners, reload_config=reload_config).run()
+        return Master(config, listeners, reload_config=reload_config,
+                      preloaded_app=preloaded_app).run()
     finally:
         if config.pid:
             remove_pid_file(config.pid)

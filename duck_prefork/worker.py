@@ -13,7 +13,9 @@ import ctypes
 import faulthandler
 import functools
 import gc
+import grp
 import os
+import pwd
 import random
 import signal
 import sys
@@ -62,6 +64,7 @@ class Worker:
         self.number = number
         self.channel = channel
         self.title_name = title_name
+        self.preloaded_app: Any = None  # the app imported by the master (--preload)
         self.stopping: asyncio.Event | None = None
         self.access_log: logs.AccessLog | None = None
         self.recycle_after = 0  # requests served before asking to be replaced; 0: never
@@ -78,6 +81,8 @@ class Worker:
         # Ctrl-\ reaches the whole process group; QUIT is the master's to act on (it kills us).
         signal.signal(signal.SIGQUIT, signal.SIG_IGN)
         faulthandler.register(signal.SIGUSR2, file=logs.error_stream(), all_threads=True)
+        if self.config.user or self.config.group:
+            drop_privileges(self.config.user, self.config.group)
         run_hook("post-fork", self.config.post_fork, self.config, self.number)
         code = 0
         try:
@@ -100,15 +105,9 @@ class Worker:
             pass  # the master is gone; the parent-death signal handles the rest
 
     def load_application(self) -> Any:
-        if not self.config.app:
-            return create_demo_app(self.config.workers)
-        try:
-            return load_app(self.config.app, self.config.factory)
-        except AppLoadError as exc:
-            raise BootFailure(f"cannot load app: {exc}") from None
-        except BaseException:
-            raise BootFailure(f"cannot load app {self.config.app}: importing it raised\n"
-                              f"{traceback.format_exc().rstrip()}") from None
+        if self.preloaded_app is not None:
+            return self.preloaded_app
+        return load_application(self.config)
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -192,3 +191,37 @@ class Worker:
             self.report(channel.RECYCLE)
         # Reschedule on the next whole second of loop time, so ticks do not drift.
         self._ticker = loop.call_at(int(loop.time()) + 1.0, self._tick, loop, state)
+
+
+def drop_privileges(user: str, group: str) -> None:
+    """Become USER/GROUP (names or ids, checked by run_master before any fork)."""
+    uid, gid = resolve_user(user, group)
+    if gid is not None:
+        os.setgroups([gid])
+        os.setgid(gid)
+    if uid is not None:
+        os.setuid(uid)
+
+
+def resolve_user(user: str, group: str) -> tuple[int | None, int | None]:
+    """(uid, gid) for --user/--group; the group defaults to the user's. Raises KeyError."""
+    uid = gid = None
+    if user:
+        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        uid, gid = entry.pw_uid, entry.pw_gid
+    if group:
+        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    return uid, gid
+
+
+def load_application(config: Config) -> Any:
+    """The ASGI app to serve (the demo without APP); raises BootFailure with the cause."""
+    if not config.app:
+        return create_demo_app(config.workers)
+    try:
+        return load_app(config.app, config.factory)
+    except AppLoadError as exc:
+        raise BootFailure(f"cannot load app: {exc}") from None
+    except BaseException:
+        raise BootFailure(f"cannot load app {config.app}: importing it raised\n"
+                          f"{traceback.format_exc().rstrip()}") from None
