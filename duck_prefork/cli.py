@@ -42,7 +42,8 @@ def make_parser() -> argparse.ArgumentParser:
         "(e.g. DUCK_PREFORK_WORKERS=8); the command line wins.",
         epilog="Signals to the master: TERM/INT graceful stop (second INT: at once), "
         "QUIT immediate stop, HUP reload (new workers, each old one stops once its "
-        "replacement is ready), TTIN/TTOU one worker more/fewer, USR1 reopen log files. "
+        "replacement is ready), TTIN/TTOU one worker more/fewer, USR1 reopen log files, "
+        "USR2 upgrade in place (same pid). "
         "Exit codes: 0 clean stop, 1 bad option, 3 the app could not boot.",
     )
     parser.add_argument("app", nargs="?", metavar="APP",
@@ -105,4 +106,4 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     if config.check_config:
         print(describe(config))
         sys.exit(0)
-    sys.exit(run_master(config, reload_config=lambda: parse_args(argv)))
+    sys.exit(run_master(config, reload_config=lambda: parse_args(argv), argv=list(argv)))

@@ -49,6 +49,11 @@ def octal(text: str) -> int:
     return value
 
 
+def directory(text: str) -> str:
+    # Absolute, so that the image re-executed by USR2 (already in DIR) lands in DIR again.
+    return os.path.abspath(text) if text else ""
+
+
 def hook_spec(text: str) -> str:
     if text and (":" not in text or text.startswith(":") or text.endswith(":")):
         raise ValueError("expected module:function")
@@ -219,7 +224,7 @@ OPTIONS: tuple[Option, ...] = (
            help="write the error log to PATH, or - for stderr"),
     Option("log_level", one_of(*LOG_LEVELS), "info", metavar="LEVEL",
            help="error log level: " + ", ".join(LOG_LEVELS)),
-    Option("chdir", text, "", metavar="DIR", help="change to DIR before loading the app"),
+    Option("chdir", directory, "", metavar="DIR", help="change to DIR before loading the app"),
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}

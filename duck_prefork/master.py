@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import psutil
 import setproctitle
 
-from . import __version__, channel, logs
+from . import __version__, channel, logs, reexec
 from .config import Config, ConfigError
 from .hooks import run_hook
 from .logs import log
@@ -45,6 +45,7 @@ HANDLED_SIGNALS = {
     signal.SIGTTIN: "ttin",
     signal.SIGTTOU: "ttou",
     signal.SIGUSR1: "usr1",
+    signal.SIGUSR2: "usr2",
     signal.SIGCHLD: "chld",
 }
 
@@ -98,6 +99,8 @@ class Master:
     listeners: list[Listener]
     reload_config: Callable[[], Config] | None = None  # re-reads the configuration on HUP
     preloaded_app: object = None  # --preload: the app, imported here before any fork
+    argv: list[str] | None = None  # the command line, for USR2's re-exec
+    inherited: list[reexec.InheritedWorker] = field(default_factory=list)  # after a re-exec
     workers: dict[int, WorkerProcess] = field(default_factory=dict)  # by pid
     slots: dict[int, Slot] = field(default_factory=dict)
     pending_signals: list[int] = field(default_factory=list)
@@ -124,11 +127,15 @@ class Master:
         log.info("duck-prefork %s (pid %d) listening on %s", __version__, os.getpid(),
                  ", ".join(listener.describe() for listener in self.listeners))
         self.oom_kills = oom_kill_count()
-        run_hook("on-starting", self.config.on_starting, self.config)
         try:
             for number in range(1, self.config.workers + 1):
                 self.slots[number] = Slot()
-                self.spawn(number)
+            if self.inherited:
+                self.take_over()
+            else:
+                run_hook("on-starting", self.config.on_starting, self.config)
+                for number in self.slots:
+                    self.spawn(number)
             while self.workers or not self.stopping:
                 self.wait_for_events()
                 self.dispatch_signals()
@@ -287,6 +294,44 @@ class Master:
         for worker in [w for w in self.workers.values() if w.number == number]:
             self.retire(worker)
         return number
+
+    def handle_usr2(self) -> None:
+        """Upgrade in place: re-execute this master (same pid) with the same command line; the
+        new image adopts the listeners and workers, then replaces the workers as for HUP."""
+        if self.stopping or self.argv is None:
+            return
+        problem = reexec.check_new_image(self.argv)
+        if problem:
+            log.error("USR2: not re-executing, the new image would fail: %s", problem)
+            return
+        workers = [reexec.InheritedWorker(w.pid, w.number, w.channel, w.ready, w.retiring)
+                   for w in self.workers.values()]
+        log.info("USR2: re-executing the master (pid %d) with %d workers serving",
+                 os.getpid(), len(workers))
+        try:
+            reexec.exec_new_image(self.argv, self.listeners, workers)
+        except OSError as exc:
+            log.error("USR2: exec failed (%s); the current image keeps running", exc)
+
+    def take_over(self) -> None:
+        """After a re-exec: adopt the previous image's workers, then replace them."""
+        now = time.monotonic()
+        for inherited in self.inherited:
+            self.workers[inherited.pid] = WorkerProcess(
+                inherited.number, inherited.pid, inherited.channel, now, last_beat=now,
+                ready=inherited.ready, retiring=inherited.retiring)
+        self.booted = True  # a new worker that cannot boot now must not stop the site
+        log.info("re-executed master pid %d", os.getpid())
+        for worker in list(self.workers.values()):
+            if worker.retiring:
+                continue
+            if worker.number in self.slots:
+                self.replace(worker)
+            else:
+                self.retire(worker)  # the new configuration has fewer workers
+        for number in self.slots:
+            if not self._slot_alive(number):
+                self.spawn(number)
 
     def handle_usr1(self) -> None:
         """Reopen the log files (after logrotate moved them), here and in every worker."""
@@ -587,7 +632,8 @@ def remove_pid_file(path: str) -> None:
         pass
 
 
-def run_master(config: Config, reload_config: Callable[[], Config] | None = None) -> int:
+def run_master(config: Config, reload_config: Callable[[], Config] | None = None,
+               argv: list[str] | None = None) -> int:
     """Everything before the supervision loop that can fail with a one-line error."""
     try:
         logs.setup_error_log(config.error_logfile, config.log_level)
@@ -630,14 +676,20 @@ def run_master(config: Config, reload_config: Callable[[], Config] | None = None
         except OSError as exc:
             print(f"duck-prefork: error: --pid: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_CONFIG
+    # After USR2 this is the new image of the same master: adopt instead of binding.
+    inherit = os.environ.pop(reexec.INHERIT_ENV, "")
     try:
-        try:
-            listeners = bind_all(config.bind, config.backlog)
-        except OSError as exc:
-            print(f"duck-prefork: error: --bind: {exc.strerror or exc}", file=sys.stderr)
-            return EXIT_CONFIG
+        inherited: list[reexec.InheritedWorker] = []
+        if inherit:
+            listeners, inherited = reexec.adopt(inherit)
+        else:
+            try:
+                listeners = bind_all(config.bind, config.backlog)
+            except OSError as exc:
+                print(f"duck-prefork: error: --bind: {exc.strerror or exc}", file=sys.stderr)
+                return EXIT_CONFIG
         return Master(config, listeners, reload_config=reload_config,
-                      preloaded_app=preloaded_app).run()
+                      preloaded_app=preloaded_app, argv=argv, inherited=inherited).run()
     finally:
         if config.pid:
             remove_pid_file(config.pid)

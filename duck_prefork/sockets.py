@@ -133,6 +133,14 @@ def _adopt_fd(address: BindAddress, backlog: int) -> socket.socket:
 _BINDERS = {"tcp": _bind_tcp, "unix": _bind_unix, "fd": _adopt_fd}
 
 
+def address_of(sock: socket.socket) -> BindAddress:
+    """What a listening socket is bound to, for one inherited across a re-exec."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return BindAddress("unix", path=name if isinstance(name, str) else "")
+    return BindAddress("tcp", host=name[0], port=name[1])
+
+
 def bind_all(binds: list[str], backlog: int) -> list[Listener]:
     """Bind every address; on any failure close what was bound and raise OSError."""
     listeners: list[Listener] = []

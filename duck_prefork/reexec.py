@@ -1,0 +1,100 @@
+"""USR2: the master re-executes itself in place, keeping its pid, its listeners and its workers.
+
+Before exec, the listening sockets and each worker's channel are made inheritable and described
+in one environment variable; the new image (same pid, so the workers are still its children and
+systemd still tracks it) adopts them instead of binding, then replaces the workers as for HUP.
+
+  DUCK_PREFORK_INHERIT="listeners=3,4;workers=1234:1:7:r,1235:2:8:"
+  (per worker pid:number:channel fd:flags, flags r = ready, t = retiring)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .sockets import Listener, address_of
+
+INHERIT_ENV = "DUCK_PREFORK_INHERIT"
+
+
+@dataclass(frozen=True)
+class InheritedWorker:
+    pid: int
+    number: int
+    channel: int
+    ready: bool
+    retiring: bool
+
+
+def describe(listeners: Sequence[Listener], workers: Sequence[InheritedWorker]) -> str:
+    return "listeners={};workers={}".format(
+        ",".join(str(listener.socket.fileno()) for listener in listeners),
+        ",".join(f"{w.pid}:{w.number}:{w.channel}:{'r' if w.ready else ''}"
+                 f"{'t' if w.retiring else ''}" for w in workers))
+
+
+def parse(text: str) -> tuple[list[int], list[InheritedWorker]]:
+    parts = dict(part.split("=", 1) for part in text.split(";") if "=" in part)
+    fds = [int(fd) for fd in parts.get("listeners", "").split(",") if fd]
+    workers = []
+    for item in parts.get("workers", "").split(","):
+        if item:
+            pid, number, channel, flags = item.split(":")
+            workers.append(InheritedWorker(int(pid), int(number), int(channel), "r" in flags,
+                                           "t" in flags))
+    return fds, workers
+
+
+def new_image_argv(argv: Sequence[str]) -> list[str]:
+    return [sys.executable, "-m", "duck_prefork", *argv]
+
+
+def check_new_image(argv: Sequence[str]) -> str | None:
+    """Why exec would fail, found before it (so the old image keeps running): None if fine."""
+    executable = new_image_argv(argv)[0]
+    if not os.access(executable, os.X_OK):
+        return f"{executable} is not executable"
+    # The new image must at least import and accept its configuration.
+    probe = subprocess.run([*new_image_argv(argv), "--check-config"], capture_output=True,
+                           text=True, timeout=60, env={**os.environ, INHERIT_ENV: ""})
+    if probe.returncode != 0:
+        return (probe.stderr.strip() or probe.stdout.strip() or
+                f"the new image exited with code {probe.returncode}")
+    return None
+
+
+def exec_new_image(argv: Sequence[str], listeners: Sequence[Listener],
+                   workers: Sequence[InheritedWorker]) -> None:
+    """Replace this process's image; returns only if exec failed (the OSError is raised)."""
+    fds = [listener.socket.fileno() for listener in listeners] + [w.channel for w in workers]
+    for fd in fds:
+        os.set_inheritable(fd, True)
+    env = {**os.environ, INHERIT_ENV: describe(listeners, workers)}
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, new_image_argv(argv), env)
+    except OSError:
+        for fd in fds:
+            os.set_inheritable(fd, False)
+        raise
+
+
+def adopt(text: str) -> tuple[list[Listener], list[InheritedWorker]]:
+    """In the new image: the inherited listeners (made close-on-exec again) and workers."""
+    fds, workers = parse(text)
+    listeners = []
+    for fd in fds:
+        sock = socket.socket(fileno=fd)
+        sock.set_inheritable(False)
+        sock.setblocking(False)
+        listeners.append(Listener(sock, address_of(sock)))
+    for worker in workers:
+        os.set_inheritable(worker.channel, False)
+        os.set_blocking(worker.channel, False)
+    return listeners, workers
