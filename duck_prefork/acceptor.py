@@ -15,6 +15,7 @@ import errno
 import socket
 from collections.abc import Callable
 
+from .http11 import ServerState
 from .logs import log
 
 # accept() errors that mean "this process or the system is out of a resource": back off.
@@ -32,9 +33,11 @@ RETRY_MAX = 0.25  # polling 4 times a second while starved costs nothing
 class Acceptor:
     """Accepts connections from one listening socket and hands them to the event loop."""
 
-    def __init__(self, sock: socket.socket, protocol_factory: Callable[[], asyncio.Protocol]):
+    def __init__(self, sock: socket.socket, protocol_factory: Callable[[], asyncio.Protocol],
+                 state: ServerState):
         self.sock = sock
         self.protocol_factory = protocol_factory
+        self.state = state  # counts connections accepted but not yet set up, for the drain
         self.loop = asyncio.get_running_loop()
         self.accepting = False
         self._retry: asyncio.TimerHandle | None = None
@@ -72,6 +75,7 @@ class Acceptor:
                 self._back_off(exc)
                 return
             accepted += 1
+            self.state.pending_connects += 1
             self.loop.create_task(self._connect(conn))
         if self._starved and accepted:
             self._starved = False
@@ -83,6 +87,11 @@ class Acceptor:
             await self.loop.connect_accepted_socket(self.protocol_factory, conn)
         except OSError:
             conn.close()  # the client went away before the transport was set up
+        finally:
+            # By now the connection is in state.connections (or gone): a drain that began
+            # meanwhile waits for it, instead of exiting with it unanswered.
+            self.state.pending_connects -= 1
+            self.state.check_drained()
 
     def _back_off(self, exc: OSError) -> None:
         """Stop watching the socket for a while; connections wait in the kernel backlog."""

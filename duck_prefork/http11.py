@@ -94,6 +94,7 @@ class ServerState:
         self.timing = timing  # record request start times (only the access log needs them)
         self.connections: set[HttpConnection] = set()
         self.tasks: set[asyncio.Task] = set()
+        self.pending_connects = 0  # accepted sockets whose connection is being set up
         self.draining = False
         self.drained = asyncio.Event()
         self.date_header = date_header()
@@ -123,7 +124,8 @@ class ServerState:
         self.check_drained()
 
     def check_drained(self) -> None:
-        if self.draining and not self.connections and not self.tasks:
+        if self.draining and not self.connections and not self.tasks \
+                and not self.pending_connects:
             self.drained.set()
 
 

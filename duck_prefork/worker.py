@@ -141,7 +141,7 @@ class Worker:
                             concurrency=config.limit_concurrency,
                             header_timeout=config.header_timeout,
                             send_timeout=config.send_timeout)
-        acceptors = [Acceptor(listener.socket, lambda: HttpConnection(state))
+        acceptors = [Acceptor(listener.socket, lambda: HttpConnection(state), state)
                      for listener in self.listeners]
         for acceptor in acceptors:
             acceptor.start()
