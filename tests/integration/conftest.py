@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
@@ -151,6 +152,48 @@ class Server:
         self._log.close()
         self._out.close()
         return survivors
+
+
+@contextlib.contextmanager
+def running_server(args: list[str], tmp_path: Path):
+    """A ready server for a whole module, cleaned up by PID at the end."""
+    server = Server(list(args), tmp_path)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        survivors = server.cleanup()
+        assert not survivors, f"processes outlived their server: {survivors}"
+
+
+@pytest.fixture
+def calls(tmp_path) -> Path:
+    """The file tests.apps.pressure appends one line to per request it is called for."""
+    return tmp_path / "calls"
+
+
+@pytest.fixture
+def serve(start_server, calls):
+    """serve(*options) -> a one-worker server of tests.apps.pressure recording its calls."""
+
+    def start(*args: str):
+        return start_server("tests.apps.pressure:app", "--workers", "1", *args,
+                            env={"DUCK_TEST_CALLS": str(calls)})
+
+    return start
+
+
+def app_calls(calls: Path) -> list[str]:
+    return calls.read_text().splitlines() if calls.exists() else []
+
+
+def close_now(sock: socket.socket) -> None:
+    """End a connection at once (read_response's reader would keep the descriptor open)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from .conftest import Server
+from .conftest import running_server
 from .wire import LogWatch, describe, exchange, parse_responses
 
 pytestmark = pytest.mark.timeout(60)
@@ -152,15 +152,10 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    server = Server([APP, "--workers", "1"], tmp_path_factory.mktemp("bad-requests"))
-    try:
-        server.wait_ready()
+    with running_server([APP, "--workers", "1"], tmp_path_factory.mktemp("bad-requests")) as server:
         server.initial_workers = sorted(server.worker_pids())
         server.log_watch = LogWatch(server)
         yield server
-    finally:
-        survivors = server.cleanup()
-        assert not survivors, f"processes outlived the server: {survivors}"
 
 
 def test_enough_cases():

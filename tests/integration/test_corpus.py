@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Server
+from .conftest import running_server
 from .wire import LogWatch, describe, exchange, parse_responses
 
 pytestmark = pytest.mark.timeout(60)
@@ -56,15 +56,10 @@ RESULTS: dict[str, tuple[str, str, str]] = {}  # id -> (expect, verdict, what ha
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    server = Server([APP, "--workers", "1"], tmp_path_factory.mktemp("corpus"))
-    try:
-        server.wait_ready()
+    with running_server([APP, "--workers", "1"], tmp_path_factory.mktemp("corpus")) as server:
         server.initial_workers = sorted(server.worker_pids())
         server.log_watch = LogWatch(server)
         yield server
-    finally:
-        survivors = server.cleanup()
-        assert not survivors, f"processes outlived the corpus server: {survivors}"
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -4,7 +4,6 @@ the worker's RSS (psutil) against a baseline taken after a warm-up request."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .conftest import read_response, wait_for
+from .conftest import close_now, read_response, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -24,14 +23,6 @@ MAX_GROWTH = 32 * MiB
 
 def rss(pid: int) -> int:
     return psutil.Process(pid).memory_info().rss
-
-
-def close(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
 
 
 def get(path: str) -> bytes:
@@ -66,7 +57,7 @@ def test_unread_response_is_not_buffered_by_the_worker(start_server, tmp_path):
     warm = server.connect()
     warm.sendall(get(f"/stream?size={4 * MiB}&chunk=65536"))
     status, _, body = read_response(warm)
-    close(warm)
+    close_now(warm)
     assert (status, len(body)) == (200, 4 * MiB)
     baseline = rss(worker)
 
@@ -90,7 +81,7 @@ def test_unread_response_is_not_buffered_by_the_worker(start_server, tmp_path):
         f"{handed_over / MiB:.1f} MiB)"
 
     status, headers, body = read_response(sock, timeout=60)
-    close(sock)
+    close_now(sock)
     assert status == 200
     assert int(headers["content-length"]) == SIZE
     assert len(body) == SIZE and body.count(b"x") == SIZE
@@ -104,7 +95,7 @@ def test_slowly_read_upload_is_not_buffered_by_the_worker(start_server):
     warm.sendall(b"POST /slow-read?pause=0.001 HTTP/1.1\r\nHost: t\r\n"
                  b"Content-Length: %d\r\n\r\n" % (4 * MiB) + b"w" * (4 * MiB))
     assert read_response(warm)[::2] == (200, str(4 * MiB).encode())
-    close(warm)
+    close_now(warm)
     baseline = rss(worker)
 
     sock = server.connect(timeout=60)
@@ -131,7 +122,7 @@ def test_slowly_read_upload_is_not_buffered_by_the_worker(start_server):
     peak = max(peak, rss(worker))
     assert not errors, errors
     status, headers, body = read_response(sock, timeout=60)
-    close(sock)
+    close_now(sock)
     assert (status, body) == (200, str(SIZE).encode())
     assert peak - baseline < MAX_GROWTH, \
         f"worker RSS grew by {(peak - baseline) / MiB:.1f} MiB during the upload " \

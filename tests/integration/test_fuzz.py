@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from .conftest import Server
+from .conftest import running_server
 from .wire import LogWatch, exchange, parse_responses
 
 pytestmark = pytest.mark.timeout(120)
@@ -73,15 +73,10 @@ def requests(draw) -> tuple[bytes, bool]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    server = Server([APP, "--workers", "1"], tmp_path_factory.mktemp("fuzz"))
-    try:
-        server.wait_ready()
+    with running_server([APP, "--workers", "1"], tmp_path_factory.mktemp("fuzz")) as server:
         server.worker_pid = _pid(server)
         server.log_watch = LogWatch(server)
         yield server
-    finally:
-        survivors = server.cleanup()
-        assert not survivors, f"processes outlived the fuzzed server: {survivors}"
 
 
 def _pid(server) -> int | None:

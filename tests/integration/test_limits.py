@@ -5,49 +5,18 @@ them is answered, and the app is not called for what the server refuses."""
 from __future__ import annotations
 
 import re
-import socket
 from pathlib import Path
 
 import pytest
 
-from .conftest import read_response, recv_all, wait_for
+from .conftest import app_calls, close_now, read_response, recv_all, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
-APP = "tests.apps.pressure:app"
 NEXT = b"GET /pipelined HTTP/1.1\r\nHost: t\r\n\r\n"
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-@pytest.fixture
-def calls(tmp_path) -> Path:
-    """The file the pressure app appends one line to per request it is called for."""
-    return tmp_path / "calls"
-
-
-@pytest.fixture
-def serve(start_server, calls):
-    """serve(*options) -> a one-worker server of the pressure app that records its calls."""
-
-    def start(*args: str):
-        return start_server(APP, "--workers", "1", *args, env={"DUCK_TEST_CALLS": str(calls)})
-
-    return start
-
-
-def app_calls(calls: Path) -> list[str]:
-    return calls.read_text().splitlines() if calls.exists() else []
-
-
-def close(sock: socket.socket) -> None:
-    """End the connection at once (read_response's reader keeps the descriptor open)."""
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
-
 
 def exchange(server, raw: bytes) -> bytes:
     """Send `raw` on a new connection in one write; everything the server sends until it closes
@@ -57,7 +26,7 @@ def exchange(server, raw: bytes) -> bytes:
         sock.sendall(raw)
         return recv_all(sock)
     finally:
-        close(sock)
+        close_now(sock)
 
 
 def statuses(data: bytes) -> list[int]:
@@ -119,7 +88,7 @@ def test_request_line_limit_boundary(serve, calls):
     assert read_response(sock)[:1] == (200,)
     sock.sendall(get("/" + "c" * 87) + NEXT)  # 101 bytes, on the same keep-alive connection
     rest = recv_all(sock)
-    close(sock)
+    close_now(sock)
     assert_refused(rest, 414)
     assert app_calls(calls) == ["GET /" + "b" * 86]
 
@@ -158,7 +127,7 @@ def read_response_on_new(server, raw: bytes):
         sock.sendall(raw)
         return read_response(sock)
     finally:
-        close(sock)
+        close_now(sock)
 
 
 # --- --limit-request-body ---------------------------------------------------------------------
@@ -170,7 +139,7 @@ def test_content_length_over_body_limit_is_413_before_the_app_is_called(serve, c
     # Only the head is sent: the 413 must come without the server waiting for the body.
     sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1001\r\n\r\n")
     data = recv_all(sock)
-    close(sock)
+    close_now(sock)
     assert_refused(data, 413)
     # The app records a call before reading any body; the next request is the first it sees.
     still_serving(server, calls, worker)
@@ -183,7 +152,7 @@ def test_expect_continue_over_body_limit_gets_413_not_100(serve, calls):
     sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n"
                  b"Expect: 100-continue\r\n\r\n")
     data = recv_all(sock)
-    close(sock)
+    close_now(sock)
     assert_refused(data, 413)  # and no "100 Continue" before it
     assert app_calls(calls) == []
 
@@ -221,7 +190,7 @@ def test_body_of_exactly_the_limit_is_accepted(serve, calls):
     assert read_response(sock)[::2] == (200, body)
     sock.sendall(post("/echo", b""))
     assert read_response(sock)[::2] == (200, b"")
-    close(sock)
+    close_now(sock)
     assert app_calls(calls) == ["POST /echo"] * 3
 
 
@@ -244,13 +213,13 @@ def test_limit_concurrency_answers_503_beyond_it(serve, calls, tmp_path):
     assert status == 503, (status, body)
     assert headers.get("connection") == "close"
     assert recv_all(sock) == b""  # and the connection is closed
-    close(sock)
+    close_now(sock)
     assert app_calls(calls) == [f"GET /hold?release={release}"] * 2  # /third never ran
 
     release.touch()
     for sock in held:
         assert read_response(sock, timeout=30)[::2] == (200, b"held")
-        close(sock)
+        close_now(sock)
     server.wait_log(r"--limit-concurrency 2 reached: answered 1 requests? with 503")
     # below the limit again: served
     still_serving(server, calls, worker)

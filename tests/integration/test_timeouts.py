@@ -9,41 +9,14 @@ from __future__ import annotations
 import select
 import socket
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 
-from .conftest import read_response, recv_all, wait_for
+from .conftest import app_calls, close_now, read_response, recv_all, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
-APP = "tests.apps.pressure:app"
-
-
-@pytest.fixture
-def calls(tmp_path) -> Path:
-    return tmp_path / "calls"
-
-
-@pytest.fixture
-def serve(start_server, calls):
-    def start(*args: str):
-        return start_server(APP, "--workers", "1", *args, env={"DUCK_TEST_CALLS": str(calls)})
-
-    return start
-
-
-def app_calls(calls: Path) -> list[str]:
-    return calls.read_text().splitlines() if calls.exists() else []
-
-
-def close(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
 
 
 def get(path: str) -> bytes:
@@ -91,7 +64,7 @@ def test_silent_connection_gets_408_then_eof(serve):
     server = serve("--header-timeout", "1", "--keep-alive", "30")
     sock = server.connect()
     data = recv_all(sock, timeout=20)
-    close(sock)
+    close_now(sock)
     assert data.startswith(b"HTTP/1.1 408 "), data[:200]
     assert b"\r\nconnection: close\r\n" in data.lower()
 
@@ -101,7 +74,7 @@ def test_half_a_head_gets_408_then_eof(serve, calls):
     sock = server.connect()
     sock.sendall(b"GET /never HTTP/1.1\r\nHost: t\r\nX-Part")
     data = recv_all(sock, timeout=20)
-    close(sock)
+    close_now(sock)
     assert data.startswith(b"HTTP/1.1 408 "), data[:200]
     assert app_calls(calls) == []
 
@@ -114,7 +87,7 @@ def test_partial_next_head_on_keep_alive_connection_is_closed_without_408(serve,
     assert read_response(sock)[::2] == (200, b"ok")
     sock.sendall(b"GET /second HTTP/1.1\r\nHo")
     rest = recv_all(sock, timeout=20)
-    close(sock)
+    close_now(sock)
     assert rest == b""  # a plain close: no 408 after a response on this connection
     assert app_calls(calls) == ["GET /first"]
 
@@ -148,7 +121,7 @@ def test_slowloris_connections_are_closed_and_others_served(serve):
     for watch in watches:
         # a 408 when it got through before our next byte; never anything else
         assert watch.data == b"" or watch.data.startswith(b"HTTP/1.1 408 "), watch.data[:100]
-        close(watch.sock)
+        close_now(watch.sock)
     assert server.request("GET", "/after")[0] == 200
     assert server.worker_pids() == [worker]
 
@@ -167,14 +140,14 @@ def test_keep_alive_closes_idle_connections_not_busy_ones(serve, calls, tmp_path
     assert read_response(idle)[::2] == (200, b"ok")
     # the keep-alive sweep closes the idle connection ...
     assert recv_all(idle, timeout=20) == b""
-    close(idle)
+    close_now(idle)
     # ... and the sweeps that ran meanwhile left the connection with a request in flight
     # alone: it was open longer than the idle one, and it still gets its response.
     release.touch()
     assert read_response(busy, timeout=30)[::2] == (200, b"held")
     # once answered it is idle, and closed in turn
     assert recv_all(busy, timeout=20) == b""
-    close(busy)
+    close_now(busy)
 
 
 def test_keep_alive_closes_a_connection_left_with_an_unread_body(serve, calls):
@@ -187,7 +160,7 @@ def test_keep_alive_closes_a_connection_left_with_an_unread_body(serve, calls):
                  + b"x" * 10)
     assert read_response(sock)[::2] == (200, b"ok")
     assert recv_all(sock, timeout=20) == b""  # times out if the connection is never closed
-    close(sock)
+    close_now(sock)
     assert app_calls(calls) == ["POST /no-read"]
 
 
@@ -196,7 +169,7 @@ def test_keep_alive_does_not_cut_a_slow_request(serve):
     sock = server.connect(timeout=30)
     sock.sendall(get("/slow?delay=3"))  # three keep-alive sweeps while the app sleeps
     assert read_response(sock, timeout=30)[::2] == (200, b"slow")
-    close(sock)
+    close_now(sock)
 
 
 # --- --send-timeout -------------------------------------------------------------------------------
@@ -226,7 +199,7 @@ def test_send_timeout_closes_a_connection_that_stops_reading(serve, calls):
              what="the worker to drop the stalled connection")
     # the client finds its connection ended, short of the whole response
     received = recv_all(stalled, timeout=30)
-    close(stalled)
+    close_now(stalled)
     assert received.startswith(b"HTTP/1.1 200 ")
     assert len(received) < size
     assert server.worker_pids() == [worker]
