@@ -562,10 +562,7 @@ class Master:
 
     def kill_all(self, signum: int) -> None:
         for pid in list(self.workers):
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
+            self._signal(pid, signum)
         if signum == signal.SIGKILL:
             self._reap_blocking()
 
