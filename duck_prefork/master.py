@@ -25,6 +25,7 @@ from .hooks import run_hook
 from .logs import log
 from .pidfile import remove_pid_file, write_pid_file
 from .sockets import Listener, bind_all
+from .systemd import Notifier
 from .worker import (
     EXIT_BOOT_FAILED,
     LIFESPAN_SHUTDOWN_TIMEOUT,
@@ -112,6 +113,9 @@ class Master:
     exit_code: int = EXIT_OK
     oom_kills: int | None = None  # the cgroup's oom_kill count when last looked at
     next_memory_check: float = 0.0
+    notifier: Notifier = field(default_factory=Notifier)
+    reloading: bool = False  # a HUP's replacements are still booting (systemd waits for READY)
+    last_reload: str = ""  # when the last reload finished, for STATUS=
 
     @property
     def title_name(self) -> str:
@@ -145,6 +149,7 @@ class Master:
                 if not self.stopping:
                     self.check_health()
                     self.restart_missing_workers()
+                    self.notifier.pet_watchdog(time.monotonic())
         finally:
             self.kill_all(signal.SIGKILL)
             for listener in self.listeners:
@@ -180,6 +185,12 @@ class Master:
     def deadlines(self) -> list[float]:
         if self.stopping:
             return [self.stop_deadline]
+        watchdog = self.notifier.watchdog_due
+        if watchdog is not None:
+            return [watchdog, *self._worker_deadlines()]
+        return self._worker_deadlines()
+
+    def _worker_deadlines(self) -> list[float]:
         return [slot.restart_at for number, slot in self.slots.items()
                 if slot.restart_at and not self._slot_alive(number)] + \
             [worker.kill_at for worker in self.workers.values() if worker.kill_at]
@@ -258,6 +269,8 @@ class Master:
             if config.bind != self.config.bind:
                 log.warning("HUP: --bind changed; listeners change only with a restart")
             self.config = config
+        self.notifier.reloading()
+        self.reloading = True
         while len(self.slots) > self.config.workers:
             self.remove_slot()
         current = [w for w in self.workers.values() if not w.retiring and w.replaces is None]
@@ -393,6 +406,8 @@ class Master:
         for fd in (self._wakeup_r, self._wakeup_w, own_read_end,
                    *(worker.channel for worker in self.workers.values())):
             os.close(fd)
+        if self.notifier.socket is not None:
+            self.notifier.socket.close()  # only the master speaks to systemd
 
     def on_worker_ready(self, worker: WorkerProcess) -> None:
         worker.ready = True
@@ -403,10 +418,12 @@ class Master:
             self.retire(predecessor)
         if worker.number not in self.slots:
             self.retire(worker)  # scaled down (TTOU) while it booted
+        self.report_state()
         if not self.booted and all(w.ready for w in self.workers.values()) \
                 and len(self.workers) == len(self.slots):
             self.booted = True
             log.info("ready: %d workers serving", len(self.workers))
+            self.notifier.ready(self.status_line())
 
     def reap_workers(self) -> None:
         while True:
@@ -441,6 +458,7 @@ class Master:
             log.error("new worker %d (pid %d) %s before it was ready; pid %d keeps serving%s",
                       worker.number, worker.pid, how, worker.replaces,
                       f": {worker.failure}" if worker.failure else "")
+            self.report_state()
             return
         if worker.retiring:
             log.warning("worker %d (pid %d) %s while stopping", worker.number, worker.pid, how)
@@ -473,6 +491,22 @@ class Master:
             slot.crashes = 0
             slot.restart_at = 0.0
             log.error("worker %d (pid %d) %s; restarting it", worker.number, worker.pid, how)
+
+    def report_state(self) -> None:
+        """Tell systemd: READY=1 once a reload's replacements have all settled, else STATUS=."""
+        if not self.notifier.enabled or not self.booted:
+            return
+        if self.reloading and not any(w.replaces is not None for w in self.workers.values()):
+            self.reloading = False
+            self.last_reload = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+            self.notifier.ready(self.status_line())
+        else:
+            self.notifier.status(self.status_line())
+
+    def status_line(self) -> str:
+        serving = sum(1 for w in self.workers.values() if w.ready and not w.retiring)
+        line = f"{serving}/{len(self.slots)} workers serving"
+        return f"{line}; last reload {self.last_reload}" if self.last_reload else line
 
     def _slot_alive(self, number: int) -> bool:
         return any(worker.number == number and not worker.retiring
@@ -538,6 +572,8 @@ class Master:
     # --- stopping --------------------------------------------------------------------------
 
     def stop(self, graceful: bool) -> None:
+        if not self.stopping:
+            self.notifier.stopping()
         self.stopping = True
         self.graceful = graceful
         # New connections are refused from now on (once the workers close their copies too).
