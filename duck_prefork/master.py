@@ -24,7 +24,7 @@ from .config import Config, ConfigError
 from .hooks import run_hook
 from .logs import log
 from .pidfile import remove_pid_file, write_pid_file
-from .sockets import Listener, bind_all
+from .sockets import Listener, bind_all, from_systemd
 from .systemd import Notifier
 from .worker import (
     EXIT_BOOT_FAILED,
@@ -682,8 +682,11 @@ def run_master(config: Config, reload_config: Callable[[], Config] | None = None
     inherit = os.environ.pop(reexec.INHERIT_ENV, "")
     try:
         inherited: list[reexec.InheritedWorker] = []
+        activated = from_systemd(os.environ)
         if inherit:
             listeners, inherited = reexec.adopt(inherit)
+        elif activated:
+            listeners = activated  # socket activation: systemd bound them, and keeps them
         else:
             try:
                 listeners = bind_all(config.bind, config.backlog)

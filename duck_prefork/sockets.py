@@ -48,11 +48,18 @@ def parse_bind(value: str) -> BindAddress:
 class Listener:
     """One bound, listening socket owned by the master and inherited by every worker."""
 
-    def __init__(self, sock: socket.socket, address: BindAddress):
+    def __init__(self, sock: socket.socket, address: BindAddress, owned: bool = True,
+                 name: str = ""):
         self.socket = sock
         self.address = address
+        self.owned = owned  # bound by us (a unix socket file is ours to remove), not handed in
+        self.name = name  # systemd's LISTEN_FDNAMES entry, if any
 
     def describe(self) -> str:
+        text = self._where()
+        return f"{text} ({self.name})" if self.name else text
+
+    def _where(self) -> str:
         if self.address.kind == "unix":
             return f"unix:{self.address.path}"
         name = self.socket.getsockname()
@@ -65,7 +72,7 @@ class Listener:
     def close(self, unlink: bool) -> None:
         """Close the socket; the master that bound a unix socket also removes its file."""
         self.socket.close()
-        if unlink and self.address.kind == "unix":
+        if unlink and self.owned and self.address.kind == "unix":
             try:
                 os.unlink(self.address.path)
             except FileNotFoundError:
@@ -153,9 +160,29 @@ def bind_all(binds: list[str], backlog: int) -> list[Listener]:
                 reason = exc.strerror or str(exc)
                 raise OSError(exc.errno, f"cannot listen on {value}: {reason}") from exc
             sock.setblocking(False)
-            listeners.append(Listener(sock, address))
+            listeners.append(Listener(sock, address, owned=address.kind != "fd"))
     except BaseException:
         for listener in listeners:
             listener.close(unlink=True)
         raise
+    return listeners
+
+
+SD_LISTEN_FDS_START = 3  # systemd passes sockets from this descriptor on
+
+
+def from_systemd(environ: dict) -> list[Listener] | None:
+    """The sockets systemd passed (socket activation), or None if it passed none to us. The
+    variables are removed, so that our children do not take the sockets for theirs."""
+    pid, count = environ.pop("LISTEN_PID", ""), environ.pop("LISTEN_FDS", "")
+    names = environ.pop("LISTEN_FDNAMES", "").split(":")
+    if not pid.isdigit() or int(pid) != os.getpid() or not count.isdigit():
+        return None
+    listeners = []
+    for index in range(int(count)):
+        sock = socket.socket(fileno=SD_LISTEN_FDS_START + index)
+        sock.set_inheritable(False)
+        sock.setblocking(False)
+        name = names[index] if index < len(names) else ""
+        listeners.append(Listener(sock, address_of(sock), owned=False, name=name))
     return listeners
