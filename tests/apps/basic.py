@@ -4,20 +4,12 @@ import asyncio
 import json
 import os
 
+from tests.apps.common import read_body
+
 
 async def _start(send, status=200, headers=()):
     await send({"type": "http.response.start", "status": status, "headers": list(headers)})
 
-
-async def _read_body(receive) -> bytes:
-    body = b""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ConnectionError("client disconnected")
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            return body
 
 
 async def app(scope, receive, send):
@@ -33,7 +25,7 @@ async def app(scope, receive, send):
                 return
     path = scope["path"][len(scope["root_path"]):]  # routing as ASGI apps do behind a prefix
     if path == "/scope":
-        body = await _read_body(receive)
+        body = await read_body(receive)
         info = {k: v for k, v in scope.items() if k not in ("headers", "raw_path", "query_string",
                                                             "state", "extensions")}
         info["headers"] = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]]
@@ -46,7 +38,7 @@ async def app(scope, receive, send):
         await _start(send, 200, [(b"content-type", b"application/json")])
         await send({"type": "http.response.body", "body": data})
     elif path == "/echo":
-        body = await _read_body(receive)
+        body = await read_body(receive)
         await _start(send, 200, [(b"content-type", b"application/octet-stream")])
         await send({"type": "http.response.body", "body": body})
     elif path == "/stream":

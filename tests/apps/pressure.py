@@ -22,6 +22,8 @@ Routes:
 import asyncio
 import os
 
+from tests.apps.common import answer_lifespan, read_body
+
 
 def _params(scope) -> dict:
     return dict(p.split("=", 1) for p in scope["query_string"].decode().split("&") if p)
@@ -50,26 +52,12 @@ def _record(scope) -> None:
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        return await answer_lifespan(receive, send)
     _record(scope)
     path = scope["path"]
     params = _params(scope)
     if path == "/echo":
-        body = b""
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ConnectionError("client disconnected")
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        await _respond(send, body)
+        await _respond(send, await read_body(receive))
     elif path == "/hold":
         release = params["release"]
         while not os.path.exists(release):

@@ -11,24 +11,16 @@ a client that parses a pipelined response stream needs to know which responses h
 
 import json
 
+from tests.apps.common import answer_lifespan, read_body
+
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    body = b""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return  # the client went away mid-body: there is nobody to answer
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+        return await answer_lifespan(receive, send)
+    try:
+        body = await read_body(receive)
+    except ConnectionError:
+        return  # the client went away mid-body: there is nobody to answer
     path = scope["raw_path"].decode("latin-1")
     if scope["query_string"]:
         path += "?" + scope["query_string"].decode("latin-1")
