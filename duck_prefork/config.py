@@ -177,6 +177,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("send_timeout", non_negative_float, 60.0, metavar="S",
            help="seconds a response write may make no progress before the connection is "
                 "closed (0: no limit)"),
+    Option("ws", one_of("auto", "wsproto", "none"), "auto", metavar="auto|wsproto|none",
+           help="WebSocket support: auto and wsproto serve WebSockets with wsproto; none "
+                "answers upgrade requests as plain HTTP (for WebSockets terminated elsewhere)"),
+    Option("ws_max_size", non_negative_int, 16 * 1024 * 1024, metavar="BYTES",
+           help="largest WebSocket message accepted, else the connection is closed with 1009 "
+                "(0: no limit)"),
+    Option("ws_ping_interval", non_negative_float, 20.0, metavar="S",
+           help="seconds between keepalive pings on an idle WebSocket (0: no pings)"),
+    Option("ws_ping_timeout", non_negative_float, 20.0, metavar="S",
+           help="seconds a WebSocket peer has to answer a ping before it is dropped "
+                "(0: wait forever)"),
+    Option("ws_per_message_deflate", boolean, True, metavar="true|false",
+           help="compress WebSocket messages (permessage-deflate) when the client offers it"),
     Option("forwarded_allow_ips", ip_list, "127.0.0.1,::1", metavar="LIST",
            help="peers (IPs or networks, comma separated; * for all) whose X-Forwarded-* "
                 "and Forwarded headers are trusted"),

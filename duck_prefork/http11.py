@@ -81,7 +81,8 @@ class ServerState:
 
     def __init__(self, app: Any, handler: RequestHandler, parser_factory: Callable[[], Any],
                  keep_alive: float, timing: bool, limits: Limits = DEFAULT_LIMITS,
-                 concurrency: int = 0, header_timeout: float = 0.0, send_timeout: float = 0.0):
+                 concurrency: int = 0, header_timeout: float = 0.0, send_timeout: float = 0.0,
+                 upgrade: Callable[[HttpConnection, RequestData], bool] | None = None):
         self.loop = asyncio.get_running_loop()
         self.app = app
         self.handler = handler  # the ASGI pipeline: handler(app, connection, client, request)
@@ -92,7 +93,11 @@ class ServerState:
         self.header_timeout = header_timeout
         self.send_timeout = send_timeout
         self.timing = timing  # record request start times (only the access log needs them)
+        # Offered each request that asks for a protocol switch: takes the connection over and
+        # returns True, or returns False to serve it as plain HTTP (websocket.py; None: --ws none).
+        self.upgrade = upgrade
         self.connections: set[HttpConnection] = set()
+        self.websockets: set = set()  # connections taken over by websocket.py
         self.tasks: set[asyncio.Task] = set()
         self.pending_connects = 0  # accepted sockets whose connection is being set up
         self.draining = False
@@ -111,6 +116,8 @@ class ServerState:
             self.refused_busy = 0
         for connection in list(self.connections):
             connection.check_timeouts(now)
+        for websocket in list(self.websockets):
+            websocket.check_timeouts(now)
 
     def start_draining(self) -> None:
         """Stop taking new requests: close idle keep-alive connections now, the others after
@@ -121,11 +128,13 @@ class ServerState:
         for connection in list(self.connections):
             if connection.request is None and connection.served:
                 connection.close()
+        for websocket in list(self.websockets):
+            websocket.going_away()
         self.check_drained()
 
     def check_drained(self) -> None:
         if self.draining and not self.connections and not self.tasks \
-                and not self.pending_connects:
+                and not self.pending_connects and not self.websockets:
             self.drained.set()
 
 
@@ -135,7 +144,7 @@ class RequestData:
     """A request head plus its body as a channel: the connection feeds, the app receive()s."""
 
     __slots__ = ("method", "target", "http_version", "headers", "keep_alive", "expect_continue",
-                 "content_length", "chunked", "forwarded", "body_received", "connection",
+                 "content_length", "chunked", "forwarded", "upgrade", "body_received", "connection",
                  "start_time", "_chunks", "_buffered", "_body_complete", "_body_delivered",
                  "_waiter", "disconnected", "response_started", "response_complete")
 
@@ -143,7 +152,7 @@ class RequestData:
                  http_version: bytes, headers: list[tuple[bytes, bytes]]):
         """Raises ParseError for a head that must be refused (see request_head.py)."""
         (self.keep_alive, self.expect_continue, self.content_length, self.chunked,
-         self.forwarded) = read_head(method, target, http_version, headers,
+         self.forwarded, self.upgrade) = read_head(method, target, http_version, headers,
                                      connection.state.limits)
         self.connection = connection
         self.method = method.decode("ascii")
@@ -360,6 +369,9 @@ class HttpConnection(asyncio.Protocol):
             state.refused_busy += 1  # logged once a second by tick(), not per request
             self.refuse(503)
             return
+        if request.upgrade is not None and state.upgrade is not None \
+                and state.upgrade(self, request):
+            return  # the connection is a WebSocket now
         self.request = request
         self.idle_since = None
         self.served += 1
@@ -376,6 +388,14 @@ class HttpConnection(asyncio.Protocol):
         state.tasks.discard(task)
         state.requests_served += 1
         state.check_drained()
+
+    def hand_over(self) -> bool:
+        """The transport now belongs to another protocol (a WebSocket): forget it here.
+        Returns whether reading is paused, for the new owner to know."""
+        self.closed = True  # ends handle_events; nothing here touches the transport again
+        self.request = None
+        self.state.connections.discard(self)
+        return self._read_paused
 
     def refuse(self, status: int) -> None:
         """Answer a request we will not serve, then close: nothing after it is parsed."""

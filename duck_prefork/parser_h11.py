@@ -91,6 +91,11 @@ class H11Parser:
             return PAUSED
         return CONNECTION_CLOSED
 
+    def take_upgrade_data(self) -> bytes:
+        """The bytes after the head just returned, for the protocol the connection switches
+        to (h11 holds them unparsed: an upgrade GET has no body)."""
+        return bytes(self._conn.trailing_data[0])
+
     def start_next_cycle(self) -> None:
         data, closed = self._conn.trailing_data
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._head_size)

@@ -55,9 +55,10 @@ _ABSOLUTE_FORM = re.compile(
     + rb"(?:[/?].*)?", re.DOTALL)
 
 # Header names that matter to the server; every other field is only counted and measured.
-_CONNECTION, _EXPECT, _CONTENT_LENGTH, _TRANSFER_ENCODING, _HOST, _FORWARDED = range(6)
+_CONNECTION, _EXPECT, _CONTENT_LENGTH, _TRANSFER_ENCODING, _HOST, _FORWARDED, _UPGRADE = range(7)
 _SERVER_HEADERS = {
     b"connection": _CONNECTION,
+    b"upgrade": _UPGRADE,
     b"expect": _EXPECT,
     b"content-length": _CONTENT_LENGTH,
     b"transfer-encoding": _TRANSFER_ENCODING,
@@ -72,9 +73,11 @@ _SERVER_HEADERS = {
 
 def read_head(method: bytes, target: bytes, http_version: bytes,
               headers: list[tuple[bytes, bytes]], limits: Limits
-              ) -> tuple[bool, bool, int | None, bool, bool]:
+              ) -> tuple[bool, bool, int | None, bool, bool, bytes | None]:
     """Check a parsed request head; returns (keep_alive, expect_continue, content_length,
-    chunked, forwarded) or raises ParseError. Header names are lowercase, values stripped."""
+    chunked, forwarded, upgrade) or raises ParseError. Header names are lowercase, values
+    stripped. `upgrade` is the lowercased Upgrade value when Connection lists "upgrade" (a
+    protocol switch is asked for; RFC 9110 7.8), else None."""
     if http_version != b"1.1" and http_version != b"1.0":
         if http_version[:1].isdigit() and http_version[:1] >= b"2":
             raise ParseError(505, f"HTTP/{http_version.decode('latin-1')} is not supported")
@@ -95,6 +98,8 @@ def read_head(method: bytes, target: bytes, http_version: bytes,
     chunked = False
     hosts = 0
     forwarded = False
+    upgrade = None
+    connection_upgrade = False
     field_size = limits.field_size
     for name, value in headers:
         if field_size and len(name) + len(value) + 2 > field_size:
@@ -103,8 +108,11 @@ def read_head(method: bytes, target: bytes, http_version: bytes,
         if kind is None:
             continue
         if kind == _CONNECTION:
-            if b"close" in [token.strip() for token in value.lower().split(b",")]:
+            tokens = [token.strip() for token in value.lower().split(b",")]
+            if b"close" in tokens:
                 keep_alive = False
+            if b"upgrade" in tokens:
+                connection_upgrade = True
         elif kind == _EXPECT:
             # RFC 9110 10.1.1: an HTTP/1.0 client cannot be waiting for a 100.
             expect_continue = http11 and value.lower() == b"100-continue"
@@ -121,6 +129,8 @@ def read_head(method: bytes, target: bytes, http_version: bytes,
             chunked = True
         elif kind == _FORWARDED:
             forwarded = True
+        elif kind == _UPGRADE:
+            upgrade = value.lower()
         else:  # _HOST
             hosts += 1
             if value.translate(None, _HOST_BYTES) and not _HOST_IP_LITERAL.fullmatch(value):
@@ -134,7 +144,9 @@ def read_head(method: bytes, target: bytes, http_version: bytes,
         raise ParseError(400, "HTTP/1.1 requests need exactly one Host header")
     if limits.body and content_length is not None and content_length > limits.body:
         raise ParseError(413, "request body too large")
-    return keep_alive, expect_continue, content_length, chunked, forwarded
+    if upgrade is not None and not connection_upgrade:
+        upgrade = None  # Upgrade without "Connection: upgrade" asks for nothing
+    return keep_alive, expect_continue, content_length, chunked, forwarded, upgrade
 
 
 def _other_target_form_ok(method: bytes, target: bytes) -> bool:

@@ -39,6 +39,7 @@ from .parser_h11 import H11Parser
 from .proxy import ProxyHeaders
 from .request_head import Limits
 from .sockets import Listener
+from .websocket import WebSocketUpgrade
 
 EXIT_BOOT_FAILED = 3
 # After the drain, lifespan shutdown gets this long; the master allows for it before killing.
@@ -140,7 +141,8 @@ class Worker:
                             config.keep_alive, timing=access_log is not None, limits=limits,
                             concurrency=config.limit_concurrency,
                             header_timeout=config.header_timeout,
-                            send_timeout=config.send_timeout)
+                            send_timeout=config.send_timeout,
+                            upgrade=websocket_upgrade(config))
         acceptors = [Acceptor(listener.socket, lambda: HttpConnection(state), state)
                      for listener in self.listeners]
         for acceptor in acceptors:
@@ -169,7 +171,7 @@ class Worker:
                         len(state.connections))
             for task in list(state.tasks):
                 task.cancel()
-            for connection in list(state.connections):
+            for connection in [*state.connections, *state.websockets]:
                 connection.abort()
             if state.tasks:
                 await asyncio.wait(list(state.tasks), timeout=1.0)
@@ -191,6 +193,14 @@ class Worker:
             self.report(channel.RECYCLE)
         # Reschedule on the next whole second of loop time, so ticks do not drift.
         self._ticker = loop.call_at(int(loop.time()) + 1.0, self._tick, loop, state)
+
+
+def websocket_upgrade(config: Config) -> WebSocketUpgrade | None:
+    if config.ws == "none":
+        return None
+    return WebSocketUpgrade(max_size=config.ws_max_size, ping_interval=config.ws_ping_interval,
+                            ping_timeout=config.ws_ping_timeout,
+                            per_message_deflate=config.ws_per_message_deflate)
 
 
 def drop_privileges(user: str, group: str) -> None:

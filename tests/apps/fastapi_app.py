@@ -3,7 +3,17 @@
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import BackgroundTasks, Depends, FastAPI, Header, HTTPException
+from fastapi import (
+    BackgroundTasks,
+    Depends,
+    FastAPI,
+    Header,
+    HTTPException,
+    WebSocket,
+    WebSocketDisconnect,
+    WebSocketException,
+    status,
+)
 from pydantic import BaseModel
 
 app = FastAPI()
@@ -45,3 +55,19 @@ async def private(token: Annotated[str, Depends(require_token)]):
 async def background(tmpdir: str, name: str, tasks: BackgroundTasks):
     tasks.add_task(write_marker, Path(tmpdir) / name, f"written for {name}")
     return {"scheduled": name}
+
+
+@app.websocket("/ws")
+async def ws_counter(websocket: WebSocket, token: str | None = None):
+    """Counts the bytes of each binary message; refuses a missing token before accepting."""
+    if token != "secret":
+        raise WebSocketException(code=status.WS_1008_POLICY_VIOLATION)
+    await websocket.accept()
+    total = 0
+    try:
+        while True:
+            data = await websocket.receive_bytes()
+            total += len(data)
+            await websocket.send_text(f"{len(data)} bytes, {total} in all")
+    except WebSocketDisconnect:
+        pass

@@ -7,7 +7,8 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 STREAM_CHUNKS = 5
 
@@ -72,6 +73,24 @@ async def item(request: Request) -> Response:
     return JSONResponse({"name": request.path_params["name"], "path": request.url.path})
 
 
+async def ws_chat(websocket: WebSocket) -> None:
+    """Echoes text with the lifespan state's value and the room from the path; JSON echoed
+    as JSON; closes with 4003 when asked for a forbidden room."""
+    room = websocket.path_params["room"]
+    if room == "forbidden":
+        await websocket.close(code=4003)
+        return
+    await websocket.accept(subprotocol="chat" if "chat" in websocket.scope["subprotocols"]
+                           else None)
+    try:
+        while True:
+            message = await websocket.receive_json()
+            await websocket.send_json({"room": room, "echo": message,
+                                       "thing": websocket.state.thing})
+    except WebSocketDisconnect:
+        pass
+
+
 app = Starlette(
     routes=[
         Route("/", plain),
@@ -83,6 +102,7 @@ app = Starlette(
         Route("/complete-then-raise", complete_then_raise),
         Route("/query", query),
         Route("/items/{name}", item),
+        WebSocketRoute("/ws/{room}", ws_chat),
     ],
     lifespan=lifespan,
 )

@@ -11,6 +11,8 @@ import json
 from urllib.parse import urlencode
 
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from .conftest import Server, recv_all, wait_for
 
@@ -197,6 +199,17 @@ def test_starlette_percent_encoded_path(starlette, path, name):
 # --------------------------------------------------------------------------- FastAPI
 
 
+def test_starlette_websocket_route(starlette):
+    with connect(f"ws://127.0.0.1:{starlette.port}/ws/lobby", subprotocols=["chat"]) as ws:
+        assert ws.subprotocol == "chat"
+        ws.send(json.dumps({"n": 1}))
+        assert json.loads(ws.recv()) == {"room": "lobby", "echo": {"n": 1},
+                                         "thing": "made by lifespan"}
+    with pytest.raises(InvalidStatus) as refused:  # Starlette closes before accept: a 403
+        connect(f"ws://127.0.0.1:{starlette.port}/ws/forbidden")
+    assert refused.value.response.status_code == 403
+
+
 @pytest.fixture(scope="module")
 def fastapi(tmp_path_factory):
     yield from _serve(tmp_path_factory, "tests.apps.fastapi_app:app")
@@ -354,3 +367,14 @@ def test_django_404_and_append_slash(django):
     assert status == 301
     assert headers["location"] == "/json/"
 
+
+
+def test_fastapi_websocket_route(fastapi):
+    with connect(f"ws://127.0.0.1:{fastapi.port}/ws?token=secret") as ws:
+        ws.send(b"x" * 10)
+        assert ws.recv() == "10 bytes, 10 in all"
+        ws.send(b"y" * 5)
+        assert ws.recv() == "5 bytes, 15 in all"
+    with pytest.raises(InvalidStatus) as refused:  # WebSocketException before accept
+        connect(f"ws://127.0.0.1:{fastapi.port}/ws")
+    assert refused.value.response.status_code == 403

@@ -20,7 +20,7 @@ def refused(**kwargs) -> ParseError:
 
 
 def test_plain_get():
-    assert check() == (True, False, None, False, False)
+    assert check() == (True, False, None, False, False, None)
 
 
 @pytest.mark.parametrize("headers, status", [
@@ -56,7 +56,7 @@ def test_versions_other_than_1_0_and_1_1(version, status):
 
 
 def test_http_1_0_needs_no_host_and_closes():
-    assert check(headers=[], version=b"1.0") == (False, False, None, False, False)
+    assert check(headers=[], version=b"1.0") == (False, False, None, False, False, None)
 
 
 @pytest.mark.parametrize("target", [b"/a\x01b", b"/a b", b"/\x7f", b"/\xff", b"/a\tb"])
@@ -121,3 +121,13 @@ def test_target_forms(method, target, ok):
                                   b"x-forwarded-host"])
 def test_forwarded_headers_are_noted_for_the_proxy_step(name):
     assert check([HOST, (name, b"x")])[4] is True
+
+
+@pytest.mark.parametrize("headers, upgrade", [
+    ([HOST, (b"connection", b"Upgrade"), (b"upgrade", b"WebSocket")], b"websocket"),
+    ([HOST, (b"connection", b"keep-alive, upgrade"), (b"upgrade", b"h2c")], b"h2c"),
+    ([HOST, (b"upgrade", b"websocket")], None),  # no Connection: upgrade, no switch asked
+    ([HOST, (b"connection", b"upgrade")], None),
+])
+def test_upgrade_is_reported_only_with_connection_upgrade(headers, upgrade):
+    assert check(headers)[5] == upgrade
