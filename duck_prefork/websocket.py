@@ -259,8 +259,7 @@ class WebSocketSession(asyncio.Protocol):
 
     def accept(self, subprotocol: str | None, headers) -> None:
         extensions = [PerMessageDeflate()] if self.settings.per_message_deflate else []
-        extra = [(b"server", SERVER_HEADER[8:-2])] if not any(
-            name.lower() == b"server" for name, _ in headers) else []
+        extra = self.own_headers(headers)
         self.write(self.ws.send(AcceptConnection(
             subprotocol=subprotocol, extensions=extensions, extra_headers=extra + list(headers))))
         self.accepted = True
@@ -277,13 +276,22 @@ class WebSocketSession(asyncio.Protocol):
         if not self.closed:
             self.resume_reading()
 
+    def own_headers(self, app_headers) -> list[tuple[bytes, bytes]]:
+        """Server and Date for a handshake answer, unless the app gave its own."""
+        names = {name.lower() for name, _ in app_headers}
+        own = []
+        if b"server" not in names:
+            own.append((b"server", SERVER_HEADER[8:-2]))
+        if b"date" not in names:
+            own.append((b"date", self.state.date_header[6:-2]))
+        return own
+
     def refuse(self, status: int) -> None:
         """Answer the handshake with a plain HTTP response (403 on close, 500 on an error)."""
         self.refused = True
         self.set_disconnect(ABNORMAL, "")
         self.write(self.ws.send(RejectConnection(
-            status_code=status, headers=[(b"server", SERVER_HEADER[8:-2]),
-                                         (b"connection", b"close")])))
+            status_code=status, headers=[*self.own_headers(()), (b"connection", b"close")])))
         self.log_access(status)
         self.close()
 
@@ -295,6 +303,7 @@ class WebSocketSession(asyncio.Protocol):
             headers = [(name, value) for name, value in headers
                        if name.lower() != b"connection"]
             headers.append((b"connection", b"close"))  # the connection cannot go on
+            headers[:0] = self.own_headers(headers)
             self.write(self.ws.send(RejectConnection(status_code=status, headers=headers,
                                                      has_body=True)))
         self.write(self.ws.send(RejectData(data=body, body_finished=not more_body)))

@@ -97,6 +97,7 @@ def test_echo_text_and_binary_with_subprotocol_and_extra_headers(server):
     with connect(url(server, "/echo"), subprotocols=["superchat", "chat"]) as ws:
         assert ws.subprotocol == "superchat"
         assert ws.response.headers["x-accepted-by"] == "ws-test-app"
+        assert ws.response.headers["server"] == "duck-prefork" and ws.response.headers["date"]
         ws.send("hello")
         assert ws.recv() == "hello"
         ws.send(b"\x00\x01\xff")
@@ -177,6 +178,7 @@ def test_denial_response_is_the_apps_own(server):
     response = refused.value.response
     assert response.status_code == 401
     assert response.headers["x-denied"] == "yes"
+    assert response.headers["date"] and response.headers["connection"] == "close"
     assert bytes(response.body) == b"denied: no token"
 
 

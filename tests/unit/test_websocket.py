@@ -82,6 +82,7 @@ def make_session(app, upgrade: WebSocketUpgrade | None = None, pending: bytes = 
                for name, _, value in (line.partition(b":") for line in lines[1:])
                if name.strip().lower() != without]
     state = SimpleNamespace(loop=loop, app=app, handler=ASGI(), tasks=set(), websockets=set(),
+                            date_header=b"Date: X\r\n",
                             requests_served=0, draining=False, check_drained=lambda: None)
     connection = SimpleNamespace(
         state=state, transport=transport, client=("127.0.0.1", 5000),
