@@ -94,6 +94,29 @@ def describe(config: Config) -> str:
     return "\n".join(lines)
 
 
+def check_app(config: Config) -> int:
+    """--check-config also imports APP, as a worker would: USR2 runs the new image with
+    --check-config before exec, and an app that no longer imports must stop the upgrade
+    there, while the old master and workers still serve (with --preload the new master
+    itself would exit)."""
+    from .worker import EXIT_BOOT_FAILED, BootFailure, load_application
+
+    try:
+        if config.chdir:
+            os.chdir(config.chdir)
+    except OSError as exc:
+        print(f"duck-prefork: error: --chdir: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    sys.path.insert(0, os.getcwd())
+    try:
+        load_application(config)
+    except BootFailure as exc:
+        print(f"{exc}\nduck-prefork: --check-config: the app could not be loaded",
+              file=sys.stderr)
+        return EXIT_BOOT_FAILED
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     from .master import run_master
 
@@ -105,5 +128,5 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         sys.exit(EXIT_USAGE)
     if config.check_config:
         print(describe(config))
-        sys.exit(0)
+        sys.exit(check_app(config))
     sys.exit(run_master(config, reload_config=lambda: parse_args(argv), argv=list(argv)))

@@ -142,7 +142,8 @@ OPTIONS: tuple[Option, ...] = (
            help="read options from a TOML file: each long option name as a key "
                 "(workers = 8, bind = [\"0.0.0.0:80\"]), and app"),
     Option("check_config", boolean, False, flag=True,
-           help="validate the configuration, print the effective values, and exit"),
+           help="validate the configuration and that APP imports, print the effective "
+                "values, and exit (0 valid, 1 bad option, 3 the app does not load)"),
     Option("bind", bind_address, ["127.0.0.1:8000"], short="-b", metavar="ADDR", repeatable=True,
            help="address to listen on: HOST:PORT, [IPv6]:PORT, unix:/path/to.sock or fd://N; "
                 "repeat for several"),

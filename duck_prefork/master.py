@@ -264,6 +264,10 @@ class Master:
                 config = self.reload_config()
             except ConfigError as exc:
                 log.error("HUP: the configuration is invalid, keeping the current one: %s", exc)
+                # Type=notify-reload waits for RELOADING=1 then READY=1 after every HUP: a
+                # reload that changes nothing must still answer, or systemctl reload hangs.
+                self.notifier.reloading()
+                self.notifier.ready(self.status_line())
                 return
             run_hook("on-reload", config.on_reload, config)
             if config.bind != self.config.bind:

@@ -3,7 +3,8 @@
 It reports to the master over its channel (see channel.py): ready or failed at boot, then a
 heartbeat a second from inside its event loop, and "recycle" after --max-requests.
 Signals: TERM/INT drain and exit; USR1 reopens the log files; USR2 dumps every thread's stack
-to the error log (faulthandler, works even when the event loop is blocked).
+to the error log (faulthandler, works even when the event loop is blocked); HUP, TTIN, TTOU and
+QUIT are the master's and ignored here.
 """
 
 from __future__ import annotations
@@ -79,8 +80,11 @@ class Worker:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != master_pid:
             os._exit(0)
-        # Ctrl-\ reaches the whole process group; QUIT is the master's to act on (it kills us).
-        signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+        # Signals for the master that can reach a worker too (Ctrl-\ goes to the whole process
+        # group, `systemctl kill` without --kill-whom=main to the whole cgroup): by default HUP
+        # would kill the worker with its requests, TTIN/TTOU would stop it until --timeout.
+        for signum in (signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(signum, signal.SIG_IGN)
         faulthandler.register(signal.SIGUSR2, file=logs.error_stream(), all_threads=True)
         if self.config.user or self.config.group:
             drop_privileges(self.config.user, self.config.group)

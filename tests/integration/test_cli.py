@@ -92,3 +92,11 @@ def test_environment_alone_configures_the_server(start_server):
     assert len(server.worker_pids()) == 3
     status, _, body = server.request("GET", "/")
     assert (status, body) == (200, b"Hello, world!")
+
+
+def test_check_config_imports_the_app():
+    good = run_cli("tests.apps.basic:app", "--check-config")
+    assert good.returncode == 0, good.stderr
+    broken = run_cli("tests.apps.import_error:app", "--check-config")
+    assert broken.returncode == 3
+    assert "--check-config: the app could not be loaded" in broken.stderr

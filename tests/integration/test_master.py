@@ -214,3 +214,16 @@ def test_workers_dying_young_are_restarted_with_growing_delays(start_server):
         delays = [float(d) for d in line]
     assert delays == sorted(delays) and delays[-1] > delays[0]
     assert server.log().count("booting worker") == 3  # one fork per restart, no storm
+
+
+def test_master_signals_sent_to_a_worker_are_ignored(start_server):
+    # `systemctl kill -s HUP` without --kill-whom=main signals every process of the service.
+    server = start_server("tests.apps.basic:app", "--workers", "1")
+    worker = server.worker_pids()[0]
+    for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGQUIT):
+        os.kill(worker, signum)
+    status, _, body = server.request("GET", "/")
+    assert status == 200
+    assert server.worker_pids() == [worker]
+    assert psutil.Process(worker).status() != psutil.STATUS_STOPPED
+    assert server.stop() == 0

@@ -61,6 +61,25 @@ def test_notify_ready_status_reload_stopping(start_server, tmp_path):
     notify.wait("STOPPING", "1", after=ready_again + 1)
 
 
+def test_hup_with_an_invalid_configuration_still_answers_reloading_then_ready(start_server,
+                                                                              tmp_path):
+    # Type=notify-reload: systemctl reload waits for RELOADING=1 and then READY=1, even when
+    # the reload keeps the old configuration.
+    config = tmp_path / "duck.toml"
+    config.write_text('app = "tests.apps.basic:app"\nworkers = 1\n')
+    notify = NotifySocket(tmp_path / "notify")
+    server = start_server("--config", str(config), ready=False,
+                          env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
+    ready = notify.wait("READY", "1")
+    workers = server.worker_pids()
+    config.write_text("workers = = 1\n")
+    server.send_signal(signal.SIGHUP)
+    reloading = notify.wait("RELOADING", "1", after=ready + 1)
+    notify.wait("READY", "1", after=reloading + 1)
+    server.wait_log("HUP: the configuration is invalid")
+    assert server.worker_pids() == workers
+
+
 def test_watchdog_pings_at_half_the_interval(start_server, tmp_path):
     notify = NotifySocket(tmp_path / "notify")
     start_server("tests.apps.basic:app", "--workers", "1",

@@ -42,3 +42,21 @@ def test_usr2_refuses_a_new_image_that_would_fail(start_server, tmp_path):
     server.wait_log("USR2: not re-executing, the new image would fail")
     assert server.worker_pids() == workers
     assert server.request("GET", "/")[0] == 200
+
+
+def test_usr2_with_preload_refuses_an_app_that_no_longer_imports(start_server, tmp_path):
+    # With --preload the new image imports the app itself before adopting the workers: the
+    # check before exec (--check-config imports APP) must catch a broken deploy, or the new
+    # master would exit and take the service down.
+    module = tmp_path / "deployed_app.py"
+    module.write_text("from tests.apps.basic import app\n")
+    server = start_server("deployed_app:app", "--workers", "1", "--preload",
+                          "--chdir", str(tmp_path))
+    workers = server.worker_pids()
+    module.write_text("raise ImportError('the new release is broken')\n")
+    server.send_signal(signal.SIGUSR2)
+    server.wait_log("USR2: not re-executing, the new image would fail")
+    assert "the new release is broken" in server.log()
+    assert server.worker_pids() == workers
+    assert server.request("GET", "/")[0] == 200
+    assert server.stop() == 0
