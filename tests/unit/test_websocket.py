@@ -72,7 +72,7 @@ class Peer:
 
 
 def make_session(app, upgrade: WebSocketUpgrade | None = None, pending: bytes = b"",
-                 without: bytes = b""):
+                 without: bytes = b"", extra: tuple = ()):
     loop = asyncio.get_running_loop()
     transport = FakeTransport()
     peer = Peer()
@@ -80,7 +80,7 @@ def make_session(app, upgrade: WebSocketUpgrade | None = None, pending: bytes = 
     lines = head.split(b"\r\n")
     headers = [(name.strip().lower(), value.strip())
                for name, _, value in (line.partition(b":") for line in lines[1:])
-               if name.strip().lower() != without]
+               if name.strip().lower() != without] + list(extra)
     state = SimpleNamespace(loop=loop, app=app, handler=ASGI(), tasks=set(), websockets=set(),
                             date_header=b"Date: X\r\n",
                             requests_served=0, draining=False, check_drained=lambda: None)
@@ -259,5 +259,17 @@ def test_bad_handshake_is_refused_by_wsproto_without_the_app():
         await settle()
         assert transport.take().startswith(b"HTTP/1.1 400 ")
         assert transport.closing and not called
+
+    asyncio.run(scenario())
+
+
+def test_a_head_h11_would_not_write_is_a_400_not_an_error():
+    async def scenario():
+        async def app(scope, receive, send):
+            raise AssertionError("not called")
+
+        transport = make_session(app, extra=[(b"x-bad", b"a\x00b")])[1]
+        await settle()
+        assert transport.take().startswith(b"HTTP/1.1 400 ") and transport.closing
 
     asyncio.run(scenario())
