@@ -26,6 +26,8 @@ CONNECTION_ERRORS = frozenset((errno.ECONNABORTED, errno.EPROTO, errno.EPERM, er
 # Connections accepted per readiness event: enough to amortize the wake-up, few enough that
 # one busy worker does not take a whole burst meant for several.
 ACCEPT_BATCH = 16
+# On stop, what is already queued is accepted (and served in the drain), up to this many.
+SWEEP_LIMIT = 65536
 RETRY_FIRST = 0.05
 RETRY_MAX = 0.25  # polling 4 times a second while starved costs nothing
 
@@ -49,38 +51,52 @@ class Acceptor:
         self.loop.add_reader(self.sock.fileno(), self._accept_ready)
 
     def stop(self) -> None:
-        """Stop accepting and close this process's copy of the listening socket."""
+        """Stop accepting and close this process's copy of the listening socket. What the
+        kernel has already queued on it is accepted first, to be served in the drain: this
+        close may be the socket's last (a stop, or with --reuse-port a removed worker slot),
+        and the kernel resets the connections still queued on a socket it closes."""
         if self.accepting:
             self.loop.remove_reader(self.sock.fileno())
+            try:
+                self._accept(SWEEP_LIMIT)
+            except OSError:
+                pass  # out of descriptors: what is still queued cannot be taken now
         self.accepting = False
         if self._retry is not None:
             self._retry.cancel()
         self.sock.close()
 
     def _accept_ready(self) -> None:
+        try:
+            accepted = self._accept(ACCEPT_BATCH)
+        except OSError as exc:
+            self._back_off(exc)
+            return
+        if self._starved and accepted:
+            self._starved = False
+            self._retry_delay = RETRY_FIRST
+            log.warning("accepting connections again")
+
+    def _accept(self, limit: int) -> int:
+        """Accept up to `limit` queued connections and start setting them up; returns how
+        many. Raises OSError when out of descriptors or memory, or on an unexpected error."""
         accept = self.sock.accept
         accepted = 0
-        for _ in range(ACCEPT_BATCH):
+        for _ in range(limit):
             try:
                 conn, _ = accept()
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                if exc.errno in OUT_OF_RESOURCES:
-                    self._back_off(exc)
-                    return
                 if exc.errno in CONNECTION_ERRORS:
                     continue
-                log.error("accept() failed: %s", exc)
-                self._back_off(exc)
-                return
+                if exc.errno not in OUT_OF_RESOURCES:
+                    log.error("accept() failed: %s", exc)
+                raise
             accepted += 1
             self.state.pending_connects += 1
             self.loop.create_task(self._connect(conn))
-        if self._starved and accepted:
-            self._starved = False
-            self._retry_delay = RETRY_FIRST
-            log.warning("accepting connections again")
+        return accepted
 
     async def _connect(self, conn: socket.socket) -> None:
         try:

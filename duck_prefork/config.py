@@ -157,6 +157,10 @@ OPTIONS: tuple[Option, ...] = (
            help="seconds an idle keep-alive connection is kept open"),
     Option("backlog", positive_int, 2048, metavar="N",
            help="listen backlog: connections the kernel queues before accept"),
+    Option("reuse_port", boolean, False, flag=True,
+           help="give each worker its own SO_REUSEPORT socket for every TCP address, so the "
+                "kernel spreads new connections evenly over the workers (unix sockets and "
+                "fd:// or systemd sockets stay shared)"),
     Option("root_path", root_path, "", metavar="PATH",
            help="ASGI root_path: the prefix the app is mounted under behind a proxy"),
     Option("lifespan", one_of("auto", "on", "off"), "auto", metavar="auto|on|off",

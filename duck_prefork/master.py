@@ -24,7 +24,7 @@ from .config import Config, ConfigError
 from .hooks import run_hook
 from .logs import log
 from .pidfile import remove_pid_file, write_pid_file
-from .sockets import Listener, bind_all, from_systemd
+from .sockets import Listener, bind_all, describe_all, from_systemd, open_slot
 from .systemd import Notifier
 from .worker import (
     EXIT_BOOT_FAILED,
@@ -130,7 +130,8 @@ class Master:
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, self._enqueue_signal)
         log.info("duck-prefork %s (pid %d) listening on %s", __version__, os.getpid(),
-                 ", ".join(listener.describe() for listener in self.listeners))
+                 describe_all(self.listeners))
+        self.explain_reuse_port()
         self.oom_kills = oom_kill_count()
         try:
             for number in range(1, self.config.workers + 1):
@@ -272,6 +273,8 @@ class Master:
             run_hook("on-reload", config.on_reload, config)
             if config.bind != self.config.bind:
                 log.warning("HUP: --bind changed; listeners change only with a restart")
+            if config.reuse_port != self.config.reuse_port:
+                log.warning("HUP: --reuse-port changed; listeners change only with a restart")
             self.config = config
         self.notifier.reloading()
         self.reloading = True
@@ -282,12 +285,11 @@ class Master:
                  len(current))
         for worker in current:
             self.replace(worker)
-        while len(self.slots) < self.config.workers:
-            self.add_slot()
+        while len(self.slots) < self.config.workers and self.add_slot():
+            pass
 
     def handle_ttin(self) -> None:
-        if not self.stopping:
-            self.add_slot()
+        if not self.stopping and self.add_slot():
             log.info("TTIN: one worker more (%d)", len(self.slots))
 
     def handle_ttou(self) -> None:
@@ -300,10 +302,14 @@ class Master:
         log.info("TTOU: one worker fewer (%d); stopping worker %d gracefully", len(self.slots),
                  number)
 
-    def add_slot(self) -> None:
+    def add_slot(self) -> bool:
+        """A new worker number and its worker; False if its sockets cannot be opened."""
         number = max(self.slots, default=0) + 1
+        if not self.open_slot_sockets(number):
+            return False
         self.slots[number] = Slot()
         self.spawn(number)
+        return True
 
     def remove_slot(self) -> int:
         """Drop the highest worker number; its workers drain and are not restarted."""
@@ -311,7 +317,45 @@ class Master:
         del self.slots[number]
         for worker in [w for w in self.workers.values() if w.number == number]:
             self.retire(worker)
+        self.close_slot_sockets(number)
         return number
+
+    # --- --reuse-port: one socket per worker slot --------------------------------------------
+    # A slot's sockets live as long as the slot: every worker of that number (a restart, a
+    # reload's replacement, the workers adopted after USR2) accepts from the same queue, so a
+    # connection queued while its worker is replaced is served by the next one. They are closed
+    # when the slot goes (TTOU, HUP to fewer workers); the retiring worker first accepts what is
+    # queued on them (Acceptor.stop), and the kernel resets connections that arrive after that,
+    # unless net.ipv4.tcp_migrate_req=1 moves them to the other sockets of the group.
+
+    def open_slot_sockets(self, number: int) -> bool:
+        try:
+            self.listeners += open_slot(self.listeners, number, self.config.backlog)
+        except OSError as exc:
+            log.error("%s; not starting worker %d", exc.strerror or exc, number)
+            return False
+        return True
+
+    def close_slot_sockets(self, number: int) -> None:
+        for listener in [listener for listener in self.listeners if listener.slot == number]:
+            listener.close(unlink=False)
+            self.listeners.remove(listener)
+
+    def explain_reuse_port(self) -> None:
+        """Say where the listeners differ from what --reuse-port asks for, and why."""
+        grouped = any(listener.slot for listener in self.listeners)
+        shared = [listener for listener in self.listeners if not listener.slot]
+        if self.config.reuse_port:
+            if any(listener.owned and listener.address.kind == "tcp" for listener in shared):
+                log.warning("--reuse-port: the listeners inherited on re-exec are shared; "
+                            "one socket per worker takes a restart")
+            elif shared:
+                log.info("--reuse-port applies to TCP addresses that duck-prefork binds: %s "
+                         "stay shared by all workers",
+                         ", ".join(listener.describe() for listener in shared))
+        elif grouped:
+            log.warning("--reuse-port is off but the listeners inherited on re-exec are one "
+                        "per worker; sharing one socket takes a restart")
 
     def handle_usr2(self) -> None:
         """Upgrade in place: re-execute this master (same pid) with the same command line; the
@@ -340,6 +384,13 @@ class Master:
                 ready=inherited.ready, retiring=inherited.retiring)
         self.booted = True  # a new worker that cannot boot now must not stop the site
         log.info("re-executed master pid %d", os.getpid())
+        # --reuse-port: the slots' sockets came along; the new configuration may have more
+        # or fewer workers.
+        for number in {listener.slot for listener in self.listeners} - {0, *self.slots}:
+            self.close_slot_sockets(number)
+        for number in list(self.slots):
+            if not self.open_slot_sockets(number):
+                del self.slots[number]
         for worker in list(self.workers.values()):
             if worker.retiring:
                 continue
@@ -367,8 +418,9 @@ class Master:
         pid = os.fork()
         if pid == 0:  # the worker
             try:
-                self._forget_master_state(read_end)
-                worker = Worker(self.config, self.listeners, number, write_end, self.title_name)
+                self._forget_master_state(read_end, number)
+                listeners = [listener for listener in self.listeners if listener.serves(number)]
+                worker = Worker(self.config, listeners, number, write_end, self.title_name)
                 worker.preloaded_app = self.preloaded_app
                 worker.run()
             finally:
@@ -402,14 +454,19 @@ class Master:
         except ProcessLookupError:
             pass  # it is exiting; reap_workers() will see it
 
-    def _forget_master_state(self, own_read_end: int) -> None:
-        """In a new worker: drop the master's signal handling and file descriptors."""
+    def _forget_master_state(self, own_read_end: int, number: int) -> None:
+        """In a new worker: drop the master's signal handling and file descriptors, and the
+        other slots' sockets (--reuse-port): a copy left open here would keep a removed
+        slot's socket taking connections that nobody accepts."""
         signal.set_wakeup_fd(-1)
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
         for fd in (self._wakeup_r, self._wakeup_w, own_read_end,
                    *(worker.channel for worker in self.workers.values())):
             os.close(fd)
+        for listener in self.listeners:
+            if not listener.serves(number):
+                listener.socket.close()
         if self.notifier.socket is not None:
             self.notifier.socket.close()  # only the master speaks to systemd
 
@@ -693,7 +750,8 @@ def run_master(config: Config, reload_config: Callable[[], Config] | None = None
             listeners = activated  # socket activation: systemd bound them, and keeps them
         else:
             try:
-                listeners = bind_all(config.bind, config.backlog)
+                listeners = bind_all(config.bind, config.backlog,
+                                     slots=config.workers if config.reuse_port else 0)
             except OSError as exc:
                 print(f"duck-prefork: error: --bind: {exc.strerror or exc}", file=sys.stderr)
                 return EXIT_CONFIG

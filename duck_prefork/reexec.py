@@ -4,9 +4,9 @@ Before exec, the listening sockets and each worker's channel are made inheritabl
 in one environment variable; the new image (same pid, so the workers are still its children and
 systemd still tracks it) adopts them instead of binding, then replaces the workers as for HUP.
 
-  DUCK_PREFORK_INHERIT="listeners=3:o,4:;workers=1234:1:7:r,1235:2:8:"
-  (per listener fd:flags, o = bound by us; per worker pid:number:channel fd:flags,
-  r = ready, t = retiring)
+  DUCK_PREFORK_INHERIT="listeners=3:o,4:,5:o:1,6:o:2;workers=1234:1:7:r,1235:2:8:"
+  (per listener fd:flags[:slot], o = bound by us, slot = the worker number a --reuse-port
+  socket is for; per worker pid:number:channel fd:flags, r = ready, t = retiring)
 """
 
 from __future__ import annotations
@@ -35,15 +35,20 @@ class InheritedWorker:
 def describe(listeners: Sequence[Listener], workers: Sequence[InheritedWorker]) -> str:
     return "listeners={};workers={}".format(
         ",".join(f"{listener.socket.fileno()}:{'o' if listener.owned else ''}"
-                 for listener in listeners),
+                 f"{f':{listener.slot}' if listener.slot else ''}" for listener in listeners),
         ",".join(f"{w.pid}:{w.number}:{w.channel}:{'r' if w.ready else ''}"
                  f"{'t' if w.retiring else ''}" for w in workers))
 
 
-def parse(text: str) -> tuple[list[tuple[int, bool]], list[InheritedWorker]]:
+def parse(text: str) -> tuple[list[tuple[int, bool, int]], list[InheritedWorker]]:
+    """(fd, owned, slot) per listener, and the workers."""
     parts = dict(part.split("=", 1) for part in text.split(";") if "=" in part)
-    fds = [(int(item.split(":")[0]), item.endswith(":o"))
-           for item in parts.get("listeners", "").split(",") if item]
+    fds = []
+    for item in parts.get("listeners", "").split(","):
+        if item:
+            fd, _, rest = item.partition(":")
+            flags, _, slot = rest.partition(":")
+            fds.append((int(fd), "o" in flags, int(slot or 0)))
     workers = []
     for item in parts.get("workers", "").split(","):
         if item:
@@ -92,11 +97,11 @@ def adopt(text: str) -> tuple[list[Listener], list[InheritedWorker]]:
     """In the new image: the inherited listeners (made close-on-exec again) and workers."""
     fds, workers = parse(text)
     listeners = []
-    for fd, owned in fds:
+    for fd, owned, slot in fds:
         sock = socket.socket(fileno=fd)
         sock.set_inheritable(False)
         sock.setblocking(False)
-        listeners.append(Listener(sock, address_of(sock), owned=owned))
+        listeners.append(Listener(sock, address_of(sock), owned=owned, slot=slot))
     for worker in workers:
         os.set_inheritable(worker.channel, False)
         os.set_blocking(worker.channel, False)

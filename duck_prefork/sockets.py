@@ -1,4 +1,10 @@
-"""Listening sockets: parse bind addresses, bind them in the master, clean up unix socket files."""
+"""Listening sockets: parse bind addresses, bind them in the master, clean up unix socket files.
+
+With --reuse-port every TCP bind is a group of SO_REUSEPORT sockets, one per worker slot: the
+kernel hashes each new connection to one socket of the group, so the workers share connections
+evenly instead of whichever is awake first taking a burst. Unix sockets and sockets handed in
+(fd://N, systemd) cannot be multiplied and stay shared by every worker.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import errno
 import os
 import socket
 import stat
+from collections import Counter
 from dataclasses import dataclass
 
 
@@ -46,14 +53,20 @@ def parse_bind(value: str) -> BindAddress:
 
 
 class Listener:
-    """One bound, listening socket owned by the master and inherited by every worker."""
+    """One bound, listening socket owned by the master and inherited by every worker, or, with
+    --reuse-port, by the workers of one slot only."""
 
     def __init__(self, sock: socket.socket, address: BindAddress, owned: bool = True,
-                 name: str = ""):
+                 name: str = "", slot: int = 0):
         self.socket = sock
         self.address = address
         self.owned = owned  # bound by us (a unix socket file is ours to remove), not handed in
         self.name = name  # systemd's LISTEN_FDNAMES entry, if any
+        self.slot = slot  # --reuse-port: the worker number this socket is for; 0: every worker
+
+    def serves(self, number: int) -> bool:
+        """Whether worker NUMBER accepts on this socket."""
+        return self.slot in (0, number)
 
     def describe(self) -> str:
         text = self._where()
@@ -79,13 +92,19 @@ class Listener:
                 pass
 
 
-def _bind_tcp(address: BindAddress, backlog: int) -> socket.socket:
+def _bind_tcp(address: BindAddress, backlog: int, reuse_port: bool = False) -> socket.socket:
     infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM,
                                flags=socket.AI_PASSIVE)
-    family, socktype, proto, _, sockaddr = infos[0]
-    sock = socket.socket(family, socktype, proto)
+    family, _, _, _, sockaddr = infos[0]
+    return _tcp_socket(family, sockaddr, backlog, reuse_port)
+
+
+def _tcp_socket(family: int, sockaddr: tuple, backlog: int, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)
@@ -148,24 +167,77 @@ def address_of(sock: socket.socket) -> BindAddress:
     return BindAddress("tcp", host=name[0], port=name[1])
 
 
-def bind_all(binds: list[str], backlog: int) -> list[Listener]:
-    """Bind every address; on any failure close what was bound and raise OSError."""
+def bind_all(binds: list[str], backlog: int, slots: int = 0) -> list[Listener]:
+    """Bind every address; on any failure close what was bound and raise OSError.
+    With `slots` (--reuse-port), each TCP address gets one socket for every worker slot
+    1..slots (see open_slot); the other kinds one socket shared by all."""
     listeners: list[Listener] = []
     try:
         for value in binds:
             address = parse_bind(value)
+            reuse_port = slots > 0 and address.kind == "tcp"
             try:
-                sock = _BINDERS[address.kind](address, backlog)
+                if reuse_port:
+                    sock = _bind_tcp(address, backlog, reuse_port=True)
+                else:
+                    sock = _BINDERS[address.kind](address, backlog)
             except OSError as exc:
                 reason = exc.strerror or str(exc)
                 raise OSError(exc.errno, f"cannot listen on {value}: {reason}") from exc
             sock.setblocking(False)
-            listeners.append(Listener(sock, address, owned=address.kind != "fd"))
+            listeners.append(Listener(sock, address, owned=address.kind != "fd",
+                                      slot=1 if reuse_port else 0))
+        for number in range(2, slots + 1):
+            listeners += open_slot(listeners, number, backlog)
     except BaseException:
         for listener in listeners:
             listener.close(unlink=True)
         raise
     return listeners
+
+
+def _group_of(listener: Listener) -> tuple:
+    """--reuse-port: what the sockets of one group share, the family and the bound address."""
+    return listener.socket.family, listener.socket.getsockname()
+
+
+def _groups(listeners: list[Listener]) -> dict[tuple, Listener]:
+    """--reuse-port: one socket of each group, by group."""
+    groups: dict[tuple, Listener] = {}
+    for listener in listeners:
+        if listener.slot:
+            groups.setdefault(_group_of(listener), listener)
+    return groups
+
+
+def open_slot(listeners: list[Listener], number: int, backlog: int) -> list[Listener]:
+    """--reuse-port: bind worker slot NUMBER's own socket in every group that has none for
+    it yet (on the group's actual port, so port 0 means one port for all); returns the new
+    sockets, or closes them and raises OSError. No group: no socket, nothing to do."""
+    have = {_group_of(listener) for listener in listeners if listener.slot == number}
+    opened: list[Listener] = []
+    try:
+        for key, template in _groups(listeners).items():
+            if key in have:
+                continue
+            family, sockaddr = key
+            sock = _tcp_socket(family, sockaddr, backlog, reuse_port=True)
+            sock.setblocking(False)
+            opened.append(Listener(sock, template.address, slot=number))
+    except OSError as exc:
+        for listener in opened:
+            listener.close(unlink=False)
+        raise OSError(exc.errno, f"cannot open worker {number}'s SO_REUSEPORT socket: "
+                                 f"{exc.strerror or exc}") from exc
+    return opened
+
+
+def describe_all(listeners: list[Listener]) -> str:
+    """For the log: every address once; a --reuse-port group says how many sockets it has."""
+    sizes = Counter(_group_of(listener) for listener in listeners if listener.slot)
+    groups = [f"{template.describe()} (SO_REUSEPORT: {sizes[group]} sockets, one per worker)"
+              for group, template in _groups(listeners).items()]
+    return ", ".join(groups + [listener.describe() for listener in listeners if not listener.slot])
 
 
 SD_LISTEN_FDS_START = 3  # systemd passes sockets from this descriptor on

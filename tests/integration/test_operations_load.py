@@ -1,5 +1,5 @@
 """Operations under concurrent load: TTIN/TTOU and USR1 lose nothing; USR2 with a broken
-deploy keeps the old workers serving."""
+deploy keeps the old workers serving (refused before exec when the code does not import)."""
 
 import signal
 
@@ -55,7 +55,10 @@ def test_usr2_with_a_broken_deploy_keeps_the_old_workers(start_server, tmp_path)
     server = start_server(f"{MODULE}:app", "--workers", "2", "--chdir", str(tmp_path),
                           env=APP_ENV)
     old = set(server.worker_pids())
-    write_app(tmp_path, "version-broken", extra='raise RuntimeError("broken deploy")')
+    # A deploy that passes the check before exec (--check-config imports the app) and still
+    # cannot boot in a worker, as when its startup needs what only the workers have.
+    write_app(tmp_path, "version-broken", extra='import sys\n'
+              'if "--check-config" not in sys.argv:\n    raise RuntimeError("broken deploy")')
     with Load(server.port, path="/") as load:
         wait_for(lambda: load.sent > 20, what="load")
         server.send_signal(signal.SIGUSR2)
@@ -63,6 +66,24 @@ def test_usr2_with_a_broken_deploy_keeps_the_old_workers(start_server, tmp_path)
         server.wait_log(r"before it was ready; pid \d+ keeps serving", count=2)
         sent = load.sent
         wait_for(lambda: load.sent > sent + 50, what="load after the failed upgrade")
+    assert load.failed == 0, load.errors[:5]
+    assert set(server.worker_pids()) == old
+    assert versions(server.port, 20) == {b"version-1"}
+
+
+def test_usr2_with_code_that_does_not_import_is_refused_before_exec(start_server, tmp_path):
+    write_app(tmp_path, "version-1")
+    server = start_server(f"{MODULE}:app", "--workers", "2", "--chdir", str(tmp_path),
+                          env=APP_ENV)
+    old = set(server.worker_pids())
+    write_app(tmp_path, "version-broken", extra='raise RuntimeError("broken deploy")')
+    with Load(server.port, path="/") as load:
+        wait_for(lambda: load.sent > 20, what="load")
+        server.send_signal(signal.SIGUSR2)
+        server.wait_log("USR2: not re-executing, the new image would fail")
+        sent = load.sent
+        wait_for(lambda: load.sent > sent + 50, what="load after the refused upgrade")
+    assert "broken deploy" in server.log() and "re-executed master" not in server.log()
     assert load.failed == 0, load.errors[:5]
     assert set(server.worker_pids()) == old
     assert versions(server.port, 20) == {b"version-1"}
