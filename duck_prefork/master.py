@@ -370,6 +370,7 @@ class Master:
                    for w in self.workers.values()]
         log.info("USR2: re-executing the master (pid %d) with %d workers serving",
                  os.getpid(), len(workers))
+        self.notifier.reloading()  # READY=1 comes from the new image once its workers serve
         try:
             reexec.exec_new_image(self.argv, self.listeners, workers)
         except OSError as exc:
@@ -383,6 +384,10 @@ class Master:
                 inherited.number, inherited.pid, inherited.channel, now, last_beat=now,
                 ready=inherited.ready, retiring=inherited.retiring)
         self.booted = True  # a new worker that cannot boot now must not stop the site
+        self.reloading = True  # report_state sends READY=1 once the replacements serve
+        # The pid is unchanged (execve), so systemd's main pid is right already; saying so
+        # costs one field and keeps a NotifyAccess=main unit correct whatever the exec did.
+        self.notifier.notify(f"MAINPID={os.getpid()}")
         log.info("re-executed master pid %d", os.getpid())
         # --reuse-port: the slots' sockets came along; the new configuration may have more
         # or fewer workers.

@@ -1,7 +1,8 @@
 """systemd's notify protocol, without libsystemd: one datagram to $NOTIFY_SOCKET per message.
 
 Nothing here costs anything without NOTIFY_SOCKET. The master sends READY=1 once every worker
-serves, RELOADING=1 (with MONOTONIC_USEC, for Type=notify-reload) then READY=1 around a HUP,
+serves, RELOADING=1 (with MONOTONIC_USEC, for Type=notify-reload) then READY=1 around a HUP
+and a USR2 (whose new image also sends MAINPID=, its unchanged pid),
 STOPPING=1 on stop, STATUS= lines, and WATCHDOG=1 at half of $WATCHDOG_USEC from its loop, so
 systemd restarts a master whose loop is wedged.
 """

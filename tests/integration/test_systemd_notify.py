@@ -1,6 +1,7 @@
 """sd_notify against a real notify socket bound by the test: READY only once workers serve,
 STATUS, RELOADING/READY around HUP, STOPPING, WATCHDOG pings at half the interval."""
 
+import re
 import signal
 import socket
 import time
@@ -78,6 +79,23 @@ def test_hup_with_an_invalid_configuration_still_answers_reloading_then_ready(st
     notify.wait("READY", "1", after=reloading + 1)
     server.wait_log("HUP: the configuration is invalid")
     assert server.worker_pids() == workers
+
+
+def test_usr2_reports_reloading_mainpid_and_ready_from_the_same_pid(start_server, tmp_path):
+    notify = NotifySocket(tmp_path / "notify")
+    server = start_server("tests.apps.basic:app", "--workers", "1", ready=False,
+                          env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
+    ready = notify.wait("READY", "1")
+    old = server.worker_pids()
+    server.send_signal(signal.SIGUSR2)
+    reloading = notify.wait("RELOADING", "1", after=ready + 1)
+    mainpid = notify.wait("MAINPID", str(server.pid), after=reloading + 1)
+    notify.wait("READY", "1", after=mainpid + 1)
+    # READY=1 only once a worker of the new image serves (its "ready" line is logged first)
+    ready_pids = re.findall(r"worker \d+ \(pid (\d+)\) ready", server.log())
+    assert any(int(pid) not in old for pid in ready_pids), server.log()
+    assert server.request("GET", "/")[0] == 200
+    assert server.proc.poll() is None
 
 
 def test_watchdog_pings_at_half_the_interval(start_server, tmp_path):
