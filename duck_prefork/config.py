@@ -182,6 +182,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("send_timeout", non_negative_float, 60.0, metavar="S",
            help="seconds a response write may make no progress before the connection is "
                 "closed (0: no limit)"),
+    Option("http", one_of("auto", "httptools", "h11"), "auto", metavar="auto|httptools|h11",
+           help="HTTP/1.1 parser: httptools (llhttp, in C) or h11 (pure Python); auto picks "
+                "httptools when it is installed. Both answer every request alike"),
     Option("ws", one_of("auto", "wsproto", "none"), "auto", metavar="auto|wsproto|none",
            help="WebSocket support: auto and wsproto serve WebSockets with wsproto; none "
                 "answers upgrade requests as plain HTTP (for WebSockets terminated elsewhere)"),

@@ -1,6 +1,7 @@
 """The HTTP/1.1 connection, independent of the parser: requests, keep-alive, flow, timeouts.
 
-A parser adapter (parser_h11.py) turns bytes into events, and request_head.py holds each head
+A parser adapter (parser_httptools.py, or parser_h11.py: --http) turns bytes into events, with
+the same outcomes for every input whichever it is, and request_head.py holds each head
 to the rules and limits; everything else about a connection lives here once: when a request
 starts, how its body reaches the app (RequestData.receive), when reading pauses, when the
 connection is kept alive or closed, and the timeouts, which one sweep a second enforces
@@ -15,10 +16,16 @@ Parser contract, as used by HttpConnection.handle_events:
       bytes             a piece of the request body
       END_OF_MESSAGE    the request is complete
       NEED_DATA         nothing more until more bytes arrive
-      PAUSED            a request is complete; the next is not parsed before start_next_cycle()
+      PAUSED            a request is complete, and bytes of the next one have arrived (empty
+                        lines alone do not count) or it asked to switch protocols (Upgrade,
+                        CONNECT): nothing more is parsed before start_next_cycle()
       CONNECTION_CLOSED the client closed the connection between requests
     or raises ParseError(status, reason) for a request that must be refused.
+    After the END_OF_MESSAGE of a request that closes the connection it is not called again.
   start_next_cycle()    begin parsing the next request on this connection
+  take_upgrade_data()   right after next_event() returned the head of a request the connection
+                        switches protocols for (a GET with Upgrade and no body): the bytes
+                        received after that head, maybe none; the parser is not used afterwards
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ import h11
 from .http11 import CONNECTION_CLOSED, END_OF_MESSAGE, NEED_DATA, PAUSED
 from .request_head import DEFAULT_LIMITS, Limits, ParseError
 
+_EMPTY_LINE_BYTES = (b"\r", b"\n")
+
 
 class H11Parser:
     """The parser contract of http11.py, implemented over h11."""
@@ -38,10 +40,10 @@ class H11Parser:
     def feed(self, data: bytes) -> None:
         head = self._head
         if head is not None:
-            if not head and data[:2] == b"\r\n":
-                # RFC 9112 2.2: a server SHOULD ignore empty lines before a request line.
-                while data[:2] == b"\r\n":
-                    data = data[2:]
+            if not head and data[:1] in _EMPTY_LINE_BYTES:
+                # RFC 9112 2.2: a server SHOULD ignore empty lines before a request line. CRs
+                # and LFs are skipped one by one, as llhttp does (parser_httptools.py).
+                data = data.lstrip(b"\r\n")
                 if not data:
                     return
             if len(head) <= self._head_size:
@@ -88,6 +90,12 @@ class H11Parser:
         if event is h11.NEED_DATA:
             return NEED_DATA
         if event is h11.PAUSED:
+            if self._conn.their_state is h11.DONE:
+                data, closed = self._conn.trailing_data
+                if not data.lstrip(b"\r\n"):
+                    # Only empty lines after the request: not the start of another one (RFC 9112
+                    # 2.2; llhttp skips them in passing). start_next_cycle() drops them.
+                    return CONNECTION_CLOSED if closed else NEED_DATA
             return PAUSED
         return CONNECTION_CLOSED
 
@@ -95,6 +103,12 @@ class H11Parser:
         """The bytes after the head just returned, for the protocol the connection switches
         to (h11 holds them unparsed: an upgrade GET has no body)."""
         return bytes(self._conn.trailing_data[0])
+
+    @property
+    def trailing_data(self) -> tuple[bytes, bool]:
+        """The bytes received after the current request, and whether the client closed."""
+        data, closed = self._conn.trailing_data
+        return bytes(data), closed
 
     def start_next_cycle(self) -> None:
         data, closed = self._conn.trailing_data

@@ -77,20 +77,13 @@ def read_head(method: bytes, target: bytes, http_version: bytes,
     """Check a parsed request head; returns (keep_alive, expect_continue, content_length,
     chunked, forwarded, upgrade) or raises ParseError. Header names are lowercase, values
     stripped. `upgrade` is the lowercased Upgrade value when Connection lists "upgrade" (a
-    protocol switch is asked for; RFC 9110 7.8), else None."""
-    if http_version != b"1.1" and http_version != b"1.0":
-        if http_version[:1].isdigit() and http_version[:1] >= b"2":
-            raise ParseError(505, f"HTTP/{http_version.decode('latin-1')} is not supported")
-        raise ParseError(400, "unsupported HTTP version")
-    if limits.request_line and len(method) + len(target) + 10 > limits.request_line:
-        raise ParseError(414, "request line too long")
+    protocol switch is asked for; RFC 9110 7.8), else None.
+
+    The checks h11 makes before it returns a head come first (the target's bytes, the
+    Content-Length values, the Host count: all 400), so that a head with several defects is
+    refused with the same status whichever parser read it."""
     if target.translate(None, _TARGET_BYTES):
         raise ParseError(400, "invalid character in request target")
-    if target[:1] != b"/" and not _other_target_form_ok(method, target):
-        raise ParseError(400, "request target form does not fit the method")
-    if limits.fields and len(headers) > limits.fields:
-        raise ParseError(431, "too many header fields")
-
     http11 = http_version == b"1.1"
     keep_alive = http11  # HTTP/1.0 closes after the response; 1.1 unless asked to
     expect_continue = False
@@ -100,10 +93,11 @@ def read_head(method: bytes, target: bytes, http_version: bytes,
     forwarded = False
     upgrade = None
     connection_upgrade = False
+    refusal: ParseError | None = None  # the first of the refusals raised after h11's checks
     field_size = limits.field_size
     for name, value in headers:
-        if field_size and len(name) + len(value) + 2 > field_size:
-            raise ParseError(431, "header field too large")
+        if field_size and len(name) + len(value) + 2 > field_size and refusal is None:
+            refusal = ParseError(431, "header field too large")
         kind = _SERVER_HEADERS.get(name)
         if kind is None:
             continue
@@ -117,15 +111,15 @@ def read_head(method: bytes, target: bytes, http_version: bytes,
             # RFC 9110 10.1.1: an HTTP/1.0 client cannot be waiting for a 100.
             expect_continue = http11 and value.lower() == b"100-continue"
         elif kind == _CONTENT_LENGTH:
-            if not value.isdigit():
+            if not value.isdigit() or len(value) > 20:  # h11 takes at most 20 digits
                 raise ParseError(400, "Content-Length is not a plain number")
             length = int(value)
             if content_length is not None and content_length != length:
                 raise ParseError(400, "conflicting Content-Length headers")
             content_length = length
         elif kind == _TRANSFER_ENCODING:
-            if chunked or value.lower() != b"chunked":
-                raise ParseError(501, "only Transfer-Encoding: chunked is supported")
+            if (chunked or value.lower() != b"chunked") and refusal is None:
+                refusal = ParseError(501, "only Transfer-Encoding: chunked is supported")
             chunked = True
         elif kind == _FORWARDED:
             forwarded = True
@@ -133,15 +127,29 @@ def read_head(method: bytes, target: bytes, http_version: bytes,
             upgrade = value.lower()
         else:  # _HOST
             hosts += 1
-            if value.translate(None, _HOST_BYTES) and not _HOST_IP_LITERAL.fullmatch(value):
-                raise ParseError(400, "invalid Host header")
+            if value.translate(None, _HOST_BYTES) and not _HOST_IP_LITERAL.fullmatch(value) \
+                    and refusal is None:
+                refusal = ParseError(400, "invalid Host header")
+    if hosts > 1 or (http11 and hosts == 0):
+        raise ParseError(400, "HTTP/1.1 requests need exactly one Host header")
+
+    if not http11 and http_version != b"1.0":
+        if http_version[:1].isdigit() and http_version[:1] >= b"2":
+            raise ParseError(505, f"HTTP/{http_version.decode('latin-1')} is not supported")
+        raise ParseError(400, "unsupported HTTP version")
+    if limits.request_line and len(method) + len(target) + 10 > limits.request_line:
+        raise ParseError(414, "request line too long")
+    if target[:1] != b"/" and not _other_target_form_ok(method, target):
+        raise ParseError(400, "request target form does not fit the method")
+    if limits.fields and len(headers) > limits.fields:
+        raise ParseError(431, "too many header fields")
+    if refusal is not None:
+        raise refusal
     if chunked and not http11:
         raise ParseError(400, "Transfer-Encoding in an HTTP/1.0 request")  # RFC 9112 6.1
     if chunked and content_length is not None:
         # RFC 9112 6.1: a request with both is how requests are smuggled past a proxy.
         raise ParseError(400, "both Content-Length and Transfer-Encoding")
-    if hosts > 1 or (http11 and hosts == 0):
-        raise ParseError(400, "HTTP/1.1 requests need exactly one Host header")
     if limits.body and content_length is not None and content_length > limits.body:
         raise ParseError(413, "request body too large")
     if upgrade is not None and not connection_upgrade:

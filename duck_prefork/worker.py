@@ -141,7 +141,7 @@ class Worker:
                         fields=config.limit_request_fields,
                         field_size=config.limit_request_field_size,
                         body=config.limit_request_body)
-        state = ServerState(app, pipeline, functools.partial(H11Parser, limits),
+        state = ServerState(app, pipeline, functools.partial(parser_class(config.http), limits),
                             config.keep_alive, timing=access_log is not None, limits=limits,
                             concurrency=config.limit_concurrency,
                             header_timeout=config.header_timeout,
@@ -197,6 +197,20 @@ class Worker:
             self.report(channel.RECYCLE)
         # Reschedule on the next whole second of loop time, so ticks do not drift.
         self._ticker = loop.call_at(int(loop.time()) + 1.0, self._tick, loop, state)
+
+
+def parser_class(choice: str) -> type:
+    """The parser adapter --http names: auto is httptools when it can be imported, else h11."""
+    if choice != "h11":
+        try:
+            from .parser_httptools import HttptoolsParser
+        except ImportError as exc:
+            if choice == "httptools":
+                raise BootFailure(f"--http httptools: cannot import httptools ({exc}); "
+                                  "install it, or use --http h11") from None
+        else:
+            return HttptoolsParser
+    return H11Parser
 
 
 def websocket_upgrade(config: Config) -> WebSocketUpgrade | None:

@@ -13,12 +13,17 @@ import sys
 import time
 import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+
+# The --http parsers. Tests whose outcome depends on the parser run against each, and the
+# conformance suites (corpus, bad requests) also assert that both give the same outcome.
+PARSERS = ("httptools", "h11")
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition"):
@@ -166,6 +171,35 @@ def running_server(args: list[str], tmp_path: Path):
         assert not survivors, f"processes outlived their server: {survivors}"
 
 
+@contextlib.contextmanager
+def running_servers(args: list[str], tmp_path: Path):
+    """One ready server per parser (`--http`), started together, for a module that sends each
+    case to all of them: yields {parser: Server}."""
+    servers = {}
+    try:
+        for parser in PARSERS:
+            servers[parser] = Server([*args, "--http", parser], tmp_path)
+        for server in servers.values():
+            server.wait_ready()
+        yield servers
+    finally:
+        survivors = [pid for server in servers.values() for pid in server.cleanup()]
+        assert not survivors, f"processes outlived their server: {survivors}"
+
+
+def on_each(servers: dict, action: Callable):
+    """action(server) for every server at once (each waits on its own sockets): {parser: result}."""
+    with ThreadPoolExecutor(len(servers)) as pool:
+        futures = {parser: pool.submit(action, server) for parser, server in servers.items()}
+        return {parser: future.result() for parser, future in futures.items()}
+
+
+@pytest.fixture(params=PARSERS)
+def http_parser(request) -> str:
+    """The --http of the server a test starts: a test that takes it runs once per parser."""
+    return request.param
+
+
 @pytest.fixture
 def calls(tmp_path) -> Path:
     """The file tests.apps.pressure appends one line to per request it is called for."""
@@ -173,12 +207,13 @@ def calls(tmp_path) -> Path:
 
 
 @pytest.fixture
-def serve(start_server, calls):
-    """serve(*options) -> a one-worker server of tests.apps.pressure recording its calls."""
+def serve(start_server, calls, http_parser):
+    """serve(*options) -> a one-worker server of tests.apps.pressure recording its calls; the
+    tests that use it run once per parser."""
 
     def start(*args: str):
-        return start_server("tests.apps.pressure:app", "--workers", "1", *args,
-                            env={"DUCK_TEST_CALLS": str(calls)})
+        return start_server("tests.apps.pressure:app", "--workers", "1", "--http", http_parser,
+                            *args, env={"DUCK_TEST_CALLS": str(calls)})
 
     return start
 

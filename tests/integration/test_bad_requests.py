@@ -8,6 +8,9 @@ or error. The app is the recorder, so a failure shows what reached it.
 
 Statuses, per our spec: 400 malformed, 414 request line too long, 431 too many or too large
 header fields, 505 unsupported HTTP version, 501 acceptable for an unknown transfer coding.
+
+Each case goes to one server per parser (--http httptools, --http h11) at once: it must pass
+with each, and both must answer it alike (the same responses, the same end of the connection).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import os
 
 import pytest
 
-from .conftest import running_server
+from .conftest import on_each, running_servers
 from .wire import LogWatch, describe, exchange, parse_responses
 
 pytestmark = pytest.mark.timeout(60)
@@ -151,11 +154,13 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with running_server([APP, "--workers", "1"], tmp_path_factory.mktemp("bad-requests")) as server:
-        server.initial_workers = sorted(server.worker_pids())
-        server.log_watch = LogWatch(server)
-        yield server
+def servers(tmp_path_factory):
+    with running_servers([APP, "--workers", "1"],
+                         tmp_path_factory.mktemp("bad-requests")) as servers:
+        for server in servers.values():
+            server.initial_workers = sorted(server.worker_pids())
+            server.log_watch = LogWatch(server)
+        yield servers
 
 
 def test_enough_cases():
@@ -164,7 +169,14 @@ def test_enough_cases():
 
 
 @pytest.mark.parametrize("raw, statuses, close_ok", CASES)
-def test_bad_request(server, raw, statuses, close_ok):
+def test_bad_request(servers, raw, statuses, close_ok):
+    outcomes = on_each(servers, lambda server: check(server, raw, statuses, close_ok))
+    assert len(set(outcomes.values())) == 1, f"the parsers differ: {outcomes}"
+
+
+def check(server, raw: bytes, statuses: set[int], close_ok: bool) -> tuple:
+    """Send one case and check what came back; returns the outcome to compare between
+    parsers."""
     ex = exchange(server.port, raw, idle=1.0, first=3.0)
     parsed = parse_responses(ex.data)
     responses = parsed.responses
@@ -192,11 +204,13 @@ def test_bad_request(server, raw, statuses, close_ok):
             assert ex.closed, f"the connection stays open after a refusal: {what}"
     assert len(responses) <= 1, f"the pipelined request was answered too: {what}"
     assert not parsed.error or not responses, f"bytes after the response: {what}"
+    return tuple((r.status, r.header("x-recorded-json"), r.body) for r in responses), ex.closed
 
 
-def test_worker_still_serves(server):
-    ex = exchange(server.port, b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                  idle=5.0)
-    responses = parse_responses(ex.data).responses
-    assert [r.status for r in responses] == [200]
-    assert responses[0].recorded["path"] == "/after"
+def test_worker_still_serves(servers):
+    for server in servers.values():
+        ex = exchange(server.port, b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close"
+                      b"\r\n\r\n", idle=5.0)
+        responses = parse_responses(ex.data).responses
+        assert [r.status for r in responses] == [200]
+        assert responses[0].recorded["path"] == "/after"

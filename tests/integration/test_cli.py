@@ -47,6 +47,7 @@ def test_version():
     (["--bind", "fd://x"], {}, "--bind"),
     (["--graceful-timeout", "-3"], {}, "--graceful-timeout"),
     (["--lifespan", "maybe"], {}, "--lifespan"),
+    (["--http", "llhttp"], {}, "--http"),
     (["--log-level", "loud"], {}, "--log-level"),
     (["--no-such-option"], {}, "--no-such-option"),
     ([], {"DUCK_PREFORK_WORKERS": "-2"}, "DUCK_PREFORK_WORKERS"),

@@ -1,6 +1,8 @@
 """Conformance: every request of the HTTP/1.1 corpus (tests/data/http_corpus.json, from the
-llhttp and gunicorn parser suites, graded against RFC 9112) sent to one live server whose app
-records what it saw (tests/apps/recorder.py).
+llhttp and gunicorn parser suites, graded against RFC 9112) sent to one live server per parser
+(--http httptools, --http h11) at once, whose app records what it saw (tests/apps/recorder.py).
+Each case must pass with each parser, and get the same outcome from both: the same responses
+(status, and what the app saw), and the same end of the connection.
 
 Per `expect`:
   accept        every response is the app's 200 and the app saw exactly `messages`
@@ -35,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import running_server
+from .conftest import PARSERS, on_each, running_servers
 from .wire import LogWatch, describe, exchange, parse_responses
 
 pytestmark = pytest.mark.timeout(60)
@@ -51,34 +53,53 @@ if not CORPUS.exists():
                 allow_module_level=True)
 
 CASES = json.loads(CORPUS.read_text(encoding="utf-8"))
-RESULTS: dict[str, tuple[str, str, str]] = {}  # id -> (expect, verdict, what happened)
+# parser -> id -> (expect, verdict, what happened, outcome as compared between the parsers)
+RESULTS: dict[str, dict[str, tuple[str, str, str, tuple]]] = {parser: {} for parser in PARSERS}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with running_server([APP, "--workers", "1"], tmp_path_factory.mktemp("corpus")) as server:
-        server.initial_workers = sorted(server.worker_pids())
-        server.log_watch = LogWatch(server)
-        yield server
+def servers(tmp_path_factory):
+    with running_servers([APP, "--workers", "1"], tmp_path_factory.mktemp("corpus")) as servers:
+        for server in servers.values():
+            server.initial_workers = sorted(server.worker_pids())
+            server.log_watch = LogWatch(server)
+        yield servers
 
 
 @pytest.fixture(scope="module", autouse=True)
 def summary():
     yield
-    if RESULTS:
+    if RESULTS[PARSERS[0]]:
         text = format_summary()
         print("\n" + text)
         RESULTS_FILE.write_text(text)
 
 
 def format_summary() -> str:
-    counts: dict[str, Counter] = {}
-    for expect, verdict, _ in RESULTS.values():
-        counts.setdefault(expect, Counter())[verdict.split(":")[0]] += 1
+    first = RESULTS[PARSERS[0]]
+    same = sum(1 for case_id, result in first.items()
+               if all(RESULTS[p].get(case_id, ())[3:] == result[3:] for p in PARSERS))
     lines = ["HTTP/1.1 corpus against duck-prefork (tests/integration/test_corpus.py): "
-             f"{len(RESULTS)} of {len(CASES) + len(HOST_VARIANTS)} cases run (the corpus, and "
-             "again with Host for HTTP/1.1 cases without it: +host)", "",
-             f"{'expect':<18} {'cases':>5} {'pass':>5} {'fail':>5}  notes"]
+             f"{len(first)} of {len(CASES) + len(HOST_VARIANTS)} cases run (the corpus, and "
+             "again with Host for HTTP/1.1 cases without it: +host), with each parser "
+             f"({', '.join(PARSERS)}): the same outcome from all for {same} of {len(first)}"]
+    for parser in PARSERS:
+        lines += ["", f"--http {parser}:"] + category_table(RESULTS[parser])
+    lines += ["", "not re-sent with Host:"]
+    lines += [f"  {case_id}: {why}" for case_id, why in NO_HOST_VARIANT.items()]
+    lines += ["", f"per case (--http {PARSERS[0]}): id | expect | verdict | what the server did"]
+    for case in CASES + HOST_VARIANTS:
+        if case["id"] in first:
+            expect, verdict, outcome, _ = first[case["id"]]
+            lines.append(f"{case['id']} | {expect} | {verdict} | {outcome}")
+    return "\n".join(lines) + "\n"
+
+
+def category_table(results: dict) -> list[str]:
+    counts: dict[str, Counter] = {}
+    for expect, verdict, _, _ in results.values():
+        counts.setdefault(expect, Counter())[verdict.split(":")[0]] += 1
+    lines = [f"{'expect':<18} {'cases':>5} {'pass':>5} {'fail':>5}  notes"]
     asserted = [e + suffix for suffix in ("", "+host") for e in ASSERTED]
     order = asserted + sorted(set(counts) - set(asserted))
     for expect in order:
@@ -94,14 +115,7 @@ def format_summary() -> str:
         if expect not in asserted:
             note = "not asserted: only that the worker survives"
         lines.append(f"{expect:<18} {total:>5} {passed:>5} {c['FAIL']:>5}  {note}")
-    lines += ["", "not re-sent with Host:"]
-    lines += [f"  {case_id}: {why}" for case_id, why in NO_HOST_VARIANT.items()]
-    lines += ["", "per case: id | expect | verdict | what the server did"]
-    for case in CASES + HOST_VARIANTS:
-        if case["id"] in RESULTS:
-            expect, verdict, outcome = RESULTS[case["id"]]
-            lines.append(f"{case['id']} | {expect} | {verdict} | {outcome}")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 # --- what each case expects ----------------------------------------------------------------
@@ -209,8 +223,25 @@ def judge(case: dict, responses: list, closed: bool) -> tuple[str, str | None]:
     return "recorded", None
 
 
-def run_case(server, case: dict, category: str) -> None:
-    """Send one case, judge it, check the worker, record the result; fail if it failed."""
+def run_case(servers: dict, case: dict, category: str) -> None:
+    """Send one case to the server of each parser, judge each, record the results; fail if one
+    failed, or if the parsers' outcomes differ."""
+    results = on_each(servers, lambda server: run_on(server, case, category))
+    failures = []
+    for parser, (verdict, failure, outcome, compared) in results.items():
+        RESULTS[parser][case["id"]] = (category, verdict, outcome, compared)
+        if failure:
+            failures.append(f"--http {parser}: {outcome}")
+    assert not failures, f"{case['id']} ({case['expect']}: {case['note']}): {failures}"
+    outcomes = {parser: result[3] for parser, result in results.items()}
+    assert len(set(outcomes.values())) == 1, \
+        f"{case['id']}: the parsers differ: " + "; ".join(
+            f"--http {parser}: {result[2]}" for parser, result in results.items())
+
+
+def run_on(server, case: dict, category: str) -> tuple[str, str | None, str, tuple]:
+    """Send one case, judge it, check the worker: (verdict, failure or None, what happened,
+    the outcome to compare between parsers)."""
     raw = case["raw"].encode("latin-1")
     expected = len(case.get("messages") or [])
 
@@ -246,13 +277,14 @@ def run_case(server, case: dict, category: str) -> None:
         failure = f"the server logged a problem: {problems[-500:]!r}"
     if failure:
         outcome += f" -- {failure}"
-    RESULTS[case["id"]] = (category, verdict, outcome)
-    assert failure is None, f"{case['id']} ({case['expect']}: {case['note']}): {outcome}"
+    compared = (tuple((r.status, r.header("x-recorded-json"), r.body, r.complete)
+                      for r in parsed.responses), parsed.error, ex.closed)
+    return verdict, failure, outcome, compared
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case["id"] for case in CASES])
-def test_corpus_case(server, case):
-    run_case(server, case, case["expect"])
+def test_corpus_case(servers, case):
+    run_case(servers, case, case["expect"])
 
 
 # Most llhttp cases, and some gunicorn ones, are HTTP/1.1 without Host: the 400 they rightly
@@ -284,5 +316,5 @@ HOST_VARIANTS = [with_host(case) for case in CASES
 
 
 @pytest.mark.parametrize("case", HOST_VARIANTS, ids=[case["id"] for case in HOST_VARIANTS])
-def test_corpus_case_with_host(server, case):
-    run_case(server, case, case["expect"] + "+host")
+def test_corpus_case_with_host(servers, case):
+    run_case(servers, case, case["expect"] + "+host")

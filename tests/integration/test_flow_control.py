@@ -88,8 +88,8 @@ def test_unread_response_is_not_buffered_by_the_worker(start_server, tmp_path):
     assert read_progress(progress) == SIZE
 
 
-def test_slowly_read_upload_is_not_buffered_by_the_worker(start_server):
-    server = start_server(APP, "--workers", "1")
+def test_slowly_read_upload_is_not_buffered_by_the_worker(start_server, http_parser):
+    server = start_server(APP, "--workers", "1", "--http", http_parser)
     worker = server.worker_pids()[0]
     warm = server.connect()
     warm.sendall(b"POST /slow-read?pause=0.001 HTTP/1.1\r\nHost: t\r\n"

@@ -1,4 +1,4 @@
-"""HTTP/1.1 and ASGI behaviour as a client sees it, over real sockets."""
+"""HTTP/1.1 and ASGI behaviour as a client sees it, over real sockets, with each parser."""
 
 import json
 import socket
@@ -6,16 +6,19 @@ import time
 
 import pytest
 
-from .conftest import read_response, recv_all, wait_for
+from .conftest import PARSERS, read_response, recv_all, running_server, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
 APP = "tests.apps.basic:app"
 
 
-@pytest.fixture
-def server(start_server):
-    return start_server(APP, "--workers", "1", "--keep-alive", "2")
+@pytest.fixture(scope="module", params=PARSERS)
+def server(request, tmp_path_factory):
+    """One server per parser, shared by the module's tests."""
+    with running_server([APP, "--workers", "1", "--keep-alive", "2", "--http", request.param],
+                        tmp_path_factory.mktemp("http")) as server:
+        yield server
 
 
 def get(path: str, extra: str = "", version: str = "1.1") -> bytes:
@@ -274,8 +277,8 @@ def test_access_log_to_stdout(start_server):
     wait_for(lambda: '"GET /pid HTTP/1.1" 200' in server.stdout(), what="access line on stdout")
 
 
-def test_keep_alive_0_closes_after_each_response(start_server):
-    server = start_server(APP, "--workers", "1", "--keep-alive", "0")
+def test_keep_alive_0_closes_after_each_response(start_server, http_parser):
+    server = start_server(APP, "--workers", "1", "--keep-alive", "0", "--http", http_parser)
     sock = server.connect()
     sock.sendall(get("/") + get("/"))
     data = recv_all(sock)
@@ -290,3 +293,23 @@ def test_half_closed_client_still_gets_its_response(server):
     data = recv_all(sock)
     assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"slow")
     assert b"Connection: close" in data
+
+
+def test_chunked_body_with_requests_pipelined_behind_it(server):
+    sock = server.connect()
+    sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"5;name=value\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n"
+                 + get("/") + b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+    assert read_response(sock)[::2] == (200, b"hello")
+    assert read_response(sock)[::2] == (200, b"Hello, world!")
+    assert read_response(sock)[::2] == (200, b"hi")
+
+
+def test_upgrade_the_server_does_not_take_is_plain_http_and_the_connection_goes_on(server):
+    sock = server.connect()
+    sock.sendall(b"GET /pid HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                 b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n" + get("/pid"))
+    first, second = read_response(sock), read_response(sock)
+    assert (first[0], second[0]) == (200, 200) and first[2] == second[2]
+    sock.sendall(get("/"))  # after the responses: parsed as the next request too
+    assert read_response(sock)[::2] == (200, b"Hello, world!")

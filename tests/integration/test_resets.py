@@ -51,10 +51,11 @@ IDLE_END = b"Hello, world!"
 
 
 @pytest.fixture
-def server(start_server):
+def server(start_server, http_parser):
     # Timeouts long enough that the per-second sweep never cleans up for the server: whatever
     # is still there at the end was left behind by the resets themselves.
-    return start_server(APP, "--workers", "1", "--keep-alive", "300", "--header-timeout", "300")
+    return start_server(APP, "--workers", "1", "--keep-alive", "300", "--header-timeout", "300",
+                        "--http", http_parser)
 
 
 def stats(server, quick: bool = False) -> dict:

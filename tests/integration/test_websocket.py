@@ -1,5 +1,6 @@
 """WebSockets end to end: a real server, the `websockets` client package, and a raw-socket client
-(wsproto as the client side) where a test needs a client that misbehaves or stops reading."""
+(wsproto as the client side) where a test needs a client that misbehaves or stops reading. The
+tests of the shared server run once per parser (--http): the upgrade leaves it differently."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from websockets.sync.client import connect
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
-from .conftest import close_now, read_response, recv_all, running_server, wait_for
+from .conftest import PARSERS, close_now, read_response, recv_all, running_server, wait_for
 from .test_flow_control import MAX_GROWTH, MiB, rss, wait_stable
 
 pytestmark = pytest.mark.timeout(90)
@@ -26,16 +27,22 @@ APP = "tests.apps.ws:app"
 MAX_SIZE = 2 * MiB
 
 
-@pytest.fixture(scope="module")
-def events_file(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("ws-events") / "events"
+@pytest.fixture(scope="module", params=PARSERS)
+def parser(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, events_file):
+def events_file(tmp_path_factory, parser) -> Path:
+    return tmp_path_factory.mktemp(f"ws-events-{parser}") / "events"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, events_file, parser):
     os.environ["DUCK_TEST_EVENTS"] = str(events_file)  # inherited by the server it starts
     try:
-        with running_server([APP, "--workers", "1", "--ws-max-size", str(MAX_SIZE)],
+        with running_server([APP, "--workers", "1", "--ws-max-size", str(MAX_SIZE),
+                             "--http", parser],
                             tmp_path_factory.mktemp("ws-server")) as running:
             yield running
     finally:
@@ -341,8 +348,8 @@ def test_an_app_that_does_not_receive_stops_reading_and_loses_nothing(server, ev
 
 # --- servers with their own options -------------------------------------------------------
 
-def test_ws_none_answers_upgrade_requests_as_plain_http(start_server):
-    server = start_server(APP, "--workers", "1", "--ws", "none")
+def test_ws_none_answers_upgrade_requests_as_plain_http(start_server, http_parser):
+    server = start_server(APP, "--workers", "1", "--ws", "none", "--http", http_parser)
     with server.connect() as sock:
         sock.sendall(b"GET /echo HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
                      b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"

@@ -81,13 +81,15 @@ def test_defaults():
     assert config.backlog == 2048
     assert config.root_path == ""
     assert config.lifespan == "auto"
+    assert config.http == "auto"
     assert config.log_level == "info"
 
 
 def test_command_line_values_are_parsed():
     config = parse("pkg.mod:app", "-w", "3", "--graceful-timeout", "1.5", "--keep-alive", "0",
                    "--lifespan", "OFF", "--log-level", "debug", "--factory",
-                   "--root-path", "/api/", "--backlog", "10")
+                   "--root-path", "/api/", "--backlog", "10", "--http", "h11")
+    assert config.http == "h11"
     assert config.app == "pkg.mod:app"
     assert config.workers == 3
     assert config.graceful_timeout == 1.5
@@ -114,7 +116,9 @@ def test_unknown_attribute_is_attribute_error():
 
 def test_environment_sets_options():
     config = parse(DUCK_PREFORK_WORKERS="7", DUCK_PREFORK_LIFESPAN="on",
-                   DUCK_PREFORK_FACTORY="yes", DUCK_PREFORK_APP="a.b:c")
+                   DUCK_PREFORK_FACTORY="yes", DUCK_PREFORK_APP="a.b:c",
+                   DUCK_PREFORK_HTTP="httptools")
+    assert config.http == "httptools"
     assert config.workers == 7
     assert config.lifespan == "on"
     assert config.factory is True
@@ -159,6 +163,8 @@ def test_environment_flag_can_be_false():
     (["--graceful-timeout", "-1"], {}, "--graceful-timeout"),
     (["--keep-alive", "nan"], {}, "--keep-alive"),
     (["--lifespan", "maybe"], {}, "--lifespan"),
+    (["--http", "llhttp"], {}, "--http"),
+    ([], {"DUCK_PREFORK_HTTP": "fast"}, "DUCK_PREFORK_HTTP"),
     (["--log-level", "loud"], {}, "--log-level"),
     (["--root-path", "api"], {}, "--root-path"),
     (["--bind", "nonsense"], {}, "--bind"),

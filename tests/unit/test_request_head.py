@@ -131,3 +131,22 @@ def test_forwarded_headers_are_noted_for_the_proxy_step(name):
 ])
 def test_upgrade_is_reported_only_with_connection_upgrade(headers, upgrade):
     assert check(headers)[5] == upgrade
+
+
+def test_content_length_has_at_most_20_digits_as_in_h11():
+    assert check(headers=[HOST, (b"content-length", b"0" * 19 + b"5")])[2] == 5
+    assert refused(headers=[HOST, (b"content-length", b"0" * 20 + b"5")]).status == 400
+
+
+@pytest.mark.parametrize("kwargs", [
+    # h11 refuses these heads before it returns them: with llhttp, read_head must say 400 too
+    # before any of its own answers (505, 414, 431, 501).
+    dict(headers=[], target=b"/" + b"a" * 9000),                       # no Host; 414
+    dict(headers=[HOST, HOST], version=b"2.0"),                          # two Hosts; 505
+    dict(headers=[(b"content-length", b"x")], version=b"3.0"),           # bad CL, no Host; 505
+    dict(headers=[HOST, (b"x", b"v" * 9000), (b"content-length", b"1, 2")]),  # bad CL; 431
+    dict(headers=[HOST, (b"transfer-encoding", b"gzip")], target=b"/\x01"),  # bad target; 501
+    dict(headers=[HOST] * 2 + [(b"x-%d" % i, b"") for i in range(200)]),     # two Hosts; 431
+])
+def test_what_h11_refuses_itself_comes_first(kwargs):
+    assert refused(**kwargs).status == 400
