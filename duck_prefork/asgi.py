@@ -140,13 +140,14 @@ class ASGI:
         self.access_log = access_log
         self.middlewares = middlewares or []
 
-    async def __call__(self, application: Any, client_socket: HttpConnection,
-                       client_address: tuple | None, request_data: RequestData) -> Request:
-        """Serve one request on `client_socket`; returns the request it handled."""
+    def __call__(self, application: Any, client_socket: HttpConnection,
+                 client_address: tuple | None, request_data: RequestData) -> Awaitable[Request]:
+        """Serve one request on `client_socket`: returns the awaitable (the connection makes it
+        the request's task) that runs it and gives the request it handled. Not a coroutine
+        itself: the task runs the failsafe's coroutine directly, one frame less a request."""
         request = self.get_request(client_socket, client_address, request_data)
         request.application = application
-        await self.get_response(request)
-        return request
+        return self.get_response(request)
 
     def get_request(self, client_socket: HttpConnection, client_address: tuple | None,
                     request_data: RequestData) -> Request:
@@ -198,14 +199,15 @@ class ASGI:
             scope["scheme"] = "wss" if scope["scheme"] in ("https", "wss") else "ws"
         return scope
 
-    def get_response(self, request: Request) -> Awaitable[None]:
+    def get_response(self, request: Request) -> Awaitable[Request]:
         """Run the application for `request`; every failure ends in a response or a close.
         (Returns the failsafe's coroutine rather than awaiting it: one frame less a request.)"""
         return self.produce_final_response_failsafe(request, call_application)
 
     async def produce_final_response_failsafe(
-            self, request: Request, producer: Callable[[Request], Awaitable[None]]) -> None:
-        """Run `producer`; map what goes wrong to a response and never let an error escape."""
+            self, request: Request, producer: Callable[[Request], Awaitable[None]]) -> Request:
+        """Run `producer`; map what goes wrong to a response and never let an error escape.
+        Returns `request`."""
         response = request.response
         connection = request.connection
         try:
@@ -221,24 +223,24 @@ class ASGI:
                 log.debug("ASGI app raised after its client disconnected", exc_info=True)
                 if not response.complete:
                     connection.close()
-                return
+                return request
             if response.complete:
                 # e.g. a background task failing after the response: the client has it all.
                 log.exception("exception in ASGI app after the response was complete")
-                return
+                return request
             if response.started:
                 log.exception("exception in ASGI app after the response started; "
                               "closing the connection")
                 connection.abort()
-                return
+                return request
             log.exception("exception in ASGI app")
             self.send_error(request, 500)
-            return
+            return request
         if response.complete or connection.closed:
-            return
+            return request
         if request.data.disconnected:
             connection.close()  # the client left and the app stopped: nobody to answer
-            return
+            return request
         if not response.started:
             log.error("ASGI app returned without sending a response")
             self.send_error(request, 500)
@@ -246,6 +248,7 @@ class ASGI:
             log.error("ASGI app returned before the response was complete; closing the "
                       "connection")
             connection.abort()
+        return request
 
     def send_error(self, request: Request, status: int) -> None:
         body = b"Internal Server Error\n" if status == 500 else b"Error\n"
