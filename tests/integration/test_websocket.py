@@ -430,3 +430,20 @@ def test_hup_moves_websocket_clients_to_new_workers(start_server, tmp_path):
     with connect(url(server, "/echo")) as ws:
         ws.send("on the new worker")
         assert ws.recv() == "on the new worker"
+
+
+def test_handshakes_are_in_the_access_log(start_server, tmp_path):
+    access = tmp_path / "access.log"
+    server = start_server(APP, "--workers", "1", "--access-logfile", str(access))
+    with connect(url(server, "/echo")) as ws:
+        ws.send("x")
+        assert ws.recv() == "x"
+    with pytest.raises(InvalidStatus):
+        connect(url(server, "/reject"))
+    with pytest.raises(InvalidStatus):
+        connect(url(server, "/deny"))
+    lines = wait_for(lambda: access.exists() and len(access.read_text().splitlines()) >= 3
+                     and access.read_text().splitlines(), what="three access log lines")
+    assert [line.split('"')[1] for line in lines] == [
+        "GET /echo HTTP/1.1", "GET /reject HTTP/1.1", "GET /deny HTTP/1.1"]
+    assert [line.split('"')[2].split()[0] for line in lines] == ["101", "403", "401"]
