@@ -139,6 +139,17 @@ class ServerState:
             websocket.going_away()
         self.check_drained()
 
+    def start_task(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        """Run one request's (or WebSocket's) coroutine as a task the drain waits for."""
+        task = self.loop.create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        self.requests_served += 1
+        self.check_drained()
+
     def check_drained(self) -> None:
         if self.draining and not self.connections and not self.tasks \
                 and not self.pending_connects and not self.websockets:
@@ -236,33 +247,90 @@ class RequestData:
 
 # --- the connection -------------------------------------------------------------------------
 
-class HttpConnection(asyncio.Protocol):
+class FlowControlledProtocol(asyncio.Protocol):
+    """asyncio flow control both ways, for HttpConnection and websocket.WebSocketSession:
+    reading is paused while what was read waits for the app, and a writer awaits drain()
+    while the transport's buffer is above its high-water mark."""
+
+    __slots__ = ("transport", "closed", "read_paused", "write_paused", "_drain_waiter")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False  # the transport is closing or closed: nothing more is written
+        self.read_paused = False
+        self.write_paused = False
+        self._drain_waiter: asyncio.Future | None = None
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its low-water mark again."""
+        if self.write_paused and not self.closed:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.wake_drain()
+
+    def wake_drain(self) -> None:
+        """Let a writer waiting in drain() go on (also when the connection is lost)."""
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pause_reading(self) -> None:
+        if not self.read_paused and not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused and not self.closed:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Close after what was written has been sent."""
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping unsent data."""
+        self.closed = True
+        self.transport.abort()
+
+
+class HttpConnection(FlowControlledProtocol):
     """One client connection: feeds the parser, starts a request task per request head,
     answers refused requests, and decides between the next request and closing."""
 
-    __slots__ = ("state", "parser", "transport", "client", "server", "request", "idle_since",
-                 "head_started", "served", "closed", "input_done", "_read_paused", "_write_paused",
-                 "_drain_waiter", "_stall_since", "_stall_size")
+    __slots__ = ("state", "parser", "client", "server", "request", "idle_since", "head_started",
+                 "served", "input_done", "_stall_since", "_stall_size")
 
     def __init__(self, state: ServerState):
+        super().__init__()
         self.state = state
         self.parser = state.parser_factory()
-        self.transport: asyncio.Transport | None = None
         self.client: tuple | None = None
         self.server: tuple | None = None
         self.request: RequestData | None = None
         self.idle_since: float | None = None  # waiting for a request head since
         self.head_started = False  # bytes of the next head have arrived
         self.served = 0  # requests started on this connection
-        self.closed = False
         # The last request this connection will serve has been read (it asked to close, or
         # is HTTP/1.0): what else arrives is read and dropped, never parsed. Reading it still
         # (rather than pausing) lets the close be a FIN, not a reset that could destroy the
         # response in flight.
         self.input_done = False
-        self._read_paused = False
-        self._write_paused = False
-        self._drain_waiter: asyncio.Future | None = None
         self._stall_since: float | None = None  # a write is waiting on the client since
         self._stall_size = 0  # bytes it was waiting to send then
 
@@ -297,20 +365,12 @@ class HttpConnection(asyncio.Protocol):
         self.state.connections.discard(self)
         if self.request is not None:
             self.request.feed_disconnect()
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self.wake_drain()
         self.state.check_drained()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.write_paused = True
         self._stall_since = None  # the next tick starts watching for progress
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     # request side
 
@@ -386,15 +446,7 @@ class HttpConnection(asyncio.Protocol):
             request.keep_alive = False  # --keep-alive 0: one request per connection
         if state.timing:
             request.start_time = state.loop.time()
-        task = state.loop.create_task(state.handler(state.app, self, self.client, request))
-        state.tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task) -> None:
-        state = self.state
-        state.tasks.discard(task)
-        state.requests_served += 1
-        state.check_drained()
+        state.start_task(state.handler(state.app, self, self.client, request))
 
     def hand_over(self) -> bool:
         """The transport now belongs to another protocol (a WebSocket): forget it here.
@@ -402,7 +454,7 @@ class HttpConnection(asyncio.Protocol):
         self.closed = True  # ends handle_events; nothing here touches the transport again
         self.request = None
         self.state.connections.discard(self)
-        return self._read_paused
+        return self.read_paused
 
     def refuse(self, status: int) -> None:
         """Answer a request we will not serve, then close: nothing after it is parsed."""
@@ -424,24 +476,7 @@ class HttpConnection(asyncio.Protocol):
         self.resume_reading()
         self.handle_events()
 
-    # response side, used by the ASGI pipeline
-
-    def write(self, data: bytes) -> None:
-        if not self.closed:
-            self.transport.write(data)
-
-    @property
-    def write_paused(self) -> bool:
-        return self._write_paused
-
-    async def drain(self) -> None:
-        """Wait until the transport's write buffer is below its low-water mark again."""
-        if self._write_paused and not self.closed:
-            self._drain_waiter = self.state.loop.create_future()
-            try:
-                await self._drain_waiter
-            finally:
-                self._drain_waiter = None
+    # response side, used by the ASGI pipeline (write, drain: FlowControlledProtocol)
 
     def response_complete(self, keep_alive: bool) -> None:
         """The response to the current request has been written in full."""
@@ -459,20 +494,10 @@ class HttpConnection(asyncio.Protocol):
             self.head_started = False  # what arrives now is body: keep-alive rules apply
             self.resume_reading()
 
-    def pause_reading(self) -> None:
-        if not self._read_paused and not self.closed:
-            self._read_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self._read_paused and not self.closed:
-            self._read_paused = False
-            self.transport.resume_reading()
-
     def check_timeouts(self, now: float) -> None:
         """Close the connection if it has outstayed a timeout (see ServerState.tick)."""
         state = self.state
-        if self.closed or self._write_paused:
+        if self.closed or self.write_paused:
             # A response (or its last bytes, after close()) waits for the client to read.
             size = self.transport.get_write_buffer_size()
             if not size:
@@ -499,14 +524,3 @@ class HttpConnection(asyncio.Protocol):
             if self.served == 0 and not state.draining:
                 self.write(error_response(408, state.date_header))
             self.close()
-
-    def close(self) -> None:
-        """Close after what was written has been sent."""
-        if not self.closed:
-            self.closed = True
-            self.transport.close()
-
-    def abort(self) -> None:
-        """Close at once, dropping unsent data: a response cannot be completed."""
-        self.closed = True
-        self.transport.abort()

@@ -40,7 +40,15 @@ from wsproto.events import (
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import RemoteProtocolError
 
-from .http11 import SERVER_HEADER, HttpConnection, RequestData, ServerState, error_response
+from .asgi import ClientDisconnected
+from .http11 import (
+    SERVER_HEADER,
+    FlowControlledProtocol,
+    HttpConnection,
+    RequestData,
+    ServerState,
+    error_response,
+)
 from .logs import log
 
 # Reading pauses while this many messages, or bytes of them, wait for the app's receive().
@@ -55,10 +63,6 @@ GOING_AWAY = 1001
 ABNORMAL = 1006  # never sent: the connection ended without a close frame
 TOO_BIG = 1009
 INTERNAL_ERROR = 1011
-
-
-class ClientDisconnected(OSError):
-    """Raised by send() once the connection is closed (ASGI websocket spec 2.4)."""
 
 
 @dataclass(frozen=True)
@@ -84,17 +88,17 @@ class WebSocketUpgrade:
         return True
 
 
-class WebSocketSession(asyncio.Protocol):
+class WebSocketSession(FlowControlledProtocol):
     """One WebSocket connection: the handshake, then ASGI messages <-> wsproto events."""
 
-    __slots__ = ("state", "settings", "transport", "client", "server", "request", "ws", "scope",
-                 "accepted", "refused", "closed", "close_sent", "close_sent_at",
-                 "disconnect", "connect_delivered", "messages", "queued_bytes", "fragments",
-                 "fragment_size", "pending", "read_paused", "write_paused", "waiter",
-                 "drain_waiter", "ping_sent_at", "next_ping_at", "denial", "start_time")
+    __slots__ = ("state", "settings", "client", "server", "request", "ws", "scope", "accepted",
+                 "refused", "close_sent", "close_sent_at", "disconnect", "connect_delivered",
+                 "messages", "queued_bytes", "fragments", "fragment_size", "pending", "waiter",
+                 "ping_sent_at", "next_ping_at", "denial", "start_time")
 
     def __init__(self, settings: WebSocketUpgrade, connection: HttpConnection,
                  request: RequestData, data: bytes, read_paused: bool):
+        super().__init__()
         self.state: ServerState = connection.state
         self.settings = settings
         self.transport = connection.transport
@@ -105,7 +109,6 @@ class WebSocketSession(asyncio.Protocol):
         self.scope: dict = {}
         self.accepted = False  # 101 sent: frames flow
         self.refused = False  # answered with an HTTP response instead (403, denial, 500)
-        self.closed = False  # the transport is closing or closed
         self.close_sent = False
         self.close_sent_at = 0.0
         self.disconnect: dict | None = None  # the websocket.disconnect the app will receive
@@ -118,7 +121,6 @@ class WebSocketSession(asyncio.Protocol):
         self.read_paused = read_paused
         self.write_paused = connection.write_paused
         self.waiter: asyncio.Future | None = None
-        self.drain_waiter: asyncio.Future | None = None
         self.ping_sent_at: float | None = None
         self.next_ping_at = 0.0
         self.denial: tuple | None = None  # (status, headers) of a websocket.http.response
@@ -150,15 +152,7 @@ class WebSocketSession(asyncio.Protocol):
         self.scope = state.handler.get_websocket_scope(self, self.client, request,
                                                        handshake.subprotocols)
         self.resume_reading()  # frames that arrive now wait in self.pending, bounded below
-        task = state.loop.create_task(self.run(state.app))
-        state.tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task) -> None:
-        state = self.state
-        state.tasks.discard(task)
-        state.requests_served += 1
-        state.check_drained()
+        state.start_task(self.run(state.app))
 
     # --- the app ------------------------------------------------------------------------
 
@@ -441,40 +435,12 @@ class WebSocketSession(asyncio.Protocol):
             self.ping_sent_at = now
             self.next_ping_at = now + settings.ping_interval
 
-    # --- transport ----------------------------------------------------------------------
-
-    def write(self, data: bytes) -> None:
-        if data and not self.closed:
-            self.transport.write(data)
+    # --- transport (write, pause/resume, close: FlowControlledProtocol) ----------------------
 
     async def drain(self) -> None:
-        if self.write_paused and not self.closed:
-            self.drain_waiter = self.state.loop.create_future()
-            try:
-                await self.drain_waiter
-            finally:
-                self.drain_waiter = None
+        await super().drain()
         if self.closed and self.accepted:
             raise ClientDisconnected("WebSocket closed")
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        waiter = self.drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def pause_reading(self) -> None:
-        if not self.read_paused and not self.closed:
-            self.read_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.read_paused and not self.closed:
-            self.read_paused = False
-            self.transport.resume_reading()
 
     def eof_received(self) -> bool:
         self.set_disconnect(ABNORMAL, "")
@@ -484,18 +450,12 @@ class WebSocketSession(asyncio.Protocol):
         self.closed = True
         self.set_disconnect(ABNORMAL, "")
         self.state.websockets.discard(self)
-        self.resume_writing()  # wakes a send() waiting for drain; it raises ClientDisconnected
+        self.wake_drain()  # a send() waiting for drain goes on, and raises ClientDisconnected
         self.state.check_drained()
 
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.transport.close()
-
     def abort(self) -> None:
-        self.closed = True
         self.set_disconnect(ABNORMAL, "")
-        self.transport.abort()
+        super().abort()
 
     def log_access(self, status: int) -> None:
         access_log = self.state.handler.access_log

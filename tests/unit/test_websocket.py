@@ -84,6 +84,13 @@ def make_session(app, upgrade: WebSocketUpgrade | None = None, pending: bytes = 
     state = SimpleNamespace(loop=loop, app=app, handler=ASGI(), tasks=set(), websockets=set(),
                             date_header=b"Date: X\r\n",
                             requests_served=0, draining=False, check_drained=lambda: None)
+
+    def start_task(coroutine) -> None:  # ServerState.start_task's bookkeeping
+        task = loop.create_task(coroutine)
+        state.tasks.add(task)
+        task.add_done_callback(state.tasks.discard)
+
+    state.start_task = start_task
     connection = SimpleNamespace(
         state=state, transport=transport, client=("127.0.0.1", 5000),
         server=("127.0.0.1", 8000), parser=SimpleNamespace(take_upgrade_data=lambda: pending),
