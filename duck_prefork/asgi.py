@@ -175,28 +175,14 @@ class ASGI:
 
     def get_websocket_scope(self, client_socket: Any, client_address: tuple | None,
                             request_data: RequestData, subprotocols: list[str]) -> dict:
-        """The ASGI scope of a WebSocket handshake (websocket.py runs the session)."""
-        raw_path, query_string = split_target(request_data.target)
-        scope = {
-            "type": "websocket",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": request_data.http_version,
-            "server": client_socket.server,
-            "client": client_address,
-            "scheme": "ws",
-            "root_path": self.root_path,
-            "path": self.root_path + decode_path(raw_path),
-            "raw_path": self.raw_root_path + raw_path,
-            "query_string": query_string,
-            "headers": request_data.headers,
-            "subprotocols": subprotocols,
-            "state": self.state.copy(),
-            "extensions": {"websocket.http.response": {}},
-        }
-        if request_data.forwarded and self.proxy is not None \
-                and self.proxy.trusts(client_address):
-            self.proxy.apply(scope)  # a forwarded proto is http or https: map it back
-            scope["scheme"] = "wss" if scope["scheme"] in ("https", "wss") else "ws"
+        """The ASGI scope of a WebSocket handshake (websocket.py runs the session): the HTTP
+        scope of the same head, changed where the websocket spec differs."""
+        scope = self.get_request(client_socket, client_address, request_data).scope
+        del scope["method"]
+        scope["type"] = "websocket"
+        scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"  # proxy headers apply
+        scope["subprotocols"] = subprotocols
+        scope["extensions"] = {"websocket.http.response": {}}
         return scope
 
     def get_response(self, request: Request) -> Awaitable[Request]:
