@@ -1,15 +1,6 @@
 """Benchmark app: answers every HTTP request with its own request body (POST echo)."""
 
-
-async def lifespan(receive, send):
-    """Acknowledge startup and shutdown; there is nothing to set up."""
-    while True:
-        event = await receive()
-        if event["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif event["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+from hello import lifespan  # the servers run with bench/ as the working directory
 
 
 async def read_body(receive):

@@ -1,14 +1,12 @@
 """The WebSocket benchmark app: accept, then echo every message back."""
 
+from hello import lifespan  # the servers run with bench/ as the working directory
+
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            kind = "startup" if message["type"] == "lifespan.startup" else "shutdown"
-            await send({"type": f"lifespan.{kind}.complete"})
-            if kind == "shutdown":
-                return
+        await lifespan(receive, send)
+        return
     if scope["type"] != "websocket":
         await send({"type": "http.response.start", "status": 404, "headers": []})
         await send({"type": "http.response.body", "body": b""})

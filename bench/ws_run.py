@@ -37,9 +37,9 @@ def free_port() -> int:
 
 def server_command(name: str, port: int) -> list[str]:
     if name == "duck-prefork":
-        return [DUCK, "bench.ws_app:app", "--workers", "1", "--bind", f"127.0.0.1:{port}",
+        return [DUCK, "ws_app:app", "--workers", "1", "--bind", f"127.0.0.1:{port}",
                 "--log-level", "warning"]
-    return [UVICORN, "bench.ws_app:app", "--ws", "wsproto", "--http", "httptools", "--loop",
+    return [UVICORN, "ws_app:app", "--ws", "wsproto", "--http", "httptools", "--loop",
             "uvloop", "--port", str(port), "--log-level", "warning"]
 
 
@@ -58,7 +58,7 @@ def wait_listening(port: int, proc: subprocess.Popen) -> None:
 
 def measure(name: str, connections: int) -> float:
     port = free_port()
-    proc = subprocess.Popen(["taskset", "-c", "1", *server_command(name, port)], cwd=ROOT,
+    proc = subprocess.Popen(["taskset", "-c", "1", *server_command(name, port)], cwd=HERE,
                             start_new_session=True)
     try:
         wait_listening(port, proc)
