@@ -70,6 +70,7 @@ class FakeTransport:
         self.closed = False
         self.aborted = False
         self.reading_paused = False
+        self.protocol = None  # set by set_protocol (a WebSocket taking the connection over)
 
     def get_extra_info(self, name: str, default=None):
         return {"peername": ("10.0.0.1", 5555), "sockname": ("127.0.0.1", 8000)}.get(name, default)
@@ -90,6 +91,14 @@ class FakeTransport:
 
     def resume_reading(self) -> None:
         self.reading_paused = False
+
+    def set_protocol(self, protocol) -> None:
+        self.protocol = protocol
+
+    def take(self) -> bytes:
+        """What was written since the last take()."""
+        data, self.written = bytes(self.written), bytearray()
+        return data
 
 
 def split_response(raw: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:

@@ -22,41 +22,9 @@ from wsproto.frame_protocol import FrameProtocol
 from duck_prefork.asgi import ASGI
 from duck_prefork.websocket import QUEUE_MESSAGES, WebSocketUpgrade
 
+from .fakes import FakeTransport
+
 pytestmark = pytest.mark.timeout(30)
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.protocol = None
-        self.reading = True
-        self.closing = False
-        self.aborted = False
-
-    def set_protocol(self, protocol) -> None:
-        self.protocol = protocol
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = self.aborted = True
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def take(self) -> bytes:
-        data, self.written = bytes(self.written), bytearray()
-        return data
 
 
 class Peer:
@@ -141,7 +109,7 @@ def test_handshake_messages_and_close():
                             {"type": "websocket.disconnect", "code": 4000, "reason": "bye"}]
         kinds = [type(event).__name__ for event in peer.events(transport)]
         assert kinds == ["Pong", "CloseConnection"]  # our answer to the close
-        assert transport.closing and not state.tasks
+        assert transport.closed and not state.tasks
 
     asyncio.run(scenario())
 
@@ -172,10 +140,10 @@ def test_unread_messages_pause_reading_until_the_app_catches_up():
         peer.events(transport)
         for i in range(QUEUE_MESSAGES + 4):
             session.data_received(peer.ws.send(TextMessage(data=str(i))))
-        assert not transport.reading
+        assert transport.reading_paused
         gate.set()
         await settle()
-        assert transport.reading
+        assert not transport.reading_paused
         assert [m["text"] for m in received] == [str(i) for i in range(QUEUE_MESSAGES + 4)]
 
     asyncio.run(scenario())
@@ -232,7 +200,7 @@ def test_too_big_message_closes_with_1009():
         await settle()
         close = peer.events(transport)[0]
         assert isinstance(close, CloseConnection) and close.code == 1009
-        assert received[-1]["code"] == 1009 and transport.closing
+        assert received[-1]["code"] == 1009 and transport.closed
 
     asyncio.run(scenario())
 
@@ -265,7 +233,7 @@ def test_bad_handshake_is_refused_by_wsproto_without_the_app():
         transport = make_session(app, without=b"sec-websocket-key")[1]
         await settle()
         assert transport.take().startswith(b"HTTP/1.1 400 ")
-        assert transport.closing and not called
+        assert transport.closed and not called
 
     asyncio.run(scenario())
 
@@ -277,6 +245,6 @@ def test_a_head_h11_would_not_write_is_a_400_not_an_error():
 
         transport = make_session(app, extra=[(b"x-bad", b"a\x00b")])[1]
         await settle()
-        assert transport.take().startswith(b"HTTP/1.1 400 ") and transport.closing
+        assert transport.take().startswith(b"HTTP/1.1 400 ") and transport.closed
 
     asyncio.run(scenario())
