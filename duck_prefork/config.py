@@ -196,6 +196,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("ws_ping_timeout", non_negative_float, 20.0, metavar="S",
            help="seconds a WebSocket peer has to answer a ping before it is dropped "
                 "(0: wait forever)"),
+    Option("ws_accept_timeout", non_negative_float, 10.0, metavar="S",
+           help="seconds the app has to accept or refuse a WebSocket handshake, else it is "
+                "answered 500 (0: no limit)"),
     Option("ws_per_message_deflate", boolean, True, metavar="true|false",
            help="compress WebSocket messages (permessage-deflate) when the client offers it"),
     Option("forwarded_allow_ips", ip_list, "127.0.0.1,::1", metavar="LIST",
@@ -302,6 +305,9 @@ def from_file(path: str) -> tuple[str | None, dict[str, Any]]:
         raise ConfigError(f"--config: cannot read {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None  # the message gives line and column
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): TOML files are "
+                          "UTF-8") from None
     app = table.pop("app", None)
     if app is not None and not isinstance(app, str):
         raise ConfigError(f"{path}: app: expected a string like \"module:attribute\"")
