@@ -1,13 +1,17 @@
 """The master: binds, forks workers, keeps their count, stops them. Synchronous on purpose.
 
 No event loop and no threads run here (forking from either is how prefork servers deadlock).
-The master sleeps in select() on a self-pipe that signal handlers wake, plus one channel per
+The master sleeps in poll() on a self-pipe that signal handlers wake, plus one channel per
 worker. Signal handlers only queue the signal; run() dispatches each to handle_<name>().
+
+Nothing may take the master down while it has workers: each step of its loop, each signal's
+handler and each worker's message runs under one guard (`guarded`) that logs the traceback of a
+bug and lets supervision go on; the only way out of run() is a stop. Every system call goes
+through `Processes`, so the decisions are unit-tested against a fake of it.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import select
 import signal
@@ -24,6 +28,7 @@ from .config import Config, ConfigError
 from .hooks import run_hook
 from .logs import log
 from .pidfile import remove_pid_file, write_pid_file
+from .processes import Processes, signal_name
 from .sockets import Listener, bind_all, describe_all, from_systemd, open_slot
 from .systemd import Notifier
 from .worker import (
@@ -63,6 +68,34 @@ MEMORY_CHECK_INTERVAL = 5.0
 YOUNG_DEATH = 5.0
 RESTART_DELAY_FIRST = 0.5
 RESTART_DELAY_MAX = 30.0
+
+# How long a stopping worker may take past --graceful-timeout: its cancelled requests' last
+# second, lifespan shutdown, and a margin for a busy machine.
+STOP_ALLOWANCE = 1.0 + LIFESPAN_SHUTDOWN_TIMEOUT + 2.0
+
+# The loop's longest sleep: deadlines that nothing wakes the master for (a hung worker's
+# heartbeat age, the memory check) are looked at this often.
+POLL_INTERVAL = 1.0
+# After a step of the loop raised (a bug, logged), the next round waits this long at least, so
+# a bug that repeats cannot spin the master at 100% CPU or flood the log.
+AFTER_A_BUG = 0.5
+
+# Options a HUP cannot apply, and what does: they shape the master itself or its listeners,
+# which live across reloads. Everything else reaches the new workers.
+_LISTENERS = "the listeners are kept across HUP and USR2: it takes a restart"
+RESTART_ONLY = {
+    "bind": _LISTENERS,
+    "backlog": _LISTENERS,
+    "reuse_port": _LISTENERS,
+    "preload": "the master's copy of the app is kept: it takes USR2 or a restart",
+    "chdir": "the master's directory is kept: it takes USR2 or a restart",
+    "umask": "the master's umask is kept: it takes USR2 or a restart",
+    "pid": "the pid file is written once: it takes USR2 or a restart",
+    "error_logfile": "the master's error log is kept: it takes USR2 or a restart",
+    "log_level": "the master's error log is kept: it takes USR2 or a restart",
+    "user": "the master checked the user at start: it takes USR2 or a restart",
+    "group": "the master checked the group at start: it takes USR2 or a restart",
+}
 
 
 @dataclass
@@ -116,6 +149,9 @@ class Master:
     notifier: Notifier = field(default_factory=Notifier)
     reloading: bool = False  # a HUP's replacements are still booting (systemd waits for READY)
     last_reload: str = ""  # when the last reload finished, for STATUS=
+    processes: Processes = field(default_factory=Processes)
+    image_check: reexec.ImageCheck | None = None  # USR2: the new image being tried
+    bug_seen: bool = False  # a step of the loop raised since the last wait
 
     @property
     def title_name(self) -> str:
@@ -129,30 +165,24 @@ class Master:
         signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, self._enqueue_signal)
+        # After USR2 the old image exec'd with these blocked (see processes.py): what arrived
+        # meanwhile is delivered now, to the handlers just installed.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         log.info("duck-prefork %s (pid %d) listening on %s", __version__, os.getpid(),
                  describe_all(self.listeners))
         self.explain_reuse_port()
         self.oom_kills = oom_kill_count()
         try:
-            for number in range(1, self.config.workers + 1):
-                self.slots[number] = Slot()
-            if self.inherited:
-                self.take_over()
-            else:
-                run_hook("on-starting", self.config.on_starting, self.config)
-                for number in self.slots:
-                    self.spawn(number)
+            self.start()
             while self.workers or not self.stopping:
-                self.wait_for_events()
-                self.dispatch_signals()
-                self.reap_workers()
-                self.check_deadlines()
-                if not self.stopping:
-                    self.check_health()
-                    self.restart_missing_workers()
-                    self.notifier.pet_watchdog(time.monotonic())
+                self.step()
         finally:
+            # Reached on a stop with every worker gone; anything else that gets here is not an
+            # Exception (those are caught by the guard), and no worker may outlive us.
             self.kill_all(signal.SIGKILL)
+            if self.image_check is not None:
+                self._signal(self.image_check.pid, signal.SIGKILL)
+                self.processes.wait(self.image_check.pid)
             for listener in self.listeners:
                 listener.close(unlink=True)
             signal.set_wakeup_fd(-1)
@@ -161,56 +191,83 @@ class Master:
         log.info("stopped (exit code %d)", self.exit_code)
         return self.exit_code
 
+    def start(self) -> None:
+        for number in range(1, self.config.workers + 1):
+            self.slots[number] = Slot()
+        if self.inherited:
+            self.guarded("adopting the previous image's workers", self.take_over)
+        else:
+            run_hook("on-starting", self.config.on_starting, self.config)
+            for number in self.slots:
+                self.guarded(f"starting worker {number}", self.spawn, number)
+
+    def step(self) -> None:
+        """One round of the loop: wait, then act on what happened and on what is due."""
+        if self.bug_seen:
+            self.bug_seen = False
+            time.sleep(AFTER_A_BUG)
+        self.guarded("waiting for events", self.wait_for_events)
+        self.dispatch_signals()
+        self.guarded("reaping workers", self.reap_workers)
+        self.guarded("checking deadlines", self.check_deadlines)
+        if not self.stopping:
+            self.guarded("checking worker health", self.check_health)
+            self.guarded("restarting workers", self.restart_missing_workers)
+            self.notifier.pet_watchdog(self.processes.now())
+
+    def guarded(self, what: str, action: Callable[..., object], *args: object) -> None:
+        """Run one step of supervision; a bug in it is logged and supervision goes on. A
+        master that exits on a bug takes every worker and every request with it."""
+        try:
+            action(*args)
+        except Exception:
+            self.bug_seen = True
+            log.exception("bug while %s (the master keeps supervising)", what)
+
     # --- events ----------------------------------------------------------------------------
 
     def _enqueue_signal(self, signum: int, frame: object) -> None:
         self.pending_signals.append(signum)
 
     def wait_for_events(self) -> None:
-        timeout = 1.0
-        now = time.monotonic()
+        """Sleep until a signal, a worker's message or the next deadline. poll(), not select():
+        descriptor numbers pass 1024 in a master with many workers or a large fd table."""
+        timeout = POLL_INTERVAL
+        now = self.processes.now()
         for deadline in self.deadlines():
             timeout = min(timeout, max(0.0, deadline - now))
         channels = {worker.channel: worker for worker in self.workers.values()
                     if worker.channel_open}
+        poller = select.poll()
+        for fd in (self._wakeup_r, *channels):
+            poller.register(fd, select.POLLIN)
         try:
-            readable, _, _ = select.select([self._wakeup_r, *channels], [], [], timeout)
+            ready = poller.poll(timeout * 1000)
         except InterruptedError:
             return
-        for fd in readable:
+        for fd, _ in ready:
             if fd == self._wakeup_r:
-                self._drain_fd(fd)
+                self.processes.read(fd)
             else:
-                self.read_channel(channels[fd])
+                self.guarded(f"reading worker {channels[fd].number}'s messages",
+                             self.read_channel, channels[fd])
 
     def deadlines(self) -> list[float]:
+        check = [self.image_check.deadline] if self.image_check else []
         if self.stopping:
-            return [self.stop_deadline]
+            return [self.stop_deadline, *check]
         watchdog = self.notifier.watchdog_due
         if watchdog is not None:
-            return [watchdog, *self._worker_deadlines()]
-        return self._worker_deadlines()
+            check.append(watchdog)
+        return [*check, *self._worker_deadlines()]
 
     def _worker_deadlines(self) -> list[float]:
         return [slot.restart_at for number, slot in self.slots.items()
                 if slot.restart_at and not self._slot_alive(number)] + \
             [worker.kill_at for worker in self.workers.values() if worker.kill_at]
 
-    @staticmethod
-    def _drain_fd(fd: int) -> tuple[bytes, bool]:
-        """Read what is there without blocking; returns (data, end of file seen)."""
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except BlockingIOError:
-                return b"".join(chunks), False
-            if not chunk:
-                return b"".join(chunks), True
-            chunks.append(chunk)
-
     def read_channel(self, worker: WorkerProcess) -> None:
-        data, eof = self._drain_fd(worker.channel)
+        data, eof = self.processes.read(worker.channel)
         if eof:
             worker.channel_open = False  # stop selecting on it until the worker is reaped
         if worker.failure is not None:
@@ -218,7 +275,7 @@ class Master:
             return
         messages, worker.inbox, worker.failure = channel.split_messages(worker.inbox + data)
         if messages:
-            worker.last_beat = time.monotonic()
+            worker.last_beat = self.processes.now()
         for message in messages:
             if message == channel.READY:
                 self.on_worker_ready(worker)
@@ -230,7 +287,8 @@ class Master:
     def dispatch_signals(self) -> None:
         while self.pending_signals:
             signum = self.pending_signals.pop(0)
-            getattr(self, "handle_" + HANDLED_SIGNALS[signum])()
+            name = HANDLED_SIGNALS[signum]
+            self.guarded(f"handling {name.upper()}", getattr(self, "handle_" + name))
 
     # --- signal handlers -------------------------------------------------------------------
 
@@ -263,18 +321,27 @@ class Master:
         if self.reload_config is not None:
             try:
                 config = self.reload_config()
-            except ConfigError as exc:
-                log.error("HUP: the configuration is invalid, keeping the current one: %s", exc)
+            except Exception as exc:
+                if isinstance(exc, ConfigError):
+                    log.error("HUP: the configuration is invalid, keeping the current one: %s",
+                              exc)
+                else:
+                    log.exception("HUP: reading the configuration failed, keeping the current "
+                                  "one")
                 # Type=notify-reload waits for RELOADING=1 then READY=1 after every HUP: a
                 # reload that changes nothing must still answer, or systemctl reload hangs.
                 self.notifier.reloading()
                 self.notifier.ready(self.status_line())
                 return
+            kept = {}
+            for name, reason in RESTART_ONLY.items():
+                if config.values[name] != self.config.values[name]:
+                    log.warning("HUP: --%s changed and is not applied: %s",
+                                name.replace("_", "-"), reason)
+                    kept[name] = self.config.values[name]
+            if kept:
+                config = Config(config.app, {**config.values, **kept})
             run_hook("on-reload", config.on_reload, config)
-            if config.bind != self.config.bind:
-                log.warning("HUP: --bind changed; listeners change only with a restart")
-            if config.reuse_port != self.config.reuse_port:
-                log.warning("HUP: --reuse-port changed; listeners change only with a restart")
             self.config = config
         self.notifier.reloading()
         self.reloading = True
@@ -315,8 +382,9 @@ class Master:
         """Drop the highest worker number; its workers drain and are not restarted."""
         number = max(self.slots)
         del self.slots[number]
+        slot_sockets = any(listener.slot == number for listener in self.listeners)
         for worker in [w for w in self.workers.values() if w.number == number]:
-            self.retire(worker)
+            self.retire(worker, listeners_closing=slot_sockets)
         self.close_slot_sockets(number)
         return number
 
@@ -359,10 +427,34 @@ class Master:
 
     def handle_usr2(self) -> None:
         """Upgrade in place: re-execute this master (same pid) with the same command line; the
-        new image adopts the listeners and workers, then replaces the workers as for HUP."""
+        new image adopts the listeners and workers, then replaces the workers as for HUP.
+        The new image is first tried with --check-config in a child process; the master
+        supervises on meanwhile (an import can take seconds) and execs when it passes."""
         if self.stopping or self.argv is None:
             return
-        problem = reexec.check_new_image(self.argv)
+        if self.image_check is not None:
+            log.info("USR2: the new image is already being checked (pid %d)",
+                     self.image_check.pid)
+            return
+        problem = reexec.image_problem(self.argv)
+        if problem:
+            log.error("USR2: not re-executing, the new image would fail: %s", problem)
+            return
+        try:
+            self.image_check = reexec.ImageCheck(self.argv, self.processes,
+                                                 self.processes.now())
+        except OSError as exc:
+            log.error("USR2: cannot start the new image's check (%s); not re-executing", exc)
+            return
+        log.info("USR2: checking the new image (pid %d runs --check-config)",
+                 self.image_check.pid)
+
+    def on_image_checked(self, code: int) -> None:
+        """USR2's check has exited: exec the new image if it passed."""
+        check, self.image_check = self.image_check, None
+        problem = check.result(code)
+        if self.stopping:
+            return
         if problem:
             log.error("USR2: not re-executing, the new image would fail: %s", problem)
             return
@@ -372,13 +464,15 @@ class Master:
                  os.getpid(), len(workers))
         self.notifier.reloading()  # READY=1 comes from the new image once its workers serve
         try:
-            reexec.exec_new_image(self.argv, self.listeners, workers)
+            reexec.exec_new_image(self.argv, self.listeners, workers, self.processes,
+                                  HANDLED_SIGNALS)
         except OSError as exc:
             log.error("USR2: exec failed (%s); the current image keeps running", exc)
+            self.notifier.ready(self.status_line())
 
     def take_over(self) -> None:
         """After a re-exec: adopt the previous image's workers, then replace them."""
-        now = time.monotonic()
+        now = self.processes.now()
         for inherited in self.inherited:
             self.workers[inherited.pid] = WorkerProcess(
                 inherited.number, inherited.pid, inherited.channel, now, last_beat=now,
@@ -416,29 +510,44 @@ class Master:
 
     # --- workers ---------------------------------------------------------------------------
 
-    def spawn(self, number: int, replaces: WorkerProcess | None = None) -> None:
-        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    def spawn(self, number: int, replaces: WorkerProcess | None = None) -> bool:
+        """Fork worker `number`; False if the fork failed (EAGAIN under a TasksMax, ENOMEM):
+        then the slot is retried like a crash, with a back-off, and a replacement's
+        predecessor keeps serving."""
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # the worker
-            try:
-                self._forget_master_state(read_end, number)
-                listeners = [listener for listener in self.listeners if listener.serves(number)]
-                worker = Worker(self.config, listeners, number, write_end, self.title_name)
-                worker.preloaded_app = self.preloaded_app
-                worker.run()
-            finally:
-                os._exit(1)
-        os.close(write_end)
-        os.set_blocking(read_end, False)
-        now = time.monotonic()
+        try:
+            pid, read_end = self.processes.fork(
+                lambda own_read_end, write_end: self._run_worker(own_read_end, write_end,
+                                                                 number),
+                HANDLED_SIGNALS)
+        except OSError as exc:
+            slot = self.slots.get(number)
+            if slot is not None and replaces is None:
+                delay = self._back_off(slot)
+                log.error("cannot fork worker %d: %s; retrying in %.1f s", number,
+                          exc.strerror or exc, delay)
+            else:
+                log.error("cannot fork a new worker %d: %s; %s", number, exc.strerror or exc,
+                          f"pid {replaces.pid} keeps serving" if replaces else "not starting it")
+            return False
+        now = self.processes.now()
         self.workers[pid] = WorkerProcess(number, pid, read_end, now, last_beat=now,
                                           replaces=replaces.pid if replaces else None)
         if replaces is not None:
             replaces.replaced_by = pid
         log.info("booting worker %d (pid %d)%s", number, pid,
                  f" to replace pid {replaces.pid}" if replaces else "")
+        return True
+
+    def _run_worker(self, own_read_end: int, write_end: int, number: int) -> None:
+        """In the new child: shed the master's state, then become worker `number`."""
+        self._forget_master_state(own_read_end, number)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+        listeners = [listener for listener in self.listeners if listener.serves(number)]
+        worker = Worker(self.config, listeners, number, write_end, self.title_name)
+        worker.preloaded_app = self.preloaded_app
+        worker.run()
 
     def replace(self, worker: WorkerProcess) -> None:
         """Start a successor for `worker`; `worker` stops once the successor is ready."""
@@ -446,18 +555,17 @@ class Master:
             return  # already on its way out
         self.spawn(worker.number, replaces=worker)
 
-    def retire(self, worker: WorkerProcess) -> None:
-        """Stop `worker` gracefully for good: it drains and is not restarted."""
+    def retire(self, worker: WorkerProcess, listeners_closing: bool = False) -> None:
+        """Stop `worker` gracefully for good: it drains and is not restarted. TERM when the
+        listeners stay (a replacement or the other workers take what is queued on them), INT
+        when they are about to close (a stop, a removed --reuse-port slot): then the worker
+        first accepts what is queued, which the kernel would reset with the last close."""
         if not worker.retiring:
             worker.retiring = True
-            self._signal(worker.pid, signal.SIGTERM)
+            self._signal(worker.pid, signal.SIGINT if listeners_closing else signal.SIGTERM)
 
-    @staticmethod
-    def _signal(pid: int, signum: int) -> None:
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass  # it is exiting; reap_workers() will see it
+    def _signal(self, pid: int, signum: int) -> None:
+        self.processes.kill(pid, signum)
 
     def _forget_master_state(self, own_read_end: int, number: int) -> None:
         """In a new worker: drop the master's signal handling and file descriptors, and the
@@ -472,6 +580,8 @@ class Master:
         for listener in self.listeners:
             if not listener.serves(number):
                 listener.socket.close()
+        if self.image_check is not None:
+            self.image_check.output.close()
         if self.notifier.socket is not None:
             self.notifier.socket.close()  # only the master speaks to systemd
 
@@ -492,25 +602,23 @@ class Master:
             self.notifier.ready(self.status_line())
 
     def reap_workers(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, code in self.processes.reap():
+            if self.image_check is not None and pid == self.image_check.pid:
+                self.guarded("finishing USR2", self.on_image_checked, code)
+                continue
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
-            self.read_channel(worker)
-            os.close(worker.channel)
-            code = os.waitstatus_to_exitcode(status)
-            self.on_worker_exit(worker, code)
+            self.guarded(f"reading worker {worker.number}'s last messages", self.read_channel,
+                         worker)
+            self.processes.close(worker.channel)
+            self.guarded(f"handling the exit of worker {worker.number}", self.on_worker_exit,
+                         worker, code)
             run_hook("worker-exit", self.config.worker_exit, self.config, worker.number,
                      worker.pid, code)
 
     def on_worker_exit(self, worker: WorkerProcess, code: int) -> None:
-        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        how = f"killed by {signal_name(-code)}" if code < 0 else f"exited with code {code}"
         oom_kills = oom_kill_count()
         if code == -signal.SIGKILL and oom_kills is not None and self.oom_kills is not None \
                 and oom_kills > self.oom_kills:
@@ -544,11 +652,9 @@ class Master:
         slot = self.slots.get(worker.number)
         if slot is None:
             return  # its number was scaled away (TTOU)
-        lived = time.monotonic() - worker.started
+        lived = self.processes.now() - worker.started
         if lived < YOUNG_DEATH:
-            delay = min(RESTART_DELAY_FIRST * 2 ** slot.crashes, RESTART_DELAY_MAX)
-            slot.crashes += 1
-            slot.restart_at = time.monotonic() + delay
+            delay = self._back_off(slot)
             log.error("worker %d (pid %d) %s after %.1f s; restarting in %.1f s", worker.number,
                       worker.pid, how, lived, delay)
             if worker.failure:
@@ -557,6 +663,13 @@ class Master:
             slot.crashes = 0
             slot.restart_at = 0.0
             log.error("worker %d (pid %d) %s; restarting it", worker.number, worker.pid, how)
+
+    def _back_off(self, slot: Slot) -> float:
+        """Delay the slot's next start, doubling with each consecutive failure; the delay."""
+        delay = min(RESTART_DELAY_FIRST * 2 ** slot.crashes, RESTART_DELAY_MAX)
+        slot.crashes += 1
+        slot.restart_at = self.processes.now() + delay
+        return delay
 
     def report_state(self) -> None:
         """Tell systemd: READY=1 once a reload's replacements have all settled, else STATUS=."""
@@ -579,7 +692,7 @@ class Master:
                    for worker in self.workers.values())
 
     def restart_missing_workers(self) -> None:
-        now = time.monotonic()
+        now = self.processes.now()
         for number, slot in self.slots.items():
             if not self._slot_alive(number) and slot.restart_at <= now:
                 slot.restart_at = 0.0
@@ -590,7 +703,7 @@ class Master:
     def check_health(self) -> None:
         """Kill workers that hang at boot (--boot-timeout) or later (--timeout; a hung one
         first dumps its stack to the error log), replace those over --max-worker-memory."""
-        now = time.monotonic()
+        now = self.processes.now()
         config = self.config
         check_memory = config.max_worker_memory and now >= self.next_memory_check
         if check_memory:
@@ -642,25 +755,33 @@ class Master:
             self.notifier.stopping()
         self.stopping = True
         self.graceful = graceful
+        if self.image_check is not None:
+            self._signal(self.image_check.pid, signal.SIGKILL)  # reaped, then ignored
         # New connections are refused from now on (once the workers close their copies too).
         for listener in self.listeners:
             listener.close(unlink=False)
+        now = self.processes.now()
         if graceful:
-            # Workers drain for up to graceful_timeout, then run lifespan shutdown.
-            grace = self.config.graceful_timeout + LIFESPAN_SHUTDOWN_TIMEOUT + 1.0
-            self.stop_deadline = time.monotonic() + grace
-            self.kill_all(signal.SIGTERM)
+            # Workers drain for up to graceful_timeout, then run lifespan shutdown. INT: the
+            # listeners are closing, so each first accepts what is queued (see retire()).
+            self.stop_deadline = now + self.config.graceful_timeout + STOP_ALLOWANCE
+            self.kill_all(signal.SIGINT)
         else:
-            self.stop_deadline = time.monotonic()
+            self.stop_deadline = now
             self.kill_all(signal.SIGKILL)
 
     def check_deadlines(self) -> None:
-        if self.stopping and self.workers and time.monotonic() >= self.stop_deadline:
+        now = self.processes.now()
+        check = self.image_check
+        if check is not None and not check.timed_out and now >= check.deadline:
+            check.timed_out = True  # its exit is reaped and reported by on_image_checked
+            self._signal(check.pid, signal.SIGKILL)
+        if self.stopping and self.workers and now >= self.stop_deadline:
             if self.graceful:
                 log.warning("graceful stop took too long: killing %d workers", len(self.workers))
                 self.graceful = False
             self.kill_all(signal.SIGKILL)
-            self.stop_deadline = time.monotonic() + 1.0
+            self.stop_deadline = now + 1.0
 
     def kill_all(self, signum: int) -> None:
         for pid in list(self.workers):
@@ -671,15 +792,9 @@ class Master:
     def _reap_blocking(self) -> None:
         """After SIGKILL: collect every worker, so none is left a zombie."""
         for pid, worker in list(self.workers.items()):
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
-            except OSError as exc:
-                if exc.errno != errno.EINTR:
-                    raise
+            self.processes.wait(pid)
             self.workers.pop(pid, None)
-            os.close(worker.channel)
+            self.processes.close(worker.channel)
             if self.stopping:
                 log.info("worker %d (pid %d) killed", worker.number, pid)
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from .processes import Processes
 from .sockets import Listener, address_of
 
 INHERIT_ENV = "DUCK_PREFORK_INHERIT"
@@ -62,23 +63,51 @@ def new_image_argv(argv: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "duck_prefork", *argv]
 
 
-def check_new_image(argv: Sequence[str]) -> str | None:
-    """Why exec would fail, found before it (so the old image keeps running): None if fine."""
+# The new image's --check-config imports the app: as long as a worker's boot may take, and more
+# is a hang, not a slow import.
+CHECK_TIMEOUT = 60.0
+
+
+class ImageCheck:
+    """The new image tried with --check-config in a child process before USR2 execs it.
+
+    The master only starts it and goes on supervising: it reaps the child with its workers,
+    kills it at `deadline`, and reads its output from a temporary file when it has exited (a
+    file, not a pipe, so a chatty check never blocks on a full pipe the master is not
+    reading)."""
+
+    def __init__(self, argv: Sequence[str], processes: Processes, now: float):
+        self.output = tempfile.TemporaryFile()  # noqa: SIM115 - closed in result()
+        self.pid = processes.spawn([*new_image_argv(argv), "--check-config"],
+                                   {**os.environ, INHERIT_ENV: ""}, self.output.fileno())
+        self.deadline = now + CHECK_TIMEOUT
+        self.timed_out = False
+
+    def result(self, code: int) -> str | None:
+        """Why exec would fail, from the check's exit code and output; None if it would not."""
+        self.output.seek(0)
+        text = self.output.read().decode("utf-8", "replace").strip()
+        self.output.close()
+        if self.timed_out:
+            return f"its --check-config took longer than {CHECK_TIMEOUT:g} s and was killed"
+        if code != 0:
+            return text or f"the new image exited with code {code}"
+        return None
+
+
+def image_problem(argv: Sequence[str]) -> str | None:
+    """What makes exec fail outright, found without running anything; None if nothing."""
     executable = new_image_argv(argv)[0]
     if not os.access(executable, os.X_OK):
         return f"{executable} is not executable"
-    # The new image must at least import and accept its configuration.
-    probe = subprocess.run([*new_image_argv(argv), "--check-config"], capture_output=True,
-                           text=True, timeout=60, env={**os.environ, INHERIT_ENV: ""})
-    if probe.returncode != 0:
-        return (probe.stderr.strip() or probe.stdout.strip() or
-                f"the new image exited with code {probe.returncode}")
     return None
 
 
 def exec_new_image(argv: Sequence[str], listeners: Sequence[Listener],
-                   workers: Sequence[InheritedWorker]) -> None:
-    """Replace this process's image; returns only if exec failed (the OSError is raised)."""
+                   workers: Sequence[InheritedWorker], processes: Processes,
+                   signals: Collection[int]) -> None:
+    """Replace this process's image; returns only if exec failed (the OSError is raised).
+    `signals` stay blocked into the new image until it has its handlers."""
     fds = [listener.socket.fileno() for listener in listeners] + [w.channel for w in workers]
     for fd in fds:
         os.set_inheritable(fd, True)
@@ -86,7 +115,7 @@ def exec_new_image(argv: Sequence[str], listeners: Sequence[Listener],
     try:
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(sys.executable, new_image_argv(argv), env)
+        processes.exec(new_image_argv(argv), env, signals)
     except OSError:
         for fd in fds:
             os.set_inheritable(fd, False)

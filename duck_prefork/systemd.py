@@ -28,7 +28,10 @@ class Notifier:
             return
         # "@name" is a Linux abstract-namespace socket: a leading NUL byte on the wire.
         self.address = "\0" + address[1:] if address.startswith("@") else address
-        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        # Non-blocking: a systemd that does not read (it is busy, or hung) must not stall the
+        # master's loop; a message that does not fit is dropped (notify() says why that is fine).
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                                    | socket.SOCK_NONBLOCK)
         usec, pid = environ.get("WATCHDOG_USEC", ""), environ.get("WATCHDOG_PID", "")
         if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
             self.watchdog_interval = int(usec) / 2 / 1e6
