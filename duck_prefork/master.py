@@ -205,7 +205,7 @@ class Master:
         """One round of the loop: wait, then act on what happened and on what is due."""
         if self.bug_seen:
             self.bug_seen = False
-            time.sleep(AFTER_A_BUG)
+            self.processes.sleep(AFTER_A_BUG)
         self.guarded("waiting for events", self.wait_for_events)
         self.dispatch_signals()
         self.guarded("reaping workers", self.reap_workers)

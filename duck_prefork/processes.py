@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 
@@ -29,6 +30,9 @@ class Processes:
 
     def now(self) -> float:
         return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
 
     def fork(self, child: Callable[[int, int], object],
              signals: Collection[int]) -> tuple[int, int]:
@@ -56,15 +60,21 @@ class Processes:
         os.set_blocking(read_end, False)
         return pid, read_end
 
-    def exec(self, argv: Sequence[str], env: Mapping[str, str],
+    def exec(self, argv: Sequence[str], env: Mapping[str, str], pass_fds: Collection[int],
              signals: Collection[int]) -> None:
-        """Replace this process's image with `signals` blocked; returns only if exec failed
-        (the mask restored, the OSError raised)."""
+        """Replace this process's image, keeping the descriptors `pass_fds` and with `signals`
+        blocked; returns only if exec failed (descriptors and mask restored, OSError raised)."""
+        for fd in pass_fds:
+            os.set_inheritable(fd, True)
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
         try:
+            sys.stdout.flush()
+            sys.stderr.flush()
             os.execve(argv[0], list(argv), dict(env))
         except OSError:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            for fd in pass_fds:
+                os.set_inheritable(fd, False)
             raise
 
     def spawn(self, argv: Sequence[str], env: Mapping[str, str], output: int) -> int:

@@ -109,17 +109,8 @@ def exec_new_image(argv: Sequence[str], listeners: Sequence[Listener],
     """Replace this process's image; returns only if exec failed (the OSError is raised).
     `signals` stay blocked into the new image until it has its handlers."""
     fds = [listener.socket.fileno() for listener in listeners] + [w.channel for w in workers]
-    for fd in fds:
-        os.set_inheritable(fd, True)
     env = {**os.environ, INHERIT_ENV: describe(listeners, workers)}
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        processes.exec(new_image_argv(argv), env, signals)
-    except OSError:
-        for fd in fds:
-            os.set_inheritable(fd, False)
-        raise
+    processes.exec(new_image_argv(argv), env, fds, signals)
 
 
 def adopt(text: str) -> tuple[list[Listener], list[InheritedWorker]]:

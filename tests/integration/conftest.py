@@ -42,7 +42,7 @@ class Server:
     """One duck-prefork master started for a test, with its log in a file."""
 
     def __init__(self, args: list[str], tmp_path: Path, env: dict | None = None,
-                 bind: str | None = "127.0.0.1:0"):
+                 bind: str | None = "127.0.0.1:0", pass_fds: tuple[int, ...] = ()):
         self.log_path = tmp_path / f"server-{time.monotonic_ns()}.log"
         self.out_path = self.log_path.with_suffix(".out")
         argv = [sys.executable, "-m", "duck_prefork", *args]
@@ -54,7 +54,8 @@ class Server:
         self._log = open(self.log_path, "wb")
         self._out = open(self.out_path, "wb")
         self.proc = subprocess.Popen(argv, cwd=ROOT, env=full_env, stdout=self._out,
-                                     stderr=self._log, start_new_session=True)
+                                     stderr=self._log, start_new_session=True,
+                                     pass_fds=pass_fds)
         self.pid = self.proc.pid
         self.known_pids: set[int] = {self.pid}
         self._port: int | None = None
@@ -237,8 +238,8 @@ def start_server(tmp_path):
     servers: list[Server] = []
 
     def start(*args: str, env: dict | None = None, bind: str | None = "127.0.0.1:0",
-              ready: bool = True) -> Server:
-        server = Server(list(args), tmp_path, env=env, bind=bind)
+              ready: bool = True, pass_fds: tuple[int, ...] = ()) -> Server:
+        server = Server(list(args), tmp_path, env=env, bind=bind, pass_fds=tuple(pass_fds))
         servers.append(server)
         if ready:
             server.wait_ready()
