@@ -33,7 +33,9 @@ class H11Parser:
         self._head_size = limits.head_size
         self._line_limit = limits.request_line
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._head_size)
-        self._head: bytes | None = b""  # raw bytes of the head being read
+        # Raw bytes of the head being read: the data itself when the head arrives in one
+        # piece, else a bytearray that each piece is appended to.
+        self._head: bytes | bytearray | None = b""
         self._chunked: ChunkedFraming | None = None  # checks the chunked body being read
         self._error: ParseError | None = None  # found while feeding, raised by next_event
 
@@ -46,9 +48,12 @@ class H11Parser:
                 data = data.lstrip(b"\r\n")
                 if not data:
                     return
-            if len(head) <= self._head_size:
-                # Usually a whole head arrives in one piece: then this keeps a reference only.
-                self._head = head + data if head else data
+            if not head:
+                self._head = data  # usually a whole head arrives in one piece: no copy
+            elif len(head) <= self._head_size:
+                if type(head) is not bytearray:  # the second piece: from now on, one buffer
+                    head = self._head = bytearray(head)
+                head += data  # in place: a head arriving in many pieces costs linear time
         elif self._chunked is not None and self._error is None:
             self._check_chunked(data)
         self._conn.receive_data(data)

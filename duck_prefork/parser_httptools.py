@@ -69,7 +69,9 @@ class HttptoolsParser:
         self._push = self._events.append
         self._phase = _IDLE
         self._headers: list[tuple[bytes, bytes]] = []
-        self._raw: bytes | None = None  # the request's bytes so far, while its head is read
+        # The request's bytes so far, while its head is read: the data itself when the head
+        # arrives in one piece, else a bytearray that each piece is appended to.
+        self._raw: bytes | bytearray | None = None
         self._stop = 0  # why a callback stopped llhttp
         # Set for every state but "llhttp reads the current request": feed(), next_event() and
         # start_next_cycle() then take their slow paths.
@@ -97,9 +99,12 @@ class HttptoolsParser:
                 data = data.lstrip(b"\r\n")
                 if not data:
                     return
-            self._raw = data
+            self._raw = data  # a whole head in one piece, the common case: no copy
         elif phase == _HEAD:
-            self._raw += data
+            raw = self._raw
+            if type(raw) is not bytearray:  # the second piece: from now on, one buffer
+                raw = self._raw = bytearray(raw)
+            raw += data  # in place: a head arriving in many pieces costs linear time
         mark = len(self._events)
         try:
             self._parser.feed_data(data)
@@ -162,6 +167,8 @@ class HttptoolsParser:
         # len(method)) and the target's bytes, but allows more than one space between the
         # parts, and protocols other than HTTP.
         raw = self._raw
+        if type(raw) is bytearray:  # the head came in pieces: the slices below must be bytes
+            raw = bytes(raw)
         method = self._parser.get_method()
         start = len(method) + 1
         end = raw.find(b" ", start)
@@ -293,7 +300,7 @@ class HttptoolsParser:
         self._raw = None
         self._phase = _IDLE  # (for feed(): the request is h11's until start_next_cycle)
         if raw:
-            self._h11.feed(raw)
+            self._h11.feed(bytes(raw))
 
     def _fail(self, error: ParseError) -> None:
         self._error = error
