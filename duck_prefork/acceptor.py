@@ -50,17 +50,22 @@ class Acceptor:
         self.accepting = True
         self.loop.add_reader(self.sock.fileno(), self._accept_ready)
 
-    def stop(self) -> None:
-        """Stop accepting and close this process's copy of the listening socket. What the
-        kernel has already queued on it is accepted first, to be served in the drain: this
-        close may be the socket's last (a stop, or with --reuse-port a removed worker slot),
-        and the kernel resets the connections still queued on a socket it closes."""
+    def stop(self, sweep: bool) -> None:
+        """Stop accepting and close this process's copy of the listening socket.
+
+        sweep=True when this close may be the socket's last (a stop, or with --reuse-port a
+        removed worker slot): the kernel resets the connections still queued on a socket it
+        closes, so what it has queued is accepted first, to be served in the drain.
+        sweep=False when the socket stays open elsewhere (this worker is retired, its
+        replacement or the other workers go on): what is queued is left to them, rather than
+        taken into a worker that is stopping, beyond its --limit-concurrency."""
         if self.accepting:
             self.loop.remove_reader(self.sock.fileno())
-            try:
-                self._accept(SWEEP_LIMIT)
-            except OSError:
-                pass  # out of descriptors: what is still queued cannot be taken now
+            if sweep:
+                try:
+                    self._accept(SWEEP_LIMIT)
+                except OSError:
+                    pass  # out of descriptors: what is still queued cannot be taken now
         self.accepting = False
         if self._retry is not None:
             self._retry.cancel()

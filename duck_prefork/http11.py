@@ -36,7 +36,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
-from .logs import log
+from .logs import FailureLog, log
 from .request_head import DEFAULT_LIMITS, Limits, ParseError, read_head
 
 END_OF_MESSAGE = "END_OF_MESSAGE"
@@ -112,6 +112,7 @@ class ServerState:
         self.date_header = date_header()
         self.requests_served = 0
         self.refused_busy = 0  # 503s for --limit-concurrency since the last tick
+        self.failures = FailureLog()  # what went wrong in tick(), logged once each
 
     def tick(self, now: float) -> None:
         """Called once a second: refresh the Date header and enforce every connection timeout.
@@ -121,10 +122,22 @@ class ServerState:
             log.warning("--limit-concurrency %d reached: answered %d requests with 503",
                         self.concurrency, self.refused_busy)
             self.refused_busy = 0
-        for connection in list(self.connections):
-            connection.check_timeouts(now)
-        for websocket in list(self.websockets):
-            websocket.check_timeouts(now)
+        for connection in [*self.connections, *self.websockets]:
+            try:
+                connection.check_timeouts(now)
+            except Exception as exc:  # a bug; the sweep goes on for the other connections
+                self.failures("checking a connection's timeouts failed; closing it", exc)
+                self._abort_broken(connection)
+
+    def _abort_broken(self, connection: Any) -> None:
+        """Close a connection whose timeouts cannot be enforced, so that it cannot stay open
+        (and hold up a drain) for ever; if even that fails, forget it."""
+        try:
+            connection.abort()
+        except Exception:
+            self.connections.discard(connection)
+            self.websockets.discard(connection)
+            self.check_drained()
 
     def start_draining(self) -> None:
         """Stop taking new requests: close idle keep-alive connections now, the others after

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import queue
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 log = logging.getLogger("duck_prefork")
@@ -48,6 +53,29 @@ def setup_error_log(path: str, level: str) -> None:
     log.propagate = False
 
 
+class FailureLog:
+    """Logs an unexpected exception with its traceback, once per distinct failure (its type
+    and the line that raised it): a failure in something that runs every second must not write
+    a traceback every second."""
+
+    LIMIT = 1000  # distinct failures remembered; past that, the memory starts over
+
+    def __init__(self) -> None:
+        self._seen: set[tuple] = set()
+
+    def __call__(self, what: str, exc: BaseException) -> None:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        key = (type(exc), tb.tb_frame.f_code.co_filename, tb.tb_lineno) if tb else (type(exc),)
+        if key in self._seen:
+            return
+        if len(self._seen) >= self.LIMIT:
+            self._seen.clear()
+        self._seen.add(key)
+        log.error("%s (this failure is logged once)", what, exc_info=exc)
+
+
 def set_role(role: str) -> None:
     _role_filter.role = role
 
@@ -67,22 +95,159 @@ def reopen() -> None:
         old.close()
 
 
+# Bytes of access-log lines that may wait to be written (a stalled stdout pipe, a slow disk);
+# past that, lines are dropped and counted, and the episode is logged.
+ACCESS_LOG_BUFFER = 1 << 20
+# At the worker's exit, how long the lines still waiting get to be written.
+ACCESS_LOG_CLOSE_WAIT = 1.0
+
+_CLOSE = object()  # tells the writer thread to stop, after what was queued before it
+STDOUT = 1  # the descriptor, whatever an app may have made of sys.stdout
+
+
 class AccessLog:
-    """Writes one line per response; built only when --access-logfile is set."""
+    """Writes one line per response; built only when --access-logfile is set.
 
-    def __init__(self, path: str):
+    The event loop never writes to the file itself: write() formats the line and appends it
+    to a list, which is handed, once per loop iteration, to a thread that does the writing.
+    A stalled stdout pipe or a slow disk then holds up that thread only, and at most
+    `limit` bytes of lines wait for it: past that, lines are dropped and counted, and each
+    episode is logged to the error log when it starts and when it ends."""
+
+    def __init__(self, path: str, limit: int = ACCESS_LOG_BUFFER):
         self.path = path
-        self.stream = _open(path, sys.stdout)
+        self.limit = limit
+        self.dropped = 0  # lines dropped since the start, all episodes together
+        self._fd = self._open()
+        self._lines: list[str] = []  # written since the last hand-over to the thread
+        self._room = limit  # what may still be appended before the bound is looked at again
+        # Characters handed to the thread (counted by the loop) and written or given up on
+        # (counted by the thread): each is changed by one thread only.
+        self._handed = 0
+        self._done = 0
+        self._episode = 0  # lines dropped in the current episode; 0: not dropping
+        try:
+            self._schedule = asyncio.get_running_loop().call_soon
+        except RuntimeError:  # no event loop (a test, a tool): hand each line over at once
+            self._schedule = _call_now
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="duck-prefork access log",
+                                        daemon=True)
+        self._thread.start()
 
-    def reopen(self) -> None:
-        if self.path != "-":
-            old, self.stream = self.stream, _open(self.path, sys.stdout)
-            old.close()
+    def _open(self) -> int:
+        if self.path in ("", "-"):
+            return STDOUT
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
 
     def write(self, client: tuple | None, method: str, target: str, http_version: str,
               status: int, size: int, duration: float) -> None:
         peer = f"{client[0]}:{client[1]}" if client else "-"
-        self.stream.write(
-            f'{peer} "{method} {target} HTTP/{http_version}" {status} {size} {duration:.6f}\n')
-        if self.stream is sys.stdout:
-            self.stream.flush()
+        line = f'{peer} "{method} {target} HTTP/{http_version}" {status} {size} {duration:.6f}\n'
+        self._room -= len(line)
+        if self._room < 0 and not self._make_room(line):
+            return
+        lines = self._lines
+        lines.append(line)
+        if len(lines) == 1:
+            self._schedule(self._hand_over)
+
+    def _make_room(self, line: str) -> bool:
+        """The bound is reached as far as the loop knows: look at what the thread has
+        written since. Returns whether `line` is kept."""
+        waiting = self._handed - self._done + sum(map(len, self._lines))
+        if self._episode and waiting > self.limit // 2:
+            self._episode += 1  # still dropping until half the bound has been written
+            self.dropped += 1
+            return False
+        if waiting + len(line) > self.limit:
+            if not self._episode:
+                log.warning("access log: %s is not keeping up (%d KiB waiting to be written); "
+                            "dropping lines until it does", self.path or "-", waiting // 1024)
+            self._episode += 1
+            self.dropped += 1
+            return False
+        if self._episode:
+            log.warning("access log: writing again; %d lines dropped", self._episode)
+            self._episode = 0
+        self._room = self.limit - waiting - len(line)
+        return True
+
+    def _hand_over(self) -> None:
+        lines = self._lines
+        if lines:
+            self._lines = []
+            size = sum(map(len, lines))
+            self._handed += size
+            self._queue.put((lines, size))
+            if not self._episode:  # (while dropping, every line goes through _make_room)
+                self._room = self.limit - (self._handed - self._done)
+
+    def reopen(self) -> None:
+        """Reopen the file by its path (USR1, after logrotate moved it): the lines written
+        before this call go to the old file, the ones after it to the new one."""
+        if self.path in ("", "-"):
+            return
+        try:
+            fd = self._open()
+        except OSError as exc:
+            log.error("access log: cannot reopen %s: %s; writing on to the old file",
+                      self.path, exc.strerror or exc)
+            return
+        self._hand_over()
+        self._queue.put(fd)
+
+    def close(self, timeout: float) -> None:
+        """Write what is left, waiting up to `timeout` seconds, then close the file."""
+        self._hand_over()
+        self._queue.put(_CLOSE)
+        self._thread.join(timeout)
+
+    # --- the writer thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        failed = False  # in an episode of write errors (already logged)
+        get = self._queue.get
+        while True:
+            items = [get()]
+            while not self._queue.empty():  # whatever else is there: one write for all
+                items.append(get())
+            batch: list[str] = []
+            size = 0
+            for item in items:
+                if type(item) is tuple:
+                    batch += item[0]
+                    size += item[1]
+                    continue
+                failed = self._write(batch, failed)  # what came before goes to the old file
+                self._done += size
+                batch, size = [], 0
+                if self._fd != STDOUT:
+                    os.close(self._fd)
+                if item is _CLOSE:
+                    return
+                self._fd = item  # reopened
+            failed = self._write(batch, failed)
+            self._done += size
+
+    def _write(self, lines: list[str], failed: bool) -> bool:
+        """Write `lines` whole (the thread blocks as long as it takes); returns whether this
+        write failed, logging the first failure of an episode and the recovery."""
+        if not lines:
+            return failed
+        data = "".join(lines).encode("utf-8", "replace")
+        try:
+            while data:
+                data = data[os.write(self._fd, data):]
+        except OSError as exc:
+            if not failed:
+                log.error("access log: cannot write to %s: %s; dropping lines until a write "
+                          "succeeds", self.path or "-", exc.strerror or exc)
+            return True
+        if failed:
+            log.warning("access log: writing to %s again", self.path or "-")
+        return False
+
+
+def _call_now(function: Callable[[], None]) -> None:
+    function()

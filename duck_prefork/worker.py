@@ -1,9 +1,13 @@
-"""A worker process: after fork, load the app, run lifespan, serve, drain on TERM, exit.
+"""A worker process: after fork, load the app, run lifespan, serve, drain on TERM/INT, exit.
 
 It reports to the master over its channel (see channel.py): ready or failed at boot, then a
 heartbeat a second from inside its event loop, and "recycle" after --max-requests.
-Signals: TERM/INT drain and exit; USR1 reopens the log files; USR2 dumps every thread's stack
-to the error log (faulthandler, works even when the event loop is blocked); HUP, TTIN, TTOU and
+Signals: TERM and INT stop accepting, drain and exit. TERM leaves what is queued on the
+listening sockets to the other workers (this one is retired, the sockets stay open); INT first
+accepts what is queued, to serve it in the drain (the sockets are about to close, and the
+kernel resets the connections queued on a socket at its last close). The master dying sends
+INT (the parent-death signal). USR1 reopens the log files; USR2 dumps every thread's stack to
+the error log (faulthandler, works even when the event loop is blocked); HUP, TTIN, TTOU and
 QUIT are the master's and ignored here.
 """
 
@@ -21,6 +25,7 @@ import random
 import signal
 import sys
 import traceback
+from collections.abc import Coroutine
 from typing import Any, NoReturn
 
 import setproctitle
@@ -29,6 +34,7 @@ import uvloop
 from . import channel, logs
 from .acceptor import Acceptor
 from .asgi import ASGI
+from .channel import Sender
 from .config import Config
 from .demo import create_demo_app
 from .hooks import run_hook
@@ -43,8 +49,24 @@ from .sockets import Listener
 from .websocket import WebSocketUpgrade
 
 EXIT_BOOT_FAILED = 3
-# After the drain, lifespan shutdown gets this long; the master allows for it before killing.
+
+# What a worker's stop takes after its TERM or INT, part by part. The drain: up to
+# --graceful-timeout for in-flight work, then what is left is cancelled and gets CANCEL_WAIT to
+# unwind. Lifespan shutdown: up to LIFESPAN_SHUTDOWN_TIMEOUT for the app's reply, then up to
+# LIFESPAN_TASK_WAIT for its lifespan task to end (lifespan.py). Then tasks the app left running
+# are cancelled, and they, async generators and the default executor's threads get EXIT_WAIT;
+# the access log's last lines get logs.ACCESS_LOG_CLOSE_WAIT. STOP_MARGIN is for a busy machine
+# and the process's exit.
+CANCEL_WAIT = 1.0
 LIFESPAN_SHUTDOWN_TIMEOUT = 5.0
+LIFESPAN_TASK_WAIT = 1.0
+EXIT_WAIT = 1.0
+STOP_MARGIN = 1.0
+# The most a worker's stop takes past --graceful-timeout: the master kills a worker that is
+# still running graceful_timeout + STOP_ALLOWANCE seconds after its TERM or INT.
+STOP_ALLOWANCE = (CANCEL_WAIT + LIFESPAN_SHUTDOWN_TIMEOUT + LIFESPAN_TASK_WAIT + EXIT_WAIT
+                  + logs.ACCESS_LOG_CLOSE_WAIT + STOP_MARGIN)
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -64,22 +86,22 @@ class Worker:
         self.config = config
         self.listeners = listeners
         self.number = number
-        self.channel = channel
+        self.channel = Sender(channel)  # to the master; never blocks the event loop
         self.title_name = title_name
         self.preloaded_app: Any = None  # the app imported by the master (--preload)
         self.stopping: asyncio.Event | None = None
+        # Whether the stop accepts what is queued on the listening sockets first: INT (they
+        # are about to close) or TERM (they stay open for the other workers).
+        self.sweep_on_stop = False
         self.access_log: logs.AccessLog | None = None
         self.recycle_after = 0  # requests served before asking to be replaced; 0: never
+        self.failures = logs.FailureLog()  # what went wrong in _tick(), logged once each
         self._ticker: asyncio.TimerHandle | None = None
 
     def run(self) -> NoReturn:
         master_pid = os.getppid()
         setproctitle.setproctitle(process_title(f"worker {self.number}", self.title_name))
         logs.set_role(f"worker {self.number}")
-        # Die with the master: the kernel sends TERM (a graceful stop) if it goes away.
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != master_pid:
-            os._exit(0)
         # Signals for the master that can reach a worker too (Ctrl-\ goes to the whole process
         # group, `systemctl kill` without --kill-whom=main to the whole cgroup): by default HUP
         # would kill the worker with its requests, TTIN/TTOU would stop it until --timeout.
@@ -88,26 +110,29 @@ class Worker:
         faulthandler.register(signal.SIGUSR2, file=logs.error_stream(), all_threads=True)
         if self.config.user or self.config.group:
             drop_privileges(self.config.user, self.config.group)
+        # Die with the master: the kernel sends INT (a graceful stop that first accepts what
+        # is queued: no master keeps the sockets open now) if it goes away. Asked for after the
+        # privilege drop, which clears it (prctl(2)); and if the master died before, the
+        # kernel has already re-parented us.
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGINT)
+        if os.getppid() != master_pid:
+            os._exit(0)
         run_hook("post-fork", self.config.post_fork, self.config, self.number)
         code = 0
         try:
-            uvloop.run(self.serve())
+            run_bounded(self.serve())
         except BootFailure as exc:
-            self.report(channel.FAILED + str(exc).encode("utf-8", "replace"))
+            self.channel.send_final(channel.FAILED + str(exc).encode("utf-8", "replace"))
             code = EXIT_BOOT_FAILED
         except BaseException:
             log.exception("worker crashed")
             code = 1
         finally:
+            if self.access_log is not None:
+                self.access_log.close(logs.ACCESS_LOG_CLOSE_WAIT)
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
-
-    def report(self, message: bytes) -> None:
-        try:
-            os.write(self.channel, message)
-        except OSError:
-            pass  # the master is gone; the parent-death signal handles the rest
 
     def load_application(self) -> Any:
         if self.preloaded_app is not None:
@@ -117,8 +142,8 @@ class Worker:
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self.stopping.set)
+        loop.add_signal_handler(signal.SIGTERM, self.stop, False)
+        loop.add_signal_handler(signal.SIGINT, self.stop, True)
         loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
         config = self.config
         app = self.load_application()
@@ -158,14 +183,14 @@ class Worker:
         # the worker: move it out of the cyclic collector's way, so that its full passes only
         # walk what requests allocate. Measured: see the project's bench notes.
         gc.freeze()
-        self.report(channel.READY)
+        self.channel.send(channel.READY)
         log.debug("serving (pid %d)", os.getpid())
 
         await self.stopping.wait()
         log.info("draining: %d open connections, %d requests in flight",
                  len(state.connections), len(state.tasks))
         for acceptor in acceptors:
-            acceptor.stop()
+            acceptor.stop(sweep=self.sweep_on_stop)
         state.start_draining()
         try:
             await asyncio.wait_for(state.drained.wait(), config.graceful_timeout)
@@ -178,10 +203,17 @@ class Worker:
             for connection in [*state.connections, *state.websockets]:
                 connection.abort()
             if state.tasks:
-                await asyncio.wait(list(state.tasks), timeout=1.0)
-        self._ticker.cancel()
+                await asyncio.wait(list(state.tasks), timeout=CANCEL_WAIT)
         await lifespan.shutdown(LIFESPAN_SHUTDOWN_TIMEOUT)
+        self._ticker.cancel()
         log.info("stopped after serving %d requests", state.requests_served)
+
+    def stop(self, sweep: bool) -> None:
+        """TERM (sweep False) or INT (sweep True): stop gracefully. The first signal decides;
+        a later one changes nothing (the listening sockets are closed by then)."""
+        if not self.stopping.is_set():
+            self.sweep_on_stop = sweep
+            self.stopping.set()
 
     def reopen_logs(self) -> None:
         logs.reopen()
@@ -190,13 +222,17 @@ class Worker:
             self.access_log.reopen()
 
     def _tick(self, loop: asyncio.AbstractEventLoop, state: ServerState) -> None:
-        state.tick(loop.time())
-        self.report(channel.HEARTBEAT)  # from inside the loop: a blocked loop stops beating
+        # The next tick first, on the next whole second of loop time (so ticks do not drift):
+        # whatever fails below, the heartbeat goes on, or the master would kill this worker.
+        self._ticker = loop.call_at(int(loop.time()) + 1.0, self._tick, loop, state)
+        try:
+            state.tick(loop.time())
+        except Exception as exc:  # a bug: logged, and the worker goes on serving
+            self.failures("the once-a-second tick failed", exc)
+        self.channel.beat()  # from inside the loop: a blocked loop stops beating
         if self.recycle_after and state.requests_served >= self.recycle_after:
             self.recycle_after = 0  # asked once; the master replaces us, then sends TERM
-            self.report(channel.RECYCLE)
-        # Reschedule on the next whole second of loop time, so ticks do not drift.
-        self._ticker = loop.call_at(int(loop.time()) + 1.0, self._tick, loop, state)
+            self.channel.send(channel.RECYCLE)
 
 
 def parser_class(choice: str) -> type:
@@ -221,11 +257,35 @@ def websocket_upgrade(config: Config) -> WebSocketUpgrade | None:
                             per_message_deflate=config.ws_per_message_deflate)
 
 
+def run_bounded(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on a new uvloop loop, as uvloop.run() does, but with the clean-up after it
+    bounded: asyncio's waits, unbounded, for every task left, async generator and executor
+    thread; here they get EXIT_WAIT together, and what still runs then ends with the process."""
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(main)
+    finally:
+        loop.run_until_complete(_clean_up(loop))
+
+
+async def _clean_up(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.wait([*tasks, loop.create_task(loop.shutdown_asyncgens()),
+                        loop.create_task(loop.shutdown_default_executor())], timeout=EXIT_WAIT)
+
+
 def drop_privileges(user: str, group: str) -> None:
-    """Become USER/GROUP (names or ids, checked by run_master before any fork)."""
+    """Become USER/GROUP (names or ids, checked by run_master before any fork), with USER's
+    supplementary groups as login sets them (initgroups); with only GROUP, no other group."""
     uid, gid = resolve_user(user, group)
     if gid is not None:
-        os.setgroups([gid])
+        if uid is not None:
+            os.initgroups(pwd.getpwuid(uid).pw_name, gid)
+        else:
+            os.setgroups([gid])
         os.setgid(gid)
     if uid is not None:
         os.setuid(uid)
