@@ -83,7 +83,7 @@ def describe(config: Config) -> str:
     for option in OPTIONS:
         if option.name in ("config", "check_config"):
             continue
-        value = config.values[option.name]
+        value = getattr(config, option.name)
         key = option.name.replace("_", "-")
         if value is None:
             lines.append(f"# {key}: not set")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 ENV_PREFIX = "DUCK_PREFORK_"
@@ -99,7 +99,7 @@ def bind_address(value: str) -> str:
     return value
 
 
-def root_path(value: str) -> str:
+def path_prefix(value: str) -> str:
     value = value.rstrip("/")
     if value and not value.startswith("/"):
         raise ValueError("must start with /")
@@ -137,137 +137,149 @@ class Option:
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
-OPTIONS: tuple[Option, ...] = (
-    Option("config", text, "", metavar="FILE",
-           help="read options from a TOML file: each long option name as a key "
-                "(workers = 8, bind = [\"0.0.0.0:80\"]), and app"),
-    Option("check_config", boolean, False, flag=True,
-           help="validate the configuration and that APP imports, print the effective "
-                "values, and exit (0 valid, 1 bad option, 3 the app does not load)"),
-    Option("bind", bind_address, ["127.0.0.1:8000"], short="-b", metavar="ADDR", repeatable=True,
-           help="address to listen on: HOST:PORT, [IPv6]:PORT, unix:/path/to.sock or fd://N; "
-                "repeat for several"),
-    Option("workers", positive_int, default_workers, short="-w", metavar="N",
-           help="number of worker processes"),
-    Option("factory", boolean, False, flag=True,
-           help="treat APP as a zero-argument callable that returns the ASGI app"),
-    Option("graceful_timeout", non_negative_float, 30.0, metavar="S",
-           help="seconds in-flight requests may take to finish on stop"),
-    Option("keep_alive", non_negative_float, 5.0, metavar="S",
-           help="seconds an idle keep-alive connection is kept open"),
-    Option("backlog", positive_int, 2048, metavar="N",
-           help="listen backlog: connections the kernel queues before accept"),
-    Option("reuse_port", boolean, False, flag=True,
-           help="give each worker its own SO_REUSEPORT socket for every TCP address, so the "
-                "kernel spreads new connections evenly over the workers (unix sockets and "
-                "fd:// or systemd sockets stay shared)"),
-    Option("root_path", root_path, "", metavar="PATH",
-           help="ASGI root_path: the prefix the app is mounted under behind a proxy"),
-    Option("lifespan", one_of("auto", "on", "off"), "auto", metavar="auto|on|off",
-           help="run the ASGI lifespan protocol: auto skips it if the app does not support it"),
-    Option("limit_request_line", non_negative_int, 8190, metavar="N",
-           help="longest request line in bytes, else 414 (0: only the head size bound)"),
-    Option("limit_request_fields", non_negative_int, 100, metavar="N",
-           help="most header fields in a request, else 431 (0: no count limit)"),
-    Option("limit_request_field_size", non_negative_int, 8190, metavar="N",
-           help="longest header field (name: value) in bytes, else 431 (0: only the head "
-                "size bound)"),
-    Option("limit_request_body", non_negative_int, 0, metavar="BYTES",
-           help="largest request body, else 413 (0: unlimited)"),
-    Option("limit_concurrency", non_negative_int, 0, metavar="N",
-           help="most requests in progress per worker; beyond it a 503 (0: unlimited)"),
-    Option("header_timeout", non_negative_float, 10.0, metavar="S",
-           help="seconds a client has to send a complete request head, from connecting or "
-                "from the previous response (0: no limit)"),
-    Option("send_timeout", non_negative_float, 60.0, metavar="S",
-           help="seconds a response write may make no progress before the connection is "
-                "closed (0: no limit)"),
-    Option("http", one_of("auto", "httptools", "h11"), "auto", metavar="auto|httptools|h11",
-           help="HTTP/1.1 parser: httptools (llhttp, in C) or h11 (pure Python); auto picks "
-                "httptools when it is installed. Both answer every request alike"),
-    Option("ws", one_of("auto", "wsproto", "none"), "auto", metavar="auto|wsproto|none",
-           help="WebSocket support: auto and wsproto serve WebSockets with wsproto; none "
-                "answers upgrade requests as plain HTTP (for WebSockets terminated elsewhere)"),
-    Option("ws_max_size", non_negative_int, 16 * 1024 * 1024, metavar="BYTES",
-           help="largest WebSocket message accepted, else the connection is closed with 1009 "
-                "(0: no limit)"),
-    Option("ws_ping_interval", non_negative_float, 20.0, metavar="S",
-           help="seconds between keepalive pings on an idle WebSocket (0: no pings)"),
-    Option("ws_ping_timeout", non_negative_float, 20.0, metavar="S",
-           help="seconds a WebSocket peer has to answer a ping before it is dropped "
-                "(0: wait forever)"),
-    Option("ws_accept_timeout", non_negative_float, 10.0, metavar="S",
-           help="seconds the app has to accept or refuse a WebSocket handshake, else it is "
-                "answered 500 (0: no limit)"),
-    Option("ws_per_message_deflate", boolean, True, metavar="true|false",
-           help="compress WebSocket messages (permessage-deflate) when the client offers it"),
-    Option("forwarded_allow_ips", ip_list, "127.0.0.1,::1", metavar="LIST",
-           help="peers (IPs or networks, comma separated; * for all) whose X-Forwarded-* "
-                "and Forwarded headers are trusted"),
-    Option("no_proxy_headers", boolean, False, flag=True,
-           help="ignore X-Forwarded-* and Forwarded headers from every peer"),
-    Option("timeout", non_negative_float, 30.0, metavar="S",
-           help="a worker whose event loop has not reported for S seconds is hung: its stack "
-                "is dumped to the error log and it is replaced (0: off)"),
-    Option("boot_timeout", non_negative_float, 60.0, metavar="S",
-           help="a worker not ready (app imported, lifespan started) S seconds after its fork "
-                "is killed (0: off)"),
-    Option("max_requests", non_negative_int, 0, metavar="N",
-           help="replace a worker gracefully after it has served N requests (0: never)"),
-    Option("max_requests_jitter", non_negative_int, 0, metavar="J",
-           help="add random(0..J) to --max-requests per worker, so they do not all recycle "
-                "at once"),
-    Option("max_worker_memory", non_negative_int, 0, metavar="MiB",
-           help="replace a worker gracefully once its unique memory (USS, else RSS) passes "
-                "this many MiB; checked every few seconds (0: off)"),
-    Option("preload", boolean, False, flag=True,
-           help="import the app in the master before forking (shared memory, faster boots); "
-                "HUP then restarts workers without importing it again"),
-    Option("user", text, "", metavar="USER",
-           help="run workers as USER (name or uid), after the master has bound its sockets"),
-    Option("group", text, "", metavar="GROUP",
-           help="run workers as GROUP (name or gid); default: USER's primary group"),
-    Option("umask", octal, None, metavar="MASK",
-           help="set the process umask, e.g. 027 (affects unix socket and log file modes)"),
-    Option("pid", text, "", metavar="FILE",
-           help="write the master's pid to FILE (refused if it names a running process), "
-                "removed at exit"),
-    Option("on_starting", hook_spec, "", metavar="MODULE:FUNCTION",
-           help="call FUNCTION(config) in the master before the first fork"),
-    Option("post_fork", hook_spec, "", metavar="MODULE:FUNCTION",
-           help="call FUNCTION(config, worker_number) in each worker right after its fork"),
-    Option("worker_exit", hook_spec, "", metavar="MODULE:FUNCTION",
-           help="call FUNCTION(config, worker_number, pid, exit_code) in the master when a "
-                "worker has exited"),
-    Option("on_reload", hook_spec, "", metavar="MODULE:FUNCTION",
-           help="call FUNCTION(config) in the master on HUP, with the new configuration"),
-    Option("name", text, "", metavar="NAME", help="name shown in process titles"),
-    Option("access_logfile", text, "", metavar="PATH|-",
-           help="write one access log line per response to PATH, or - for stdout"),
-    Option("error_logfile", text, "-", metavar="PATH|-",
-           help="write the error log to PATH, or - for stderr"),
-    Option("log_level", one_of(*LOG_LEVELS), "info", metavar="LEVEL",
-           help="error log level: " + ", ".join(LOG_LEVELS)),
-    Option("chdir", directory, "", metavar="DIR", help="change to DIR before loading the app"),
-)
 
-OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
-
-DEMO_APP = ""  # APP left empty: serve the built-in demo page
+def option(parse: Callable[[str], Any], default: Any, help: str, short: str | None = None,
+           metavar: str | None = None, repeatable: bool = False, flag: bool = False) -> Any:
+    """A Config field that is also a row of the option table (its name is the field's)."""
+    row = Option("", parse, default, help, short, metavar, repeatable, flag)
+    metadata = {"option": row}
+    if callable(default):
+        return field(default_factory=default, metadata=metadata)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class Config:
-    """The effective configuration: one attribute per option, plus the APP to serve."""
+    """The effective configuration, and the option table: one typed field per option (its
+    parser, default, help and flags in the field's metadata), plus the APP to serve. The
+    command line, the environment and the TOML file are all read through OPTIONS, which is
+    derived from these fields, so a new option is one field here."""
 
-    app: str
-    values: Mapping[str, Any] = field(default_factory=dict)
+    app: str = ""
+    config: str = option(text, "", metavar="FILE",
+        help="read options from a TOML file: each long option name as a key (workers = 8, bind = "
+             "[\"0.0.0.0:80\"]), and app")
+    check_config: bool = option(boolean, False, flag=True,
+        help="validate the configuration and that APP imports, print the effective values, and "
+             "exit (0 valid, 1 bad option, 3 the app does not load)")
+    bind: list[str] = option(
+        bind_address, ["127.0.0.1:8000"], short="-b", metavar="ADDR", repeatable=True,
+        help="address to listen on: HOST:PORT, [IPv6]:PORT, unix:/path/to.sock or fd://N; repeat "
+             "for several")
+    workers: int = option(positive_int, default_workers, short="-w", metavar="N",
+        help="number of worker processes")
+    factory: bool = option(boolean, False, flag=True,
+        help="treat APP as a zero-argument callable that returns the ASGI app")
+    graceful_timeout: float = option(non_negative_float, 30.0, metavar="S",
+        help="seconds in-flight requests may take to finish on stop")
+    keep_alive: float = option(non_negative_float, 5.0, metavar="S",
+        help="seconds an idle keep-alive connection is kept open")
+    backlog: int = option(positive_int, 2048, metavar="N",
+        help="listen backlog: connections the kernel queues before accept")
+    reuse_port: bool = option(boolean, False, flag=True,
+        help="give each worker its own SO_REUSEPORT socket for every TCP address, so the kernel "
+             "spreads new connections evenly over the workers (unix sockets and fd:// or systemd "
+             "sockets stay shared)")
+    root_path: str = option(path_prefix, "", metavar="PATH",
+        help="ASGI root_path: the prefix the app is mounted under behind a proxy")
+    lifespan: str = option(one_of("auto", "on", "off"), "auto", metavar="auto|on|off",
+        help="run the ASGI lifespan protocol: auto skips it if the app does not support it")
+    limit_request_line: int = option(non_negative_int, 8190, metavar="N",
+        help="longest request line in bytes, else 414 (0: only the head size bound)")
+    limit_request_fields: int = option(non_negative_int, 100, metavar="N",
+        help="most header fields in a request, else 431 (0: no count limit)")
+    limit_request_field_size: int = option(non_negative_int, 8190, metavar="N",
+        help="longest header field (name: value) in bytes, else 431 (0: only the head size bound)")
+    limit_request_body: int = option(non_negative_int, 0, metavar="BYTES",
+        help="largest request body, else 413 (0: unlimited)")
+    limit_concurrency: int = option(non_negative_int, 0, metavar="N",
+        help="most requests in progress per worker; beyond it a 503 (0: unlimited)")
+    header_timeout: float = option(non_negative_float, 10.0, metavar="S",
+        help="seconds a client has to send a complete request head, from connecting or from the "
+             "previous response (0: no limit)")
+    send_timeout: float = option(non_negative_float, 60.0, metavar="S",
+        help="seconds a response write may make no progress before the connection is closed (0: "
+             "no limit)")
+    http: str = option(one_of("auto", "httptools", "h11"), "auto", metavar="auto|httptools|h11",
+        help="HTTP/1.1 parser: httptools (llhttp, in C) or h11 (pure Python); auto picks "
+             "httptools when it is installed. Both answer every request alike")
+    ws: str = option(one_of("auto", "wsproto", "none"), "auto", metavar="auto|wsproto|none",
+        help="WebSocket support: auto and wsproto serve WebSockets with wsproto; none answers "
+             "upgrade requests as plain HTTP (for WebSockets terminated elsewhere)")
+    ws_max_size: int = option(non_negative_int, 16 * 1024 * 1024, metavar="BYTES",
+        help="largest WebSocket message accepted, else the connection is closed with 1009 (0: no "
+             "limit)")
+    ws_ping_interval: float = option(non_negative_float, 20.0, metavar="S",
+        help="seconds between keepalive pings on an idle WebSocket (0: no pings)")
+    ws_ping_timeout: float = option(non_negative_float, 20.0, metavar="S",
+        help="seconds a WebSocket peer has to answer a ping before it is dropped (0: wait "
+             "forever)")
+    ws_accept_timeout: float = option(non_negative_float, 10.0, metavar="S",
+        help="seconds the app has to accept or refuse a WebSocket handshake, else it is answered "
+             "500 (0: no limit)")
+    ws_per_message_deflate: bool = option(boolean, True, metavar="true|false",
+        help="compress WebSocket messages (permessage-deflate) when the client offers it")
+    forwarded_allow_ips: str = option(ip_list, "127.0.0.1,::1", metavar="LIST",
+        help="peers (IPs or networks, comma separated; * for all) whose X-Forwarded-* and "
+             "Forwarded headers are trusted")
+    no_proxy_headers: bool = option(boolean, False, flag=True,
+        help="ignore X-Forwarded-* and Forwarded headers from every peer")
+    timeout: float = option(non_negative_float, 30.0, metavar="S",
+        help="a worker whose event loop has not reported for S seconds is hung: its stack is "
+             "dumped to the error log and it is replaced (0: off)")
+    boot_timeout: float = option(non_negative_float, 60.0, metavar="S",
+        help="a worker not ready (app imported, lifespan started) S seconds after its fork is "
+             "killed (0: off)")
+    max_requests: int = option(non_negative_int, 0, metavar="N",
+        help="replace a worker gracefully after it has served N requests (0: never)")
+    max_requests_jitter: int = option(non_negative_int, 0, metavar="J",
+        help="add random(0..J) to --max-requests per worker, so they do not all recycle at once")
+    max_worker_memory: int = option(non_negative_int, 0, metavar="MiB",
+        help="replace a worker gracefully once its unique memory (USS, else RSS) passes this many"
+             " MiB; checked every few seconds (0: off)")
+    preload: bool = option(boolean, False, flag=True,
+        help="import the app in the master before forking (shared memory, faster boots); HUP then"
+             " restarts workers without importing it again")
+    user: str = option(text, "", metavar="USER",
+        help="run workers as USER (name or uid), after the master has bound its sockets")
+    group: str = option(text, "", metavar="GROUP",
+        help="run workers as GROUP (name or gid); default: USER's primary group")
+    umask: int | None = option(octal, None, metavar="MASK",
+        help="set the process umask, e.g. 027 (affects unix socket and log file modes)")
+    pid: str = option(text, "", metavar="FILE",
+        help="write the master's pid to FILE (refused if it names a running process), removed at "
+             "exit")
+    on_starting: str = option(hook_spec, "", metavar="MODULE:FUNCTION",
+        help="call FUNCTION(config) in the master before the first fork")
+    post_fork: str = option(hook_spec, "", metavar="MODULE:FUNCTION",
+        help="call FUNCTION(config, worker_number) in each worker right after its fork")
+    worker_exit: str = option(hook_spec, "", metavar="MODULE:FUNCTION",
+        help="call FUNCTION(config, worker_number, pid, exit_code) in the master when a worker "
+             "has exited")
+    on_reload: str = option(hook_spec, "", metavar="MODULE:FUNCTION",
+        help="call FUNCTION(config) in the master on HUP, with the new configuration")
+    name: str = option(text, "", metavar="NAME",
+        help="name shown in process titles")
+    access_logfile: str = option(text, "", metavar="PATH|-",
+        help="write one access log line per response to PATH, or - for stdout")
+    error_logfile: str = option(text, "-", metavar="PATH|-",
+        help="write the error log to PATH, or - for stderr")
+    log_level: str = option(
+        one_of("critical", "error", "warning", "info", "debug"), "info", metavar="LEVEL",
+        help="error log level: critical, error, warning, info, debug")
+    chdir: str = option(directory, "", metavar="DIR",
+        help="change to DIR before loading the app")
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+
+OPTIONS: tuple[Option, ...] = tuple(
+    replace(item.metadata["option"], name=item.name) for item in fields(Config)
+    if "option" in item.metadata)
+
+OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
+
+DEMO_APP = ""  # APP left empty: serve the built-in demo page
 
 
 def parse_value(option: Option, raw: str, source: str) -> Any:
@@ -340,7 +352,7 @@ def _toml_text(value: Any) -> str:
 def build_config(app: str | None, cli_values: Mapping[str, Any],
                  environ: Mapping[str, str] = os.environ) -> Config:
     """Merge command line values over the environment over the file over the defaults."""
-    values = {option.name: option.default_value() for option in OPTIONS}
+    values: dict[str, Any] = {}
     path = cli_values.get("config") or environ.get(OPTIONS_BY_NAME["config"].env, "")
     file_app = None
     if path:
@@ -352,4 +364,4 @@ def build_config(app: str | None, cli_values: Mapping[str, Any],
         app = environ.get(ENV_PREFIX + "APP", file_app or DEMO_APP)
     if app and ":" not in app:
         raise ConfigError(f"APP: expected module:attribute, got {app!r}")
-    return Config(app=app, values=values)
+    return Config(app=app, **values)

@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import psutil
 import setproctitle
@@ -335,12 +335,11 @@ class Master:
                 return
             kept = {}
             for name, reason in RESTART_ONLY.items():
-                if config.values[name] != self.config.values[name]:
+                if getattr(config, name) != getattr(self.config, name):
                     log.warning("HUP: --%s changed and is not applied: %s",
                                 name.replace("_", "-"), reason)
-                    kept[name] = self.config.values[name]
-            if kept:
-                config = Config(config.app, {**config.values, **kept})
+                    kept[name] = getattr(self.config, name)
+            config = replace(config, **kept)
             run_hook("on-reload", config.on_reload, config)
             self.config = config
         self.notifier.reloading()
