@@ -263,9 +263,11 @@ class RequestData:
 class FlowControlledProtocol(asyncio.Protocol):
     """asyncio flow control both ways, for HttpConnection and websocket.WebSocketSession:
     reading is paused while what was read waits for the app, and a writer awaits drain()
-    while the transport's buffer is above its high-water mark."""
+    while the transport's buffer is above its high-water mark (and --send-timeout bounds how
+    long that buffer may go without shrinking: send_stalled)."""
 
-    __slots__ = ("transport", "closed", "read_paused", "write_paused", "_drain_waiter")
+    __slots__ = ("transport", "closed", "read_paused", "write_paused", "_drain_waiter",
+                 "_stall_since", "_stall_size")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -273,6 +275,8 @@ class FlowControlledProtocol(asyncio.Protocol):
         self.read_paused = False
         self.write_paused = False
         self._drain_waiter: asyncio.Future | None = None
+        self._stall_since: float | None = None  # a write is waiting on the client since
+        self._stall_size = 0  # bytes it was waiting to send then
 
     def write(self, data: bytes) -> None:
         if not self.closed:
@@ -289,6 +293,19 @@ class FlowControlledProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self._stall_since = None  # the next tick starts watching for progress
+
+    def send_stalled(self, now: float, send_timeout: float) -> bool:
+        """For the once-a-second sweep, while a writer waits on the client (writing paused)
+        or the last bytes do (after close()): True once the write buffer has not shrunk for
+        `send_timeout` seconds (0: never), i.e. the client has stopped reading."""
+        size = self.transport.get_write_buffer_size()
+        if not size:
+            return False
+        if self._stall_since is None or size < self._stall_size:
+            self._stall_since, self._stall_size = now, size  # progress: restart the clock
+            return False
+        return bool(send_timeout) and now - self._stall_since >= send_timeout
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -327,7 +344,7 @@ class HttpConnection(FlowControlledProtocol):
     answers refused requests, and decides between the next request and closing."""
 
     __slots__ = ("state", "parser", "client", "server", "request", "idle_since", "head_started",
-                 "served", "input_done", "_stall_since", "_stall_size")
+                 "served", "input_done")
 
     def __init__(self, state: ServerState):
         super().__init__()
@@ -344,8 +361,6 @@ class HttpConnection(FlowControlledProtocol):
         # (rather than pausing) lets the close be a FIN, not a reset that could destroy the
         # response in flight.
         self.input_done = False
-        self._stall_since: float | None = None  # a write is waiting on the client since
-        self._stall_size = 0  # bytes it was waiting to send then
 
     # asyncio callbacks
 
@@ -380,10 +395,6 @@ class HttpConnection(FlowControlledProtocol):
             self.request.feed_disconnect()
         self.wake_drain()
         self.state.check_drained()
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-        self._stall_since = None  # the next tick starts watching for progress
 
     # request side
 
@@ -512,14 +523,9 @@ class HttpConnection(FlowControlledProtocol):
         state = self.state
         if self.closed or self.write_paused:
             # A response (or its last bytes, after close()) waits for the client to read.
-            size = self.transport.get_write_buffer_size()
-            if not size:
-                return
-            if self._stall_since is None or size < self._stall_size:
-                self._stall_since, self._stall_size = now, size  # progress: restart the clock
-            elif state.send_timeout and now - self._stall_since >= state.send_timeout:
+            if self.send_stalled(now, state.send_timeout):
                 log.debug("send timeout: client %s read nothing for %.0f s", self.client,
-                          now - self._stall_since)
+                          state.send_timeout)
                 self.abort()
             return
         idle_since = self.idle_since

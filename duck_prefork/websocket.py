@@ -1,17 +1,28 @@
 """The ASGI websocket protocol over wsproto, on a connection taken over from HTTP/1.1.
 
-An HttpConnection that reads a WebSocket upgrade request hands its transport to a
-WebSocketSession (transport.set_protocol), with the bytes that followed the head. wsproto
-checks the handshake from the head already parsed (no second parse of the wire bytes) and
+A request whose Connection lists "upgrade" and whose Upgrade names "websocket" is a WebSocket
+handshake; any other request is plain HTTP (RFC 9110 7.8 lets a server ignore Upgrade). A
+handshake is held to RFC 6455 4.2.1 first (handshake_refusal): one that breaks a rule is
+answered 400, or 426 for a version other than 13, with Connection: close, and never reaches
+the app (uvicorn, through websockets, also refuses such a request rather than passing it on;
+it says 405 and 505 where we say 400). A good one makes the HttpConnection hand its transport
+to a WebSocketSession (transport.set_protocol), with the bytes that followed the head; wsproto
 writes the answer once the app has decided: websocket.accept -> 101, websocket.close before
-accept -> 403, websocket.http.response.* -> the app's own response. Then frames <-> messages.
+accept -> 403, websocket.http.response.* -> the app's own response, no decision within
+--ws-accept-timeout -> 500. Then frames <-> messages.
+
+Limits: a message is at most --ws-max-size bytes (else close 1009), counted across its frames
+and, when permessage-deflate is on, enforced while it is inflated (CappedPerMessageDeflate): a
+few hundred KB of deflated zeros never become hundreds of MiB before the size is checked.
 
 Flow control: complete incoming messages wait in a queue for receive(); past QUEUE_MESSAGES
 or QUEUE_BYTES the socket stops being read until the app catches up, so a client cannot flood
 a worker that the app does not read from. Outgoing, send() awaits the transport's drain once
-its buffer is full: a slow reader slows the app down instead of growing the worker.
+its buffer is full: a slow reader slows the app down instead of growing the worker, and one
+that reads nothing for --send-timeout seconds is dropped (as for HTTP: FlowControlledProtocol).
 
-No timer per connection: ServerState.tick calls check_timeouts once a second, which sends the
+No timer per connection: ServerState.tick calls check_timeouts once a second, which answers
+handshakes the app left undecided, drops peers whose writes make no progress, sends the
 keepalive pings, closes peers that do not answer them, and drops peers that never complete a
 close handshake.
 """
@@ -19,7 +30,9 @@ close handshake.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import os
+import zlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +51,7 @@ from wsproto.events import (
     TextMessage,
 )
 from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import CloseReason, Opcode, RsvBits
 from wsproto.utilities import RemoteProtocolError
 
 from .asgi import ClientDisconnected
@@ -47,7 +61,7 @@ from .http11 import (
     HttpConnection,
     RequestData,
     ServerState,
-    error_response,
+    status_line,
 )
 from .logs import log
 
@@ -65,6 +79,65 @@ TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 
 
+# --- the opening handshake (RFC 6455 4.2.1) -------------------------------------------------
+
+def has_token(values: list[bytes], token: bytes) -> bool:
+    """Whether comma-separated header `values` list `token` (ASCII case-insensitive)."""
+    return any(part.strip().lower() == token for value in values for part in value.split(b","))
+
+
+def is_key(values: list[bytes]) -> bool:
+    """One Sec-WebSocket-Key that is the base64 of 16 bytes (4.2.1 item 5)."""
+    if len(values) != 1:
+        return False
+    try:
+        return len(binascii.a2b_base64(values[0], strict_mode=True)) == 16
+    except binascii.Error:
+        return False
+
+
+_HANDSHAKE_FIELDS = (b"host", b"upgrade", b"connection", b"sec-websocket-key",
+                     b"sec-websocket-version")
+
+
+def handshake_refusal(method: str, http_version: str, headers: list[tuple[bytes, bytes]],
+                      has_body: bool) -> tuple[int, str] | None:
+    """What RFC 6455 4.2.1 has a server verify before it answers 101, and wsproto does not
+    (it takes any method and version, an Upgrade that is exactly "websocket", any key): None
+    for a good handshake, else (status, why) for the first rule broken, in the RFC's order.
+    `headers` are (lowercase name, value) pairs. A body is refused too: a handshake has none,
+    and its bytes would be read as frames."""
+    fields: dict[bytes, list[bytes]] = {name: [] for name in _HANDSHAKE_FIELDS}
+    for name, value in headers:
+        values = fields.get(name)
+        if values is not None:
+            values.append(value)
+    rules = (
+        (method == "GET", 400, "the method of a WebSocket handshake is GET"),
+        (http_version not in ("0.9", "1.0"), 400, "a WebSocket handshake is HTTP/1.1 or later"),
+        (not has_body, 400, "a WebSocket handshake has no body"),
+        (bool(fields[b"host"]), 400, "no Host header"),
+        (has_token(fields[b"upgrade"], b"websocket"), 400, "Upgrade does not name websocket"),
+        (has_token(fields[b"connection"], b"upgrade"), 400, "Connection does not list Upgrade"),
+        (is_key(fields[b"sec-websocket-key"]), 400,
+         "Sec-WebSocket-Key is not one base64-encoded 16-byte value"),
+        (fields[b"sec-websocket-version"] == [b"13"], 426, "Sec-WebSocket-Version is not 13"),
+    )
+    return next(((status, why) for ok, status, why in rules if not ok), None)
+
+
+def refusal_response(status: int, why: str, date: bytes) -> bytes:
+    """The answer to a handshake we will not take, closing the connection; a 426 names the
+    version we speak (RFC 6455 4.4)."""
+    body = b"%s: %s\n" % (status_line(status)[9:-2], why.encode("ascii"))
+    return b"".join((
+        status_line(status), SERVER_HEADER, date,
+        b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(body),
+        b"Sec-WebSocket-Version: 13\r\n" if status == 426 else b"",
+        b"Connection: close\r\n\r\n", body,
+    ))
+
+
 @dataclass(frozen=True)
 class WebSocketUpgrade:
     """The worker's WebSocket settings, and the hook that HttpConnection calls with a request
@@ -74,18 +147,101 @@ class WebSocketUpgrade:
     ping_interval: float = 20.0  # seconds between keepalive pings (0: none)
     ping_timeout: float = 20.0  # seconds a ping may go unanswered (0: no limit)
     per_message_deflate: bool = True
+    accept_timeout: float = 10.0  # seconds the app has to accept or refuse (0: no limit)
 
     def __call__(self, connection: HttpConnection, request: RequestData) -> bool:
-        """Take `connection` over if `request` is a WebSocket handshake; False: serve it as
-        plain HTTP. Only a GET without a body qualifies (read_head has checked that
-        Connection asks for the upgrade); wsproto then judges the handshake itself."""
-        if request.method != "GET" or request.chunked or request.content_length \
-                or b"websocket" not in [token.strip() for token in request.upgrade.split(b",")]:
+        """Take `connection` over if `request` asks for a WebSocket (read_head has checked
+        that Connection asks for an upgrade): start the session, or refuse a bad handshake.
+        False: serve it as plain HTTP (an upgrade to something else)."""
+        if not has_token([request.upgrade], b"websocket"):
             return False
+        refusal = handshake_refusal(request.method, request.http_version, request.headers,
+                                    bool(request.chunked or request.content_length))
+        if refusal is not None:
+            state = connection.state
+            status, why = refusal
+            log.debug("refused a WebSocket handshake from %s: %d %s", connection.client,
+                      status, why)
+            connection.write(refusal_response(status, why, state.date_header))
+            log_access(state, connection.client, request, status, state.loop.time())
+            connection.close()
+            return True
         data = connection.parser.take_upgrade_data()
         read_paused = connection.hand_over()
         WebSocketSession(self, connection, request, data, read_paused).start()
         return True
+
+
+def log_access(state: ServerState, client: tuple | None, request: RequestData, status: int,
+               start_time: float) -> None:
+    access_log = state.handler.access_log
+    if access_log is not None:
+        access_log.write(client, request.method, request.target.decode("latin-1"),
+                         request.http_version, status, 0, state.loop.time() - start_time)
+
+
+# --- permessage-deflate with the size limit inside the inflater -----------------------------
+
+class CappedPerMessageDeflate(PerMessageDeflate):
+    """wsproto's permessage-deflate (RFC 7692), but its inflater never produces more than the
+    message may still grow by: each decompress call is bounded by zlib's max_length, so a
+    message over `max_size` (0: no limit) is refused with 1009 after at most max_size bytes,
+    however small it is on the wire. wsproto inflates each piece of a frame as it arrives and
+    then checks nothing; we count across the frames of a message.
+
+    Also: a control frame between the fragments of a compressed message leaves the message's
+    compression alone (wsproto forgets it, and then passes the rest of the message through
+    still deflated)."""
+
+    def __init__(self, max_size: int) -> None:
+        super().__init__()
+        self.max_size = max_size
+        self.inflated = 0  # bytes the current message has inflated to so far
+
+    def frame_inbound_header(self, proto, opcode: Opcode, rsv: RsvBits,
+                             payload_length: int) -> CloseReason | RsvBits:
+        if opcode.iscontrol():
+            if rsv.rsv1:
+                return CloseReason.PROTOCOL_ERROR
+            self._inbound_is_compressible = False
+            return RsvBits(True, False, False)
+        return super().frame_inbound_header(proto, opcode, rsv, payload_length)
+
+    def frame_inbound_payload_data(self, proto, data: bytes) -> bytes | CloseReason:
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        return self._inflate(bytes(data))
+
+    def frame_inbound_complete(self, proto, fin: bool) -> bytes | CloseReason | None:
+        if not fin or not self._inbound_is_compressible:
+            return None  # a message goes on past a frame without FIN, and past a control frame
+        if not self._inbound_compressed:
+            self._inbound_compressed = None
+            return None
+        data = self._inflate(b"\x00\x00\xff\xff")  # RFC 7692 7.2.2: the tail not sent
+        if proto.client:
+            no_context_takeover = self.server_no_context_takeover
+        else:
+            no_context_takeover = self.client_no_context_takeover
+        if no_context_takeover:
+            self._decompressor = None
+        self._inbound_compressed = None
+        self.inflated = 0
+        return data
+
+    def _inflate(self, data: bytes) -> bytes | CloseReason:
+        max_size = self.max_size
+        try:
+            if not max_size:
+                return self._decompressor.decompress(data)
+            # One byte more than the message may still take: getting it means over the limit.
+            out = self._decompressor.decompress(data, max_size - self.inflated + 1)
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        self.inflated += len(out)
+        if self.inflated > max_size:
+            return CloseReason.MESSAGE_TOO_BIG
+        return out
 
 
 class WebSocketSession(FlowControlledProtocol):
@@ -94,7 +250,7 @@ class WebSocketSession(FlowControlledProtocol):
     __slots__ = ("state", "settings", "client", "server", "request", "ws", "scope", "accepted",
                  "refused", "close_sent", "close_sent_at", "disconnect", "connect_delivered",
                  "messages", "queued_bytes", "fragments", "fragment_size", "pending", "waiter",
-                 "ping_sent_at", "next_ping_at", "denial", "start_time")
+                 "ping_sent_at", "next_ping_at", "denial", "start_time", "task")
 
     def __init__(self, settings: WebSocketUpgrade, connection: HttpConnection,
                  request: RequestData, data: bytes, read_paused: bool):
@@ -125,26 +281,26 @@ class WebSocketSession(FlowControlledProtocol):
         self.next_ping_at = 0.0
         self.denial: tuple | None = None  # (status, headers) of a websocket.http.response
         self.start_time = self.state.loop.time()
+        self.task: asyncio.Task | None = None  # the app's, for the accept timeout to cancel
 
     def start(self) -> None:
         state = self.state
         self.transport.set_protocol(self)
         state.websockets.add(self)
         request = self.request
+        # handshake_refusal has checked the head; wsproto reads Upgrade and Connection more
+        # narrowly (one value, exactly "websocket"; the last Connection field only).
+        headers = [(name, value) for name, value in request.headers
+                   if name != b"upgrade" and name != b"connection"]
+        headers += ((b"upgrade", b"websocket"), (b"connection", b"Upgrade"))
         try:
-            self.ws.initiate_upgrade_connection(request.headers, request.target)
-        except RemoteProtocolError as exc:
-            # Not a valid handshake (no key, wrong version): wsproto says what to answer.
-            self.refused = True
-            self.write(self.ws.send(exc.event_hint))
-            self.log_access(exc.event_hint.status_code)
-            self.close()
-            return
-        except h11.ProtocolError:
+            self.ws.initiate_upgrade_connection(headers, request.target)
+        except (RemoteProtocolError, h11.ProtocolError) as exc:
             # wsproto re-serializes the head with h11, which may refuse what our parser let
             # through (read_head's rules are not h11's in every corner): still a bad request.
             self.refused = True
-            self.write(error_response(400, state.date_header))
+            self.write(refusal_response(400, "not a valid HTTP/1.1 request", state.date_header))
+            log.debug("refused a WebSocket handshake from %s: %s", self.client, exc)
             self.log_access(400)
             self.close()
             return
@@ -158,12 +314,22 @@ class WebSocketSession(FlowControlledProtocol):
 
     async def run(self, app: Any) -> None:
         """Run the app for this connection; every failure ends in a close or a response."""
+        self.task = asyncio.current_task()
+        try:
+            await self.run_app(app)
+        finally:
+            self.task = None
+            if self.closed:
+                self.state.websockets.discard(self)  # kept while the app had not decided
+
+    async def run_app(self, app: Any) -> None:
         try:
             await app(self.scope, self.receive, self.send)
         except ClientDisconnected:
             return  # the app let our "the client is gone" propagate: nothing to report
         except asyncio.CancelledError:
-            self.abort()  # cancelled at the end of the graceful timeout
+            if not self.closed:
+                self.abort()  # cancelled at the end of the graceful timeout
             raise
         except Exception:
             if self.closed and not (self.refused or self.accepted):
@@ -254,6 +420,10 @@ class WebSocketSession(FlowControlledProtocol):
         else:
             raise RuntimeError(f"ASGI: unexpected message type {kind!r} for a WebSocket")
 
+    def awaiting_app(self) -> bool:
+        """The app has neither accepted nor refused yet (nor begun a denial response)."""
+        return not (self.accepted or self.refused) and self.ws.state is ConnectionState.CONNECTING
+
     def _check_handshake_open(self, kind: str) -> None:
         if self.accepted or self.refused or self.denial is not None:
             raise RuntimeError(f"ASGI: {kind!r} after the handshake was answered")
@@ -263,7 +433,9 @@ class WebSocketSession(FlowControlledProtocol):
     # --- the handshake ------------------------------------------------------------------
 
     def accept(self, subprotocol: str | None, headers) -> None:
-        extensions = [PerMessageDeflate()] if self.settings.per_message_deflate else []
+        settings = self.settings
+        extensions = [CappedPerMessageDeflate(settings.max_size)] \
+            if settings.per_message_deflate else []
         extra = self.own_headers(headers)
         self.write(self.ws.send(AcceptConnection(
             subprotocol=subprotocol, extensions=extensions, extra_headers=extra + list(headers))))
@@ -362,12 +534,15 @@ class WebSocketSession(FlowControlledProtocol):
             elif kind is Pong:
                 self.ping_sent_at = None
             elif kind is CloseConnection:
+                if ws.state is ConnectionState.OPEN:
+                    # wsproto reports a protocol violation as a close: send it, then go. (1009
+                    # comes from the inflater: said as for a message too big uncompressed.)
+                    self.fail(event.code, "message too big" if event.code == TOO_BIG
+                              else event.reason or "")
+                    return
                 self.set_disconnect(event.code, event.reason or "")
                 if ws.state is ConnectionState.REMOTE_CLOSING:
                     self.write(ws.send(event.response()))  # answer the client's close
-                elif ws.state is ConnectionState.OPEN:
-                    # wsproto reports a protocol violation as a close: send it, then go.
-                    self.write(ws.send(CloseConnection(code=event.code, reason=event.reason)))
                 self.close()
                 return
 
@@ -414,7 +589,19 @@ class WebSocketSession(FlowControlledProtocol):
             self.resume_reading()  # the client's close answer must be read
 
     def check_timeouts(self, now: float) -> None:
-        if self.closed or not self.accepted:
+        state = self.state
+        if (self.closed or self.write_paused) and state.send_timeout \
+                and self.send_stalled(now, state.send_timeout):
+            log.debug("send timeout: WebSocket client %s read nothing for %.0f s", self.client,
+                      state.send_timeout)
+            self.abort()  # the app's send() raises ClientDisconnected, receive() gets 1006
+            return
+        if not self.accepted:
+            timeout = self.settings.accept_timeout
+            if timeout and now - self.start_time >= timeout and self.awaiting_app():
+                self.accept_timed_out()
+            return
+        if self.closed:
             return
         if self.close_sent:
             if now - self.close_sent_at >= CLOSE_TIMEOUT:
@@ -435,6 +622,23 @@ class WebSocketSession(FlowControlledProtocol):
             self.ping_sent_at = now
             self.next_ping_at = now + settings.ping_interval
 
+    def accept_timed_out(self) -> None:
+        """The app took longer than --ws-accept-timeout to decide: answer 500 for it, and
+        cancel it (the handshake is over: there is nothing left for it to do)."""
+        left = self.closed
+        log.error("ASGI app neither accepted nor refused the WebSocket handshake for %s within "
+                  "--ws-accept-timeout %g s: %s, app cancelled", self.scope.get("path"),
+                  self.settings.accept_timeout,
+                  "the client had left" if left else "answered 500")
+        if left:
+            self.refused = True
+        else:
+            self.refuse(500)
+        if self.task is not None:
+            self.task.cancel()
+        else:
+            self.state.websockets.discard(self)
+
     # --- transport (write, pause/resume, close: FlowControlledProtocol) ----------------------
 
     async def drain(self) -> None:
@@ -449,7 +653,9 @@ class WebSocketSession(FlowControlledProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.set_disconnect(ABNORMAL, "")
-        self.state.websockets.discard(self)
+        if not (self.awaiting_app() and self.task is not None):
+            # (an app still deciding stays in the sweep, for the accept timeout; run() ends it)
+            self.state.websockets.discard(self)
         self.wake_drain()  # a send() waiting for drain goes on, and raises ClientDisconnected
         self.state.check_drained()
 
@@ -458,9 +664,4 @@ class WebSocketSession(FlowControlledProtocol):
         super().abort()
 
     def log_access(self, status: int) -> None:
-        access_log = self.state.handler.access_log
-        if access_log is not None:
-            request = self.request
-            access_log.write(self.client, request.method, request.target.decode("latin-1"),
-                             request.http_version, status, 0,
-                             self.state.loop.time() - self.start_time)
+        log_access(self.state, self.client, self.request, status, self.start_time)

@@ -254,7 +254,8 @@ def websocket_upgrade(config: Config) -> WebSocketUpgrade | None:
         return None
     return WebSocketUpgrade(max_size=config.ws_max_size, ping_interval=config.ws_ping_interval,
                             ping_timeout=config.ws_ping_timeout,
-                            per_message_deflate=config.ws_per_message_deflate)
+                            per_message_deflate=config.ws_per_message_deflate,
+                            accept_timeout=config.ws_accept_timeout)
 
 
 def run_bounded(main: Coroutine[Any, Any, None]) -> None:

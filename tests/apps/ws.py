@@ -119,5 +119,13 @@ async def app(scope, receive, send):
                 record(f"received {received} then disconnect {message['code']}")
                 return
             received += 1
+    elif path == "/never-accept":
+        # neither accepts nor refuses: --ws-accept-timeout answers for it and cancels us
+        record(f"undecided {os.getpid()}")
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            record("never-accept cancelled")
+            raise
     else:
         await send({"type": "websocket.close", "code": 4004})

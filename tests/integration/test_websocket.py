@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import zlib
 from pathlib import Path
 
 import pytest
@@ -231,23 +232,50 @@ def test_close_codes_both_ways(server, events_file):
     assert wait_event(events_file, "disconnect 4321")
 
 
-@pytest.mark.parametrize("headers, status", [
-    (b"Sec-WebSocket-Version: 13\r\n", 400),  # no Sec-WebSocket-Key
-    (b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n", 426),
+KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+
+
+@pytest.mark.parametrize("request_line, rest, status", [
+    (b"GET /echo HTTP/1.1", b"Sec-WebSocket-Version: 13\r\n\r\n", 400),  # no key
+    (b"GET /echo HTTP/1.1", KEY + b"Sec-WebSocket-Version: 8\r\n\r\n", 426),
+    (b"GET /echo HTTP/1.1", KEY + b"\r\n", 426),  # no version
+    (b"GET /echo HTTP/1.1", b"Sec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\n\r\n",
+     400),  # a key of 5 bytes, not 16
+    (b"GET /echo HTTP/1.0", KEY + b"Sec-WebSocket-Version: 13\r\n\r\n", 400),
+    (b"POST /echo HTTP/1.1", KEY + b"Sec-WebSocket-Version: 13\r\nContent-Length: 0\r\n\r\n",
+     400),
+    (b"GET /echo HTTP/1.1", KEY + b"Sec-WebSocket-Version: 13\r\nContent-Length: 4\r\n\r\n"
+     b"body", 400),
 ])
-def test_bad_handshakes_are_refused_by_wsproto_before_the_app(server, events_file, headers,
-                                                              status):
+def test_bad_handshakes_are_refused_before_the_app(server, events_file, request_line, rest,
+                                                   status):
     accepted_before = [line for line in events(events_file) if line.startswith("accepted")]
     with server.connect() as sock:
-        sock.sendall(b"GET /echo HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
-                     b"Connection: Upgrade\r\n%s\r\n" % headers)
+        sock.sendall(b"%s\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n%s"
+                     % (request_line, rest))
         data = recv_all(sock)  # answered, then closed
     assert data.startswith(b"HTTP/1.1 %d " % status), data
+    head = data.partition(b"\r\n\r\n")[0].lower()
+    assert b"\r\nconnection: close" in head
+    assert (b"\r\nsec-websocket-version: 13" in head) is (status == 426)
     with connect(url(server, "/echo")) as ws:  # the worker serves on; the app never saw them
         ws.send("next")
         assert ws.recv() == "next"
     accepted = [line for line in events(events_file) if line.startswith("accepted")]
     assert len(accepted) == len(accepted_before) + 1
+
+
+def test_handshake_tokens_are_matched_as_tokens(server):
+    with server.connect() as sock:
+        sock.sendall(b"GET /echo HTTP/1.1\r\nHost: t\r\nUpgrade: WebSocket\r\n"
+                     b"Connection: keep-alive, upgrade\r\n%sSec-WebSocket-Version: 13\r\n\r\n"
+                     % KEY)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 101 "), data
 
 
 def test_malformed_frames_close_the_connection_and_the_worker_lives(server):
@@ -449,3 +477,90 @@ def test_handshakes_are_in_the_access_log(start_server, tmp_path):
     assert [line.split('"')[1] for line in lines] == [
         "GET /echo HTTP/1.1", "GET /reject HTTP/1.1", "GET /deny HTTP/1.1"]
     assert [line.split('"')[2].split()[0] for line in lines] == ["101", "403", "401"]
+
+
+# --- bounds: a hostile or stuck peer ---------------------------------------------------------
+
+def peak_memory(pid: int) -> int:
+    """The worker's resident high-water mark (VmHWM), in bytes."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def deflate_bomb(inflated: int, fragments: int) -> bytes:
+    """One binary message of `inflated` zero bytes, permessage-deflated, as `fragments`
+    masked frames (the mask key is 0, which leaves the payload as it is)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    zeros = bytes(MiB)
+    frames = []
+    for i in range(fragments):
+        payload = b"".join(compressor.compress(zeros)
+                           for _ in range(inflated // MiB // fragments))
+        payload += compressor.flush(zlib.Z_SYNC_FLUSH)
+        last = i == fragments - 1
+        if last:
+            payload = payload[:-4]  # RFC 7692 7.2.1: the empty block's tail is not sent
+        first_byte = (0x80 if last else 0) | (0x42 if i == 0 else 0x00)  # FIN, RSV1 + binary
+        length = len(payload)  # masked (0x80), in the shortest form RFC 6455 5.2 allows
+        if length < 126:
+            head = bytes([first_byte, 0x80 | length])
+        elif length < 65536:
+            head = bytes([first_byte, 0x80 | 126]) + length.to_bytes(2, "big")
+        else:
+            head = bytes([first_byte, 0x80 | 127]) + length.to_bytes(8, "big")
+        frames.append(head + bytes(4) + payload)
+    return b"".join(frames)
+
+
+@pytest.mark.parametrize("fragments", [1, 16])
+def test_a_deflate_bomb_is_closed_with_1009_and_never_inflated(start_server, fragments):
+    server = start_server(APP, "--workers", "1")  # the default --ws-max-size, 16 MiB
+    pid = server.worker_pids()[0]
+    with connect(url(server, "/echo"), compression="deflate") as ws:  # warm up the worker
+        ws.send("compressible " * 1000)
+        assert ws.recv() == "compressible " * 1000
+    before = peak_memory(pid)
+    bomb = deflate_bomb(200 * MiB, fragments)
+    assert len(bomb) < 400_000  # 200 MiB inflated
+    with server.connect(timeout=60) as sock:
+        status, rest = handshake(sock, "/echo", b"Sec-WebSocket-Extensions: permessage-deflate\r\n")
+        assert status == 101
+        with contextlib.suppress(OSError):  # the server may close before it has read it all
+            sock.sendall(bomb)
+        assert read_close_code(sock, rest) == 1009
+    growth = peak_memory(pid) - before
+    print(f"deflate bomb in {fragments} frames: worker peak memory grew {growth / MiB:.1f} MiB")
+    assert growth < 100 * MiB
+    with connect(url(server, "/echo"), compression="deflate") as ws:  # the worker serves on
+        ws.send("after the bomb")
+        assert ws.recv() == "after the bomb"
+
+
+def test_a_handshake_the_app_leaves_undecided_is_answered_500(start_server, tmp_path):
+    events_path = tmp_path / "events"
+    server = start_server(APP, "--workers", "1", "--ws-accept-timeout", "1",
+                          env={"DUCK_TEST_EVENTS": str(events_path)})
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url(server, "/never-accept"), open_timeout=60)
+    assert refused.value.response.status_code == 500
+    wait_event(events_path, "never-accept cancelled")  # the app does not linger
+    lines = [line for line in server.log().splitlines() if "--ws-accept-timeout" in line]
+    assert len(lines) == 1 and "/never-accept" in lines[0], server.log()
+    with connect(url(server, "/echo")) as ws:
+        ws.send("next")
+        assert ws.recv() == "next"
+
+
+def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(start_server, tmp_path):
+    events_path = tmp_path / "events"
+    server = start_server(APP, "--workers", "1", "--send-timeout", "1",
+                          "--ws-ping-interval", "0", env={"DUCK_TEST_EVENTS": str(events_path)})
+    with server.connect(timeout=60) as sock:
+        status, _ = handshake(sock, "/send-stream?count=1000000&size=65536")
+        assert status == 101
+        # We read nothing more: the app's send() stalls, and then raises once we are dropped.
+        line = wait_event(events_path, "send raised after", timeout=60)
+    assert int(line.split()[-1]) < 1000000

@@ -101,6 +101,60 @@ class FakeTransport:
         return data
 
 
+class StallingTransport(FakeTransport):
+    """A FakeTransport with a write buffer and a client that reads only when told: writes pile
+    up in `buffered` (unless `reading`), the protocol's pause_writing/resume_writing are called
+    at the water marks as asyncio would, and connection_lost follows abort() (and close() once
+    nothing is buffered)."""
+
+    def __init__(self, high_water: int, reading: bool = False) -> None:
+        super().__init__()
+        self.high_water = high_water
+        self.reading = reading  # the client takes everything written at once
+        self.buffered = 0
+        self.writing_paused = False
+        self.lost = False
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if not self.reading:
+            self.buffered += len(data)
+            if self.buffered > self.high_water and not self.writing_paused:
+                self.writing_paused = True
+                self.protocol.pause_writing()
+
+    def stall(self) -> None:
+        """The client stops reading."""
+        self.reading = False
+
+    def drain_some(self, size: int) -> None:
+        """The client reads `size` bytes."""
+        self.buffered = max(0, self.buffered - size)
+        if self.writing_paused and self.buffered <= self.high_water // 2:
+            self.writing_paused = False
+            self.protocol.resume_writing()
+        if self.closed and not self.buffered:
+            self._lose()
+
+    def close(self) -> None:
+        super().close()
+        if not self.buffered:
+            self._lose()
+
+    def abort(self) -> None:
+        super().abort()
+        self.buffered = 0
+        self._lose()
+
+    def _lose(self) -> None:
+        if not self.lost:
+            self.lost = True
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+
 def split_response(raw: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
     """One response -> (status line, [(name, value)], rest of the bytes)."""
     head, sep, body = bytes(raw).partition(b"\r\n\r\n")
