@@ -33,7 +33,7 @@ from .sockets import Listener, bind_all, describe_all, from_systemd, open_slot
 from .systemd import Notifier
 from .worker import (
     EXIT_BOOT_FAILED,
-    LIFESPAN_SHUTDOWN_TIMEOUT,
+    STOP_ALLOWANCE,
     BootFailure,
     Worker,
     load_application,
@@ -68,10 +68,6 @@ MEMORY_CHECK_INTERVAL = 5.0
 YOUNG_DEATH = 5.0
 RESTART_DELAY_FIRST = 0.5
 RESTART_DELAY_MAX = 30.0
-
-# How long a stopping worker may take past --graceful-timeout: its cancelled requests' last
-# second, lifespan shutdown, and a margin for a busy machine.
-STOP_ALLOWANCE = 1.0 + LIFESPAN_SHUTDOWN_TIMEOUT + 2.0
 
 # The loop's longest sleep: deadlines that nothing wakes the master for (a hung worker's
 # heartbeat age, the memory check) are looked at this often.
