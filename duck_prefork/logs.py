@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -98,6 +100,9 @@ def reopen() -> None:
 # Bytes of access-log lines that may wait to be written (a stalled stdout pipe, a slow disk);
 # past that, lines are dropped and counted, and the episode is logged.
 ACCESS_LOG_BUFFER = 1 << 20
+# How often the lines appended on the event loop are handed to the writer thread: waking the
+# thread once per line would cost more than formatting the line.
+ACCESS_LOG_FLUSH_INTERVAL = 0.05
 # At the worker's exit, how long the lines still waiting get to be written.
 ACCESS_LOG_CLOSE_WAIT = 1.0
 
@@ -109,8 +114,8 @@ class AccessLog:
     """Writes one line per response; built only when --access-logfile is set.
 
     The event loop never writes to the file itself: write() formats the line and appends it
-    to a list, which is handed, once per loop iteration, to a thread that does the writing.
-    A stalled stdout pipe or a slow disk then holds up that thread only, and at most
+    to a list, which is handed every ACCESS_LOG_FLUSH_INTERVAL to a thread that does the
+    writing. A stalled stdout pipe or a slow disk then holds up that thread only, and at most
     `limit` bytes of lines wait for it: past that, lines are dropped and counted, and each
     episode is logged to the error log when it starts and when it ends."""
 
@@ -127,7 +132,8 @@ class AccessLog:
         self._done = 0
         self._episode = 0  # lines dropped in the current episode; 0: not dropping
         try:
-            self._schedule = asyncio.get_running_loop().call_soon
+            self._schedule = functools.partial(asyncio.get_running_loop().call_later,
+                                               ACCESS_LOG_FLUSH_INTERVAL)
         except RuntimeError:  # no event loop (a test, a tool): hand each line over at once
             self._schedule = _call_now
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -153,9 +159,10 @@ class AccessLog:
             self._schedule(self._hand_over)
 
     def _make_room(self, line: str) -> bool:
-        """The bound is reached as far as the loop knows: look at what the thread has
-        written since. Returns whether `line` is kept."""
-        waiting = self._handed - self._done + sum(map(len, self._lines))
+        """The bound is reached as far as the loop knows: hand what is here to the thread
+        and look at what it has written since. Returns whether `line` is kept."""
+        self._hand_over()
+        waiting = self._handed - self._done
         if self._episode and waiting > self.limit // 2:
             self._episode += 1  # still dropping until half the bound has been written
             self.dropped += 1
@@ -180,8 +187,8 @@ class AccessLog:
             size = sum(map(len, lines))
             self._handed += size
             self._queue.put((lines, size))
-            if not self._episode:  # (while dropping, every line goes through _make_room)
-                self._room = self.limit - (self._handed - self._done)
+        if not self._episode:  # (while dropping, every line goes through _make_room)
+            self._room = self.limit - (self._handed - self._done)
 
     def reopen(self) -> None:
         """Reopen the file by its path (USR1, after logrotate moved it): the lines written
@@ -206,6 +213,9 @@ class AccessLog:
     # --- the writer thread -------------------------------------------------------------------
 
     def _run(self) -> None:
+        # Signals are for the event loop's thread: one delivered here would only interrupt a
+        # write (and a test or a debugger holding them back in the main thread would miss it).
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         failed = False  # in an episode of write errors (already logged)
         get = self._queue.get
         while True:

@@ -51,9 +51,12 @@ def test_lines_are_written_in_order_in_the_usual_format(tmp_path):
         access_log = AccessLog(str(path))
         for i in range(3):
             write(access_log, f"/{i}")
-            await asyncio.sleep(0)  # a loop iteration: the lines are handed to the writer
         write(access_log, "/last", 404)
         access_log.write(None, "POST", "/x?y=1", "1.0", 500, 0, 2.5)
+        deadline = time.monotonic() + 15
+        while path.read_text().count("\n") < 5:  # handed to the writer by the loop itself
+            assert time.monotonic() < deadline, "the lines were not written"
+            await asyncio.sleep(0.01)
         return access_log
 
     access_log = asyncio.run(main())
