@@ -59,7 +59,8 @@ class HttptoolsParser:
     """The parser contract of http11.py, implemented over httptools (llhttp)."""
 
     __slots__ = ("_limits", "_head_size", "_parser", "_events", "_push", "_phase", "_headers",
-                 "_raw", "_stop", "_hold", "_h11", "_trailing", "_closed", "_switch", "_error")
+                 "_raw", "_unfed", "_stop", "_hold", "_h11", "_trailing", "_closed", "_switch",
+                 "_error")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._limits = limits
@@ -72,6 +73,7 @@ class HttptoolsParser:
         # The request's bytes so far, while its head is read: the data itself when the head
         # arrives in one piece, else a bytearray that each piece is appended to.
         self._raw: bytes | bytearray | None = None
+        self._unfed = 0  # bytes at the end of _raw not yet given to llhttp (see feed)
         self._stop = 0  # why a callback stopped llhttp
         # Set for every state but "llhttp reads the current request": feed(), next_event() and
         # start_next_cycle() then take their slow paths.
@@ -105,6 +107,17 @@ class HttptoolsParser:
             if type(raw) is not bytearray:  # the second piece: from now on, one buffer
                 raw = self._raw = bytearray(raw)
             raw += data  # in place: a head arriving in many pieces costs linear time
+            # llhttp joins the pieces of a header line it is given one by one with a copy each
+            # (quadratic, for a long line arriving a byte at a time): it is given whole lines.
+            unfed = self._unfed + len(data)
+            if b"\n" not in data:
+                self._unfed = unfed
+                if len(raw) > self._head_size or raw.startswith(b"PRI "):
+                    self._to_h11(raw)  # as below
+                return
+            self._unfed = 0
+            if unfed > len(data):
+                data = bytes(raw[-unfed:])
         mark = len(self._events)
         try:
             self._parser.feed_data(data)
@@ -227,6 +240,7 @@ class HttptoolsParser:
         self._closed = self._switch = self._hold = False
         self._error = None
         self._phase = _IDLE
+        self._unfed = 0
         if self._parser is None:
             self._parser = HttpRequestParser(self)
         if data:
@@ -298,6 +312,7 @@ class HttptoolsParser:
         self._h11 = H11Parser(self._limits)
         self._hold = True
         self._raw = None
+        self._unfed = 0
         self._phase = _IDLE  # (for feed(): the request is h11's until start_next_cycle)
         if raw:
             self._h11.feed(bytes(raw))

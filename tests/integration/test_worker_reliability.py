@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import close_now, read_response, wait_for
+from .conftest import close_now, wait_for
 from .test_reuse_port import accept_queues
 
 pytestmark = pytest.mark.timeout(180)
@@ -73,14 +73,20 @@ def queue_requests(server, count: int) -> list[socket.socket]:
 
 
 def answers(clients: list[socket.socket]) -> list:
-    """Each client's status, or what went wrong instead of a response."""
+    """Each client's status, or what went wrong instead of a response. (Not read_response:
+    its reader keeps each socket's descriptor open for the rest of the session.)"""
     results = []
     for sock in clients:
+        sock.settimeout(120)
+        response = http.client.HTTPResponse(sock)
         try:
-            results.append(read_response(sock, timeout=120)[0])
-        except (OSError, ValueError) as exc:  # http.client's errors are ValueErrors or OSErrors
+            response.begin()
+            response.read()
+            results.append(response.status)
+        except (OSError, http.client.HTTPException) as exc:
             results.append(f"no response: {type(exc).__name__}: {exc}")
         finally:
+            response.close()
             close_now(sock)
     return results
 

@@ -120,3 +120,32 @@ def test_a_head_arriving_a_byte_at_a_time_is_kept_in_linear_work(parser_class, s
             break
     assert type(event) is tuple and len(event[3]) == 1 + size // 100
     assert CountingBytes.copied <= 2 * len(head)
+
+
+class CountingLlhttp:
+    """Stands in for HttptoolsParser's llhttp parser, counting what it is given."""
+
+    def __init__(self, parser):
+        self.parser = parser
+        self.calls = 0
+
+    def feed_data(self, data):
+        self.calls += 1
+        return self.parser.feed_data(data)
+
+    def __getattr__(self, name):
+        return getattr(self.parser, name)
+
+
+def test_llhttp_is_given_a_head_arriving_a_byte_at_a_time_in_whole_lines():
+    """llhttp (httptools) joins the pieces of a header value it is given one by one with a
+    copy each: a 50 KB line given a byte at a time would be copied 50,000 times."""
+    head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"v" * 50_000 + b"\r\nX-2: b\r\n\r\n"
+    parser = HttptoolsParser()
+    parser.feed(head[:1])
+    llhttp = parser._parser = CountingLlhttp(parser._parser)
+    for i in range(1, len(head)):
+        parser.feed(head[i:i + 1])
+    event = parser.next_event()
+    assert type(event) is tuple and event[3][1] == (b"x-big", b"v" * 50_000)
+    assert llhttp.calls == head.count(b"\n")
