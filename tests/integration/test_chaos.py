@@ -90,7 +90,7 @@ YOUNG_BUDGET = 3  # quick deaths in a row per slot (back-off 0.5, 1, 2 s; the 4t
 ACK_TIMEOUT = 30.0  # the master must log its answer to HUP/USR2/TTIN/TTOU within this
 TARGET_TIMEOUT = 40.0  # a ready worker to signal must turn up within this
 SETTLE_TIMEOUT = 45.0  # the expected workers must be serving within this after the chaos
-KILLED_SLACK = 1.0  # a killed worker explains failures up to this long before it was seen gone
+KILLED_SLACK = 0.5  # a failure is noticed after the kill that caused it; this is clock slack
 RETIRE_SLACK = 12.0  # a retiring worker leaves within --graceful-timeout (10) of closing
 MODULE = "chaos_deployed"  # the app module the test writes (and breaks) in tmp_path
 
@@ -390,6 +390,7 @@ class Chaos:
     vanished_at: dict[int, float] = field(default_factory=dict)
     stopped: set[int] = field(default_factory=set)  # SIGSTOPped by us, until our SIGCONT
     watched: dict[int, tuple[int, float, float]] = field(default_factory=dict)  # signalled
+    sent: dict[int, list[tuple[float, int]]] = field(default_factory=dict)  # (when, signum)
     quick_deaths: dict[int, int] = field(default_factory=dict)  # by slot
     deferred: list[tuple[float, str, Callable[[], None]]] = field(default_factory=list)
     pending: Pending | None = None
@@ -566,6 +567,7 @@ class Chaos:
             break
         self.worker_signals += 1
         self.watched[target.pid] = (target.slot, age, time.monotonic())
+        self.sent.setdefault(target.pid, []).append((time.monotonic(), action.signum))
         self.note(f"{signal_name(action.signum)} to worker {target.slot} (age {age:.1f} s)",
                   target.pid)
         if action.signum in (signal.SIGSTOP, signal.SIGTSTP):
@@ -714,10 +716,25 @@ class Chaos:
     def fates(self) -> dict[int, str]:
         """How the master says each worker ended: "killed by SIG..." or "exited with code N"."""
         fates = {}
-        for match in re.finditer(r"\(pid (\d+)\)[^\n]*?\b(killed by [^\s;,]+|exited with code "
-                                 r"-?\d+)", self.log_text):
+        for match in re.finditer(r"\(pid (\d+)\)[^\n]*?\b(killed by (?:signal \d+|[^\s;,]+)"
+                                 r"|exited with code -?\d+)", self.log_text):
             fates.setdefault(int(match.group(1)), match.group(2))
         return fates
+
+    def killed_at(self, pid: int | None, fates: dict[int, str]) -> float | None:
+        """When we sent the signal that the master says killed `pid` (None: not killed by one
+        of ours). Our clock at os.kill, not when we noticed: a busy box delays the noticing."""
+        name = fates.get(pid, "").removeprefix("killed by ")
+        if not name or name.startswith("exited"):
+            return None
+        if name.startswith("signal "):
+            signum = int(name.split()[1])
+        elif name.startswith("SIGRTMIN+"):
+            signum = signal.SIGRTMIN + int(name[len("SIGRTMIN+"):])
+        else:
+            signum = getattr(signal, name, None)
+        times = [t for t, sent in self.sent.get(pid, ()) if sent == signum]
+        return times[0] if times else None
 
     def judge(self, failures: list[Failure]) -> list[Failure]:
         """Give each failure its verdict; returns the lost ones."""
@@ -728,35 +745,33 @@ class Chaos:
                 if len(parts) == 2 and parts[1].isdigit():
                     ran[parts[0]] = int(parts[1])
         fates = self.fates()
+        kills = {pid: t for pid in self.sent if (t := self.killed_at(pid, fates)) is not None}
 
-        def killed_near(pid: int | None, t_from: float, t_to: float) -> bool:
-            gone = self.vanished_at.get(pid)
-            return gone is not None and fates.get(pid, "").startswith("killed by") \
-                and t_from <= gone <= t_to + KILLED_SLACK
+        def killed_between(pid: int | None, t_from: float, t_to: float) -> bool:
+            return pid in kills and t_from <= kills[pid] <= t_to + KILLED_SLACK
 
         lost = []
         for failure in failures:
             ran_on = ran.get(failure.request_id)
             pid = failure.resp_pid or ran_on or failure.conn_pid
+            left = self.vanished_at.get(pid)
             if failure.kind.startswith(("connect", "status", "garbage", "timeout")):
                 failure.verdict = "LOST"
-            elif pid is not None and killed_near(pid, failure.t_connect, failure.t_fail):
+            elif killed_between(pid, failure.t_connect, failure.t_fail):
                 failure.verdict = f"ok: worker {pid} {fates[pid]}"
             elif failure.received == 0 and ran_on is None and failure.kind in STALE_KINDS \
-                    and pid is not None and pid in self.vanished_at \
-                    and failure.t_fail - 1.0 <= self.vanished_at[pid] \
-                    <= failure.t_fail + RETIRE_SLACK:
+                    and left is not None \
+                    and failure.t_connect <= left <= failure.t_fail + RETIRE_SLACK:
                 failure.verdict = f"ok: stale keep-alive, worker {pid} {fates.get(pid, 'left')}"
             elif failure.received == 0 and ran_on is None and pid is None and any(
-                    killed_near(other, failure.t_connect - 0.2, failure.t_fail)
-                    for other in self.vanished_at):
+                    killed_between(other, failure.t_connect - 0.2, failure.t_fail)
+                    for other in kills):
                 failure.verdict = "ok: new connection dropped while a worker was killed"
             else:
                 failure.verdict = "LOST" + (f" (the app ran it in pid {ran_on})" if ran_on else "")
             if failure.verdict.startswith("LOST"):
                 lost.append(failure)
         return lost
-
 
     def play(self, plan: list[Action], rng: random.Random) -> str:
         """The whole test; returns its one-line summary, raises AssertionError."""
