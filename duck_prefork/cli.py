@@ -10,7 +10,15 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import __version__
-from .config import OPTIONS, Config, ConfigError, Option, build_config, parse_value
+from .config import (
+    OPTIONS,
+    Config,
+    ConfigError,
+    Option,
+    build_config,
+    from_toml_text,
+    parse_value,
+)
 
 EXIT_USAGE = 1
 
@@ -117,16 +125,43 @@ def check_app(config: Config) -> int:
     return 0
 
 
+def checked_config_after_usr2(error: ConfigError) -> Config | None:
+    """In the image USR2 has just exec'd, whose configuration no longer reads (it changed
+    between the check and the exec): the configuration the check validated, so that the
+    master and its workers carry on instead of exiting. None anywhere else."""
+    from .reexec import CHECKED_CONFIG_ENV, INHERIT_ENV
+
+    checked = os.environ.pop(CHECKED_CONFIG_ENV, "")
+    if not checked or not os.environ.get(INHERIT_ENV):
+        return None
+    try:
+        config = from_toml_text(checked, "the configuration USR2's check validated")
+    except ConfigError:
+        return None
+    print(f"duck-prefork: error: {error}\nduck-prefork: the configuration became invalid "
+          "after USR2's check; serving the one the check validated (HUP once it is fixed)",
+          file=sys.stderr, flush=True)
+    return config
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     from .master import run_master
+    from .reexec import CHECKED_CONFIG_ENV
 
     argv = sys.argv[1:] if argv is None else argv
     try:
         config = parse_args(argv)
     except ConfigError as exc:
-        print(f"duck-prefork: error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        fallback = checked_config_after_usr2(exc)
+        if fallback is None:
+            print(f"duck-prefork: error: {exc}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+        config = fallback
+    os.environ.pop(CHECKED_CONFIG_ENV, None)
     if config.check_config:
-        print(describe(config))
+        print(describe(config), flush=True)
+        # From here on stdout is the app's, and goes to stderr: stdout is exactly the
+        # configuration, which USR2's check hands to the new image.
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
         sys.exit(check_app(config))
     sys.exit(run_master(config, reload_config=lambda: parse_args(argv), argv=list(argv)))

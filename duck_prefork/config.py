@@ -320,26 +320,40 @@ def from_file(path: str) -> tuple[str | None, dict[str, Any]]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): TOML files are "
                           "UTF-8") from None
+    return from_table(table, path)
+
+
+def from_table(table: dict[str, Any], source: str) -> tuple[str | None, dict[str, Any]]:
+    """The APP and option values of a parsed TOML table; errors name `source` and the key."""
     app = table.pop("app", None)
     if app is not None and not isinstance(app, str):
-        raise ConfigError(f"{path}: app: expected a string like \"module:attribute\"")
+        raise ConfigError(f"{source}: app: expected a string like \"module:attribute\"")
     values: dict[str, Any] = {}
     for key, value in table.items():
         option = OPTIONS_BY_NAME.get(key.replace("-", "_"))
         if option is None or option.name in ("config", "check_config"):
-            raise ConfigError(f"{path}: unknown key {key!r}")
-        source = f"{path}: {key}"
+            raise ConfigError(f"{source}: unknown key {key!r}")
+        where = f"{source}: {key}"
         if option.repeatable:
             items = value if isinstance(value, list) else [value]
             if not items:
-                raise ConfigError(f"{source}: needs at least one value")
-            values[option.name] = [parse_value(option, _toml_text(item), source)
+                raise ConfigError(f"{where}: needs at least one value")
+            values[option.name] = [parse_value(option, _toml_text(item), where)
                                    for item in items]
         elif isinstance(value, (list, dict)):
-            raise ConfigError(f"{source}: expected a single value, got {value!r}")
+            raise ConfigError(f"{where}: expected a single value, got {value!r}")
         else:
-            values[option.name] = parse_value(option, _toml_text(value), source)
+            values[option.name] = parse_value(option, _toml_text(value), where)
     return app, values
+
+
+def from_toml_text(text: str, source: str) -> Config:
+    """A whole configuration from TOML text, such as --check-config prints."""
+    try:
+        app, values = from_table(tomllib.loads(text), source)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return Config(app=app or DEMO_APP, **values)
 
 
 def _toml_text(value: Any) -> str:

@@ -132,6 +132,7 @@ class Master:
     preloaded_app: object = None  # --preload: the app, imported here before any fork
     argv: list[str] | None = None  # the command line, for USR2's re-exec
     inherited: list[reexec.InheritedWorker] = field(default_factory=list)  # after a re-exec
+    reexecuted: bool = False  # this image was started by USR2 (with or without workers)
     workers: dict[int, WorkerProcess] = field(default_factory=dict)  # by pid
     slots: dict[int, Slot] = field(default_factory=dict)
     pending_signals: list[int] = field(default_factory=list)
@@ -190,7 +191,7 @@ class Master:
     def start(self) -> None:
         for number in range(1, self.config.workers + 1):
             self.slots[number] = Slot()
-        if self.inherited:
+        if self.reexecuted:
             self.guarded("adopting the previous image's workers", self.take_over)
         else:
             run_hook("on-starting", self.config.on_starting, self.config)
@@ -460,10 +461,17 @@ class Master:
         self.notifier.reloading()  # READY=1 comes from the new image once its workers serve
         try:
             reexec.exec_new_image(self.argv, self.listeners, workers, self.processes,
-                                  HANDLED_SIGNALS)
+                                  HANDLED_SIGNALS, self._take_pending_signals,
+                                  check.checked_config)
         except OSError as exc:
             log.error("USR2: exec failed (%s); the current image keeps running", exc)
             self.notifier.ready(self.status_line())
+
+    def _take_pending_signals(self) -> list[int]:
+        """The signals queued but not handled yet, for exec to leave pending for the new
+        image (they would die with this one)."""
+        pending, self.pending_signals = self.pending_signals, []
+        return pending
 
     def take_over(self) -> None:
         """After a re-exec: adopt the previous image's workers, then replace them."""
@@ -576,7 +584,7 @@ class Master:
             if not listener.serves(number):
                 listener.socket.close()
         if self.image_check is not None:
-            self.image_check.output.close()
+            self.image_check.close()
         if self.notifier.socket is not None:
             self.notifier.socket.close()  # only the master speaks to systemd
 
@@ -871,7 +879,8 @@ def run_master(config: Config, reload_config: Callable[[], Config] | None = None
                 print(f"duck-prefork: error: --bind: {exc.strerror or exc}", file=sys.stderr)
                 return EXIT_CONFIG
         return Master(config, listeners, reload_config=reload_config,
-                      preloaded_app=preloaded_app, argv=argv, inherited=inherited).run()
+                      preloaded_app=preloaded_app, argv=argv, inherited=inherited,
+                      reexecuted=bool(inherit)).run()
     finally:
         if config.pid:
             remove_pid_file(config.pid)

@@ -22,7 +22,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
 
 class Processes:
@@ -61,28 +61,33 @@ class Processes:
         return pid, read_end
 
     def exec(self, argv: Sequence[str], env: Mapping[str, str], pass_fds: Collection[int],
-             signals: Collection[int]) -> None:
+             signals: Collection[int], take_pending: Callable[[], Iterable[int]]) -> None:
         """Replace this process's image, keeping the descriptors `pass_fds` and with `signals`
-        blocked; returns only if exec failed (descriptors and mask restored, OSError raised)."""
+        blocked; returns only if exec failed (descriptors and mask restored, OSError raised).
+        What `take_pending()` returns once the signals are blocked (signals already caught by
+        the handlers but not acted on) is raised again, to stay pending across the exec."""
         for fd in pass_fds:
             os.set_inheritable(fd, True)
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        for signum in set(take_pending()):
+            os.kill(os.getpid(), signum)  # blocked: pending until the new image unblocks it
         try:
             sys.stdout.flush()
             sys.stderr.flush()
             os.execve(argv[0], list(argv), dict(env))
         except OSError:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)  # the handlers get them again
             for fd in pass_fds:
                 os.set_inheritable(fd, False)
             raise
 
-    def spawn(self, argv: Sequence[str], env: Mapping[str, str], output: int) -> int:
-        """Start `argv` with stdout and stderr to the descriptor `output`, default signal
+    def spawn(self, argv: Sequence[str], env: Mapping[str, str], stdout: int,
+              stderr: int) -> int:
+        """Start `argv` with its stdout and stderr on these descriptors, default signal
         dispositions and nothing blocked; returns its pid (reaped by reap())."""
         return os.posix_spawn(argv[0], list(argv), dict(env),
-                              file_actions=[(os.POSIX_SPAWN_DUP2, output, 1),
-                                            (os.POSIX_SPAWN_DUP2, output, 2)],
+                              file_actions=[(os.POSIX_SPAWN_DUP2, stdout, 1),
+                                            (os.POSIX_SPAWN_DUP2, stderr, 2)],
                               setsigmask=(), setsigdef=tuple(signal.valid_signals()
                                                              - {signal.SIGKILL,
                                                                 signal.SIGSTOP}))

@@ -15,13 +15,17 @@ import os
 import socket
 import sys
 import tempfile
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from .processes import Processes
 from .sockets import Listener, address_of
 
 INHERIT_ENV = "DUCK_PREFORK_INHERIT"
+# The configuration USR2's check validated (TOML): if the command line, environment or file
+# has become invalid between the check and the exec, the new image uses this instead of
+# exiting (which would leave the site without a master).
+CHECKED_CONFIG_ENV = "DUCK_PREFORK_CHECKED_CONFIG"
 
 
 @dataclass(frozen=True)
@@ -72,26 +76,37 @@ class ImageCheck:
     """The new image tried with --check-config in a child process before USR2 execs it.
 
     The master only starts it and goes on supervising: it reaps the child with its workers,
-    kills it at `deadline`, and reads its output from a temporary file when it has exited (a
-    file, not a pipe, so a chatty check never blocks on a full pipe the master is not
-    reading)."""
+    kills it at `deadline`, and reads its output from temporary files when it has exited
+    (files, not pipes, so a chatty check never blocks on a full pipe the master is not
+    reading). What the check printed on stdout is the effective configuration it validated,
+    as TOML: the new image falls back to it if its own reading fails (CHECKED_CONFIG_ENV)."""
 
     def __init__(self, argv: Sequence[str], processes: Processes, now: float):
-        self.output = tempfile.TemporaryFile()  # noqa: SIM115 - closed in result()
+        self.stdout = tempfile.TemporaryFile()  # noqa: SIM115 - closed in result()
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in result()
         self.pid = processes.spawn([*new_image_argv(argv), "--check-config"],
-                                   {**os.environ, INHERIT_ENV: ""}, self.output.fileno())
+                                   {**os.environ, INHERIT_ENV: "", CHECKED_CONFIG_ENV: ""},
+                                   self.stdout.fileno(), self.stderr.fileno())
         self.deadline = now + CHECK_TIMEOUT
         self.timed_out = False
+        self.checked_config = ""  # the TOML the check printed, once it passed
+
+    def close(self) -> None:
+        self.stdout.close()
+        self.stderr.close()
 
     def result(self, code: int) -> str | None:
         """Why exec would fail, from the check's exit code and output; None if it would not."""
-        self.output.seek(0)
-        text = self.output.read().decode("utf-8", "replace").strip()
-        self.output.close()
+        self.stdout.seek(0)
+        self.stderr.seek(0)
+        config = self.stdout.read().decode("utf-8", "replace")
+        errors = self.stderr.read().decode("utf-8", "replace").strip()
+        self.close()
         if self.timed_out:
             return f"its --check-config took longer than {CHECK_TIMEOUT:g} s and was killed"
         if code != 0:
-            return text or f"the new image exited with code {code}"
+            return errors or config.strip() or f"the new image exited with code {code}"
+        self.checked_config = config
         return None
 
 
@@ -105,12 +120,15 @@ def image_problem(argv: Sequence[str]) -> str | None:
 
 def exec_new_image(argv: Sequence[str], listeners: Sequence[Listener],
                    workers: Sequence[InheritedWorker], processes: Processes,
-                   signals: Collection[int]) -> None:
+                   signals: Collection[int], take_pending: Callable[[], Iterable[int]],
+                   checked_config: str) -> None:
     """Replace this process's image; returns only if exec failed (the OSError is raised).
-    `signals` stay blocked into the new image until it has its handlers."""
+    `signals` stay blocked into the new image until it has its handlers, and those caught but
+    not yet handled (`take_pending`) are left pending for it."""
     fds = [listener.socket.fileno() for listener in listeners] + [w.channel for w in workers]
-    env = {**os.environ, INHERIT_ENV: describe(listeners, workers)}
-    processes.exec(new_image_argv(argv), env, fds, signals)
+    env = {**os.environ, INHERIT_ENV: describe(listeners, workers),
+           CHECKED_CONFIG_ENV: checked_config}
+    processes.exec(new_image_argv(argv), env, fds, signals, take_pending)
 
 
 def adopt(text: str) -> tuple[list[Listener], list[InheritedWorker]]:

@@ -132,3 +132,57 @@ def test_the_master_supervises_with_descriptors_past_1024(start_server, high_des
     assert server.request("GET", "/")[0] == 200
     assert "bug while" not in server.log()
     assert server.stop() == 0
+
+
+def test_a_config_broken_between_usr2_check_and_exec_falls_back_to_the_checked_one(
+        start_server, tmp_path):
+    # The check imports the app, and this app breaks the config file when a check imports it
+    # (the check runs with DUCK_PREFORK_INHERIT empty): the new image then finds an invalid
+    # file, as when a deploy rewrites it in the moment between the check and the exec. It used
+    # to exit with code 1 and leave the site without a master.
+    config = tmp_path / "duck.toml"
+    config.write_text('app = "deployed_app:app"\nworkers = 1\n')
+    (tmp_path / "deployed_app.py").write_text(
+        "import os\n"
+        "from tests.apps.basic import app\n"
+        "if os.environ.get('DUCK_PREFORK_INHERIT') == '':\n"
+        "    with open(os.environ['DUCK_TEST_CONFIG'], 'w') as file:\n"
+        "        file.write('workers = = 1\\n')\n")
+    server = start_server("--config", str(config), "--chdir", str(tmp_path),
+                          env={"DUCK_TEST_CONFIG": str(config)})
+    server.send_signal(signal.SIGUSR2)
+    server.wait_log(rf"re-executed master pid {server.pid}", timeout=30)
+    assert "serving the one the check validated" in server.log()
+    wait_for(lambda: len(server.worker_pids()) == 1 and server.request("GET", "/")[0] == 200,
+             timeout=30, what="the new image serving")
+    assert server.proc.poll() is None
+    assert server.stop() == 0
+
+
+def test_usr2_with_no_worker_alive_still_upgrades_in_place(start_server, tmp_path):
+    # The worker crash-loops (its app raises while a marker file exists), so for seconds at a
+    # time no worker is alive; a USR2 then re-executes with no worker to adopt. The new image
+    # must still take over as an upgrade: it used to start afresh, running --on-starting
+    # again, without the "re-executed" line, and ready to exit 3 if a new worker failed.
+    marker = tmp_path / "broken"
+    (tmp_path / "deployed_app.py").write_text(
+        "import os\n"
+        "from tests.apps.basic import app\n"
+        "if os.path.exists(os.environ['DUCK_TEST_MARKER']) \\\n"
+        "        and os.environ.get('DUCK_PREFORK_INHERIT') is None:\n"
+        "    raise RuntimeError('broken for now')\n")
+    hook_log = tmp_path / "hooks.log"
+    server = start_server("deployed_app:app", "--workers", "1", "--chdir", str(tmp_path),
+                          "--on-starting", "tests.apps.hooks:on_starting",
+                          env={"DUCK_TEST_MARKER": str(marker),
+                               "DUCK_TEST_HOOK_LOG": str(hook_log)})
+    marker.touch()
+    os.kill(server.worker_pids()[0], signal.SIGKILL)
+    server.wait_log(r"restarting in 4\.0 s", timeout=30)  # the next fork is 4 s away
+    marker.unlink()
+    server.send_signal(signal.SIGUSR2)
+    server.wait_log(rf"re-executed master pid {server.pid}", timeout=30)
+    wait_for(lambda: server.request("GET", "/")[0] == 200, timeout=30, what="serving again")
+    assert hook_log.read_text().count("on_starting") == 1
+    assert server.proc.poll() is None
+    assert server.stop() == 0

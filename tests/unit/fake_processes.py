@@ -7,7 +7,7 @@ runs one round of the master's loop with `step(master)`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
 from duck_prefork import channel
 from duck_prefork.config import build_config
@@ -28,6 +28,9 @@ class FakeProcesses:
         self.spawned: list[list[str]] = []
         self.fork_error: OSError | None = None  # the next forks raise this
         self.exec_error: OSError = OSError(8, "Exec format error")  # exec "fails" by default
+        self.left_pending: list[int] = []  # what the last exec left pending for the new image
+        self.redelivered: list[int] = []
+        self.exec_env: dict[str, str] = {}
 
     # --- the Processes interface -----------------------------------------------------------
 
@@ -46,11 +49,16 @@ class FakeProcesses:
         return pid, self.channels[pid]
 
     def exec(self, argv: Sequence[str], env: Mapping[str, str], pass_fds: Collection[int],
-             signals: Collection[int]) -> None:
+             signals: Collection[int], take_pending: Callable[[], Iterable[int]]) -> None:
         self.execs.append((list(argv), set(signals)))
+        self.left_pending = list(take_pending())
+        self.exec_env = dict(env)
+        # A failed exec unblocks: the signals left pending reach the handlers again.
+        self.redelivered = list(self.left_pending)
         raise self.exec_error
 
-    def spawn(self, argv: Sequence[str], env: Mapping[str, str], output: int) -> int:
+    def spawn(self, argv: Sequence[str], env: Mapping[str, str], stdout: int,
+              stderr: int) -> int:
         self.spawned.append(list(argv))
         return self._new_pid()
 

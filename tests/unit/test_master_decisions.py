@@ -5,6 +5,7 @@ arrives while exec fails, a bug in a handler) that are slow or racy to reach wit
 from __future__ import annotations
 
 import errno
+import logging
 import signal
 
 import pytest
@@ -19,7 +20,7 @@ from duck_prefork.master import (
     YOUNG_DEATH,
 )
 
-from .fake_processes import beat, boot, make_master, step
+from .fake_processes import FakeProcesses, SteppedMaster, beat, boot, make_master, step
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -271,14 +272,56 @@ def test_usr2_execs_with_the_master_signals_blocked_and_survives_a_failed_exec(c
     master.pending_signals.append(signal.SIGUSR2)
     step(master)
     processes.exit(master.image_check.pid, 0)
-    master.pending_signals.append(signal.SIGTTIN)  # arrives while the exec is tried
     step(master)
     (argv, blocked), = processes.execs
     assert argv[-1] == "app:app"
     assert {signal.SIGHUP, signal.SIGTERM, signal.SIGUSR2, signal.SIGTTIN} <= blocked
     assert "exec failed" in caplog.text
-    assert len(master.slots) == 3  # the TTIN was handled by the image that stayed
     assert not processes.signalled(signal.SIGKILL)
+    assert master.image_check is None and not master.stopping
+
+
+def test_signals_caught_before_the_exec_are_left_pending_for_the_new_image():
+    master, processes = make_master("app:app")
+    boot(master, processes)
+    master.pending_signals.append(signal.SIGUSR2)
+    step(master)
+    processes.exit(master.image_check.pid, 0)
+    reap = processes.reap
+
+    def reap_while_a_signal_arrives():
+        # A TTIN's handler runs after this round dispatched its signals, while it reaps the
+        # check and execs: queued here, it would die with this image.
+        master.pending_signals.append(signal.SIGTTIN)
+        yield from reap()
+
+    processes.reap = reap_while_a_signal_arrives
+    step(master)
+    assert processes.left_pending == [signal.SIGTTIN]
+    assert master.pending_signals == []  # taken: on a failed exec the handler gets it again
+
+
+def test_the_new_image_gets_the_configuration_the_check_validated():
+    master, processes = make_master("app:app")
+    boot(master, processes)
+    master.pending_signals.append(signal.SIGUSR2)
+    step(master)
+    check = master.image_check
+    check.stdout.write(b'app = "app:app"\nworkers = 2\n')
+    processes.exit(check.pid, 0)
+    step(master)
+    assert processes.exec_env[reexec.CHECKED_CONFIG_ENV] == 'app = "app:app"\nworkers = 2\n'
+
+
+def test_a_reexecuted_image_without_workers_still_takes_over(caplog):
+    caplog.set_level(logging.INFO, logger="duck_prefork")
+    processes = FakeProcesses()
+    config = build_config(None, {"workers": 2}, environ={})
+    master = SteppedMaster(config, [], processes=processes, reexecuted=True)
+    master.start()
+    assert "re-executed master pid" in caplog.text
+    assert master.booted  # a new worker that cannot boot must not stop the site
+    assert len(master.workers) == 2
 
 
 def test_graceful_stop_sends_int_and_kills_after_the_allowance():
