@@ -107,7 +107,7 @@ def check_app(config: Config) -> int:
     --check-config before exec, and an app that no longer imports must stop the upgrade
     there, while the old master and workers still serve (with --preload the new master
     itself would exit)."""
-    from .worker import EXIT_BOOT_FAILED, BootFailure, load_application
+    from .worker.process import EXIT_BOOT_FAILED, BootFailure, load_application
 
     try:
         if config.chdir:
@@ -129,7 +129,7 @@ def checked_config_after_usr2(error: ConfigError) -> Config | None:
     """In the image USR2 has just exec'd, whose configuration no longer reads (it changed
     between the check and the exec): the configuration the check validated, so that the
     master and its workers carry on instead of exiting. None anywhere else."""
-    from .reexec import CHECKED_CONFIG_ENV, INHERIT_ENV
+    from .master.upgrade import CHECKED_CONFIG_ENV, INHERIT_ENV
 
     checked = os.environ.pop(CHECKED_CONFIG_ENV, "")
     if not checked or not os.environ.get(INHERIT_ENV):
@@ -145,8 +145,8 @@ def checked_config_after_usr2(error: ConfigError) -> Config | None:
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    from .master import run_master
-    from .reexec import CHECKED_CONFIG_ENV
+    from .master.supervisor import run_master
+    from .master.upgrade import CHECKED_CONFIG_ENV
 
     argv = sys.argv[1:] if argv is None else argv
     try:

@@ -36,7 +36,7 @@ def non_negative_int(text: str) -> int:
 
 def ip_list(text: str) -> str:
     """A comma list of IP addresses or networks, or *; kept as text, checked here."""
-    from .proxy import parse_trusted
+    from .asgi.forwarded import parse_trusted
 
     parse_trusted(text)
     return text
@@ -93,7 +93,7 @@ def text(value: str) -> str:
 
 def bind_address(value: str) -> str:
     # Imported here: sockets.py is the one place that knows address syntax.
-    from .sockets import parse_bind
+    from .net.listeners import parse_bind
 
     parse_bind(value)
     return value

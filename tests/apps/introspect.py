@@ -4,9 +4,9 @@ GET /stats           JSON measured in the worker's own event loop, after gc.coll
     tasks              asyncio.all_tasks(), this /stats request's task excluded
     request_tasks      ServerState.tasks, this request's task excluded
     connections        ServerState.connections, this request's connection excluded
-    http_connections   live duck_prefork.http11.HttpConnection objects (gc), this one excluded
+    http_connections   live http1.connection.HttpConnection objects (gc), this one excluded
     request_data       live RequestData objects (gc), this request's excluded
-    requests           live duck_prefork.asgi.Request objects (gc), this request's excluded
+    requests           live asgi.pipeline.Request objects (gc), this request's excluded
     transports         live transport objects of the type this request's transport has (gc),
                        this one excluded
     pending_futures    live, not done asyncio.Future objects (tasks not included)
@@ -42,8 +42,8 @@ import sys
 
 import psutil
 
-from duck_prefork.asgi import Request
-from duck_prefork.http11 import HttpConnection, RequestData, ServerState
+from duck_prefork.asgi.pipeline import Request
+from duck_prefork.http1.connection import HttpConnection, RequestData, ServerState
 from tests.apps.basic import app as basic_app
 
 FLOOD_CHUNK = bytes(64 * 1024)

@@ -151,7 +151,7 @@ def unsupported_coding(raw: str) -> bool:
 def origin_url(url: str) -> str:
     """What an ASGI app can see of a request target: raw_path + "?" + query. For the
     absolute form (RFC 9112 3.2.2) that is the part after the authority, as in
-    duck_prefork.asgi.split_target."""
+    duck_prefork.asgi.pipeline.split_target."""
     if not url.startswith("/") and "://" in url:
         rest = url.split("://", 1)[1]
         cut = min([i for i in (rest.find("/"), rest.find("?")) if i >= 0], default=len(rest))

@@ -7,8 +7,8 @@ import socket
 import pytest
 import uvloop
 
-from duck_prefork.http11 import HttpConnection, ServerState
-from duck_prefork.parser_h11 import H11Parser
+from duck_prefork.http1.connection import HttpConnection, ServerState
+from duck_prefork.http1.parser_h11 import H11Parser
 
 pytestmark = pytest.mark.timeout(30)
 

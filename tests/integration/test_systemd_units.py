@@ -18,7 +18,7 @@ import pytest
 
 from duck_prefork.cli import parse_args
 from duck_prefork.config import ENV_PREFIX, OPTIONS, OPTIONS_BY_NAME, from_environment
-from duck_prefork.worker import LIFESPAN_SHUTDOWN_TIMEOUT
+from duck_prefork.worker.process import LIFESPAN_SHUTDOWN_TIMEOUT
 
 from .conftest import ROOT
 

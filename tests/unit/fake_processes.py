@@ -1,4 +1,4 @@
-"""A fake of duck_prefork.processes.Processes: the master's decisions without processes or time.
+"""A fake of master.processes.Processes: the master's decisions without processes or time.
 
 Forks hand out pids and channel numbers and run nothing; signals, execs and closes are
 recorded; a test makes workers speak (`say`), exit (`exit`) and time pass (`advance`), then
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
-from duck_prefork import channel
 from duck_prefork.config import build_config
-from duck_prefork.master import Master
+from duck_prefork.master.supervisor import Master
+from duck_prefork.worker import channel
 
 
 class FakeProcesses:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from duck_prefork.request_head import Limits
+from duck_prefork.http1.request_head import Limits
 
 
 class FakeState:

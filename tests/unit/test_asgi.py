@@ -6,8 +6,14 @@ import asyncio
 
 import pytest
 
-from duck_prefork.asgi import ASGI, ClientDisconnected, Request, decode_path, split_target
-from duck_prefork.http11 import RequestData
+from duck_prefork.asgi.pipeline import (
+    ASGI,
+    ClientDisconnected,
+    Request,
+    decode_path,
+    split_target,
+)
+from duck_prefork.http1.connection import RequestData
 
 from .fakes import FakeConnection, header_names, split_response
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from duck_prefork.sockets import BindAddress, parse_bind
+from duck_prefork.net.listeners import BindAddress, parse_bind
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from duck_prefork import channel
+from duck_prefork.worker import channel
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from duck_prefork import channel
+from duck_prefork.worker import channel
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from duck_prefork.lifespan import Lifespan, LifespanFailure
+from duck_prefork.asgi.lifespan import Lifespan, LifespanFailure
 
 pytestmark = pytest.mark.timeout(30)
 

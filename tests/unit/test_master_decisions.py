@@ -10,15 +10,16 @@ import signal
 
 import pytest
 
-from duck_prefork import channel, reexec
 from duck_prefork.config import ConfigError, build_config
-from duck_prefork.master import (
+from duck_prefork.master import upgrade
+from duck_prefork.master.supervisor import (
     POLL_INTERVAL,
     RESTART_DELAY_FIRST,
     STACK_DUMP_GRACE,
     STOP_ALLOWANCE,
     YOUNG_DEATH,
 )
+from duck_prefork.worker import channel
 
 from .fake_processes import FakeProcesses, SteppedMaster, beat, boot, make_master, step
 
@@ -249,7 +250,7 @@ def test_usr2_check_past_its_limit_is_killed_and_refused(caplog):
     master.pending_signals.append(signal.SIGUSR2)
     step(master)
     check = master.image_check.pid
-    processes.advance(reexec.CHECK_TIMEOUT + 1)
+    processes.advance(upgrade.CHECK_TIMEOUT + 1)
     beat(master, processes)
     step(master)
     assert processes.signalled(signal.SIGKILL) == [check]
@@ -310,7 +311,7 @@ def test_the_new_image_gets_the_configuration_the_check_validated():
     check.stdout.write(b'app = "app:app"\nworkers = 2\n')
     processes.exit(check.pid, 0)
     step(master)
-    assert processes.exec_env[reexec.CHECKED_CONFIG_ENV] == 'app = "app:app"\nworkers = 2\n'
+    assert processes.exec_env[upgrade.CHECKED_CONFIG_ENV] == 'app = "app:app"\nworkers = 2\n'
 
 
 def test_a_reexecuted_image_without_workers_still_takes_over(caplog):

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import pytest
 
-from duck_prefork.http11 import (
+from duck_prefork.http1.connection import (
     CONNECTION_CLOSED,
     END_OF_MESSAGE,
     NEED_DATA,
     PAUSED,
     ParseError,
 )
-from duck_prefork.parser_h11 import H11Parser
-from duck_prefork.parser_httptools import HttptoolsParser
-from duck_prefork.request_head import DEFAULT_LIMITS, Limits, read_head
+from duck_prefork.http1.parser_h11 import H11Parser
+from duck_prefork.http1.parser_httptools import HttptoolsParser
+from duck_prefork.http1.request_head import DEFAULT_LIMITS, Limits, read_head
 
 MAX_HEAD_SIZE = Limits().head_size
 

@@ -11,10 +11,10 @@ import sys
 
 import pytest
 
-from duck_prefork.http11 import CONNECTION_CLOSED, END_OF_MESSAGE, NEED_DATA, PAUSED
-from duck_prefork.parser_h11 import H11Parser
-from duck_prefork.parser_httptools import HttptoolsParser
-from duck_prefork.request_head import DEFAULT_LIMITS, Limits, ParseError, read_head
+from duck_prefork.http1.connection import CONNECTION_CLOSED, END_OF_MESSAGE, NEED_DATA, PAUSED
+from duck_prefork.http1.parser_h11 import H11Parser
+from duck_prefork.http1.parser_httptools import HttptoolsParser
+from duck_prefork.http1.request_head import DEFAULT_LIMITS, Limits, ParseError, read_head
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -230,12 +230,12 @@ def test_both_adapters_answer_generated_requests_alike(seed):
 # --- --http ---------------------------------------------------------------------------------------
 
 def test_http_option_picks_the_parser(monkeypatch):
-    from duck_prefork.worker import BootFailure, parser_class
+    from duck_prefork.worker.process import BootFailure, parser_class
 
     assert parser_class("auto") is HttptoolsParser
     assert parser_class("httptools") is HttptoolsParser
     assert parser_class("h11") is H11Parser
-    monkeypatch.setitem(sys.modules, "duck_prefork.parser_httptools", None)
+    monkeypatch.setitem(sys.modules, "duck_prefork.http1.parser_httptools", None)
     assert parser_class("auto") is H11Parser  # httptools not importable: h11
     with pytest.raises(BootFailure, match="--http httptools: cannot import httptools"):
         parser_class("httptools")

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from duck_prefork.http11 import CONNECTION_CLOSED, NEED_DATA, PAUSED
-from duck_prefork.parser_h11 import H11Parser
-from duck_prefork.parser_httptools import HttptoolsParser
-from duck_prefork.request_head import DEFAULT_LIMITS, Limits, ParseError, read_head
+from duck_prefork.http1.connection import CONNECTION_CLOSED, NEED_DATA, PAUSED
+from duck_prefork.http1.parser_h11 import H11Parser
+from duck_prefork.http1.parser_httptools import HttptoolsParser
+from duck_prefork.http1.request_head import DEFAULT_LIMITS, Limits, ParseError, read_head
 
 pytestmark = pytest.mark.timeout(60)
 

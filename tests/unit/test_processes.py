@@ -10,8 +10,8 @@ import socket
 
 import pytest
 
-from duck_prefork.processes import Processes, signal_name
-from duck_prefork.systemd import Notifier
+from duck_prefork.master.processes import Processes, signal_name
+from duck_prefork.master.systemd import Notifier
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from duck_prefork.asgi import ASGI
-from duck_prefork.http11 import RequestData
-from duck_prefork.proxy import ProxyHeaders, parse_forwarded, parse_node, parse_trusted
+from duck_prefork.asgi.forwarded import (
+    ProxyHeaders,
+    parse_forwarded,
+    parse_node,
+    parse_trusted,
+)
+from duck_prefork.asgi.pipeline import ASGI
+from duck_prefork.http1.connection import RequestData
 
 from .fakes import FakeConnection
 

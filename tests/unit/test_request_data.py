@@ -7,15 +7,15 @@ import asyncio
 
 import pytest
 
-from duck_prefork.asgi import ASGI
-from duck_prefork.http11 import (
+from duck_prefork.asgi.pipeline import ASGI
+from duck_prefork.http1.connection import (
     BODY_HIGH_WATER,
     CONTINUE_RESPONSE,
     HttpConnection,
     RequestData,
     ServerState,
 )
-from duck_prefork.parser_h11 import H11Parser
+from duck_prefork.http1.parser_h11 import H11Parser
 
 from .fakes import FakeConnection, FakeTransport, split_response
 

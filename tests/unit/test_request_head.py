@@ -2,7 +2,7 @@
 
 import pytest
 
-from duck_prefork.request_head import DEFAULT_LIMITS, Limits, ParseError, read_head
+from duck_prefork.http1.request_head import DEFAULT_LIMITS, Limits, ParseError, read_head
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
-from duck_prefork import reexec
-from duck_prefork.sockets import bind_all, describe_all, open_slot
+from duck_prefork.master import upgrade
+from duck_prefork.net.listeners import bind_all, describe_all, open_slot
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -55,8 +55,8 @@ def test_without_reuse_port_nothing_is_per_slot(opened):
 
 def test_slots_survive_the_inherit_variable(opened):
     opened += bind_all(["127.0.0.1:0"], 16, slots=2)
-    text = reexec.describe(opened, [])
-    fds, workers = reexec.parse(text)
+    text = upgrade.describe(opened, [])
+    fds, workers = upgrade.parse(text)
     assert fds == [(opened[0].socket.fileno(), True, 1), (opened[1].socket.fileno(), True, 2)]
     # What a master without --reuse-port support wrote: fd:flags
-    assert reexec.parse("listeners=3:o,4:;workers=")[0] == [(3, True, 0), (4, False, 0)]
+    assert upgrade.parse("listeners=3:o,4:;workers=")[0] == [(3, True, 0), (4, False, 0)]

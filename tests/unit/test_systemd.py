@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from duck_prefork.systemd import Notifier
+from duck_prefork.master.systemd import Notifier
 
 pytestmark = pytest.mark.timeout(30)
 

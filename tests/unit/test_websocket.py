@@ -22,8 +22,8 @@ from wsproto.events import (
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 
-from duck_prefork.asgi import ASGI
-from duck_prefork.websocket import (
+from duck_prefork.asgi.pipeline import ASGI
+from duck_prefork.asgi.websocket import (
     QUEUE_MESSAGES,
     CappedPerMessageDeflate,
     WebSocketUpgrade,

@@ -9,13 +9,13 @@ import os
 
 import pytest
 
-from duck_prefork import channel
-from duck_prefork.asgi import ASGI
+from duck_prefork.asgi.pipeline import ASGI
 from duck_prefork.config import Config
-from duck_prefork.http11 import ServerState
+from duck_prefork.http1.connection import ServerState
+from duck_prefork.http1.parser_h11 import H11Parser
 from duck_prefork.logs import log
-from duck_prefork.parser_h11 import H11Parser
-from duck_prefork.worker import Worker
+from duck_prefork.worker import channel
+from duck_prefork.worker.process import Worker
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -23,15 +23,13 @@ from dataclasses import dataclass, field, replace
 import psutil
 import setproctitle
 
-from . import __version__, channel, logs, reexec
-from .config import Config, ConfigError
-from .hooks import run_hook
-from .logs import log
-from .pidfile import remove_pid_file, write_pid_file
-from .processes import Processes, signal_name
-from .sockets import Listener, bind_all, describe_all, from_systemd, open_slot
-from .systemd import Notifier
-from .worker import (
+from .. import __version__, logs
+from ..config import Config, ConfigError
+from ..hooks import run_hook
+from ..logs import log
+from ..net.listeners import Listener, bind_all, describe_all, from_systemd, open_slot
+from ..worker import channel
+from ..worker.process import (
     EXIT_BOOT_FAILED,
     STOP_ALLOWANCE,
     BootFailure,
@@ -40,6 +38,10 @@ from .worker import (
     process_title,
     resolve_user,
 )
+from . import upgrade
+from .pidfile import remove_pid_file, write_pid_file
+from .processes import Processes, signal_name
+from .systemd import Notifier
 
 EXIT_OK = 0
 EXIT_CONFIG = 1
@@ -131,7 +133,7 @@ class Master:
     reload_config: Callable[[], Config] | None = None  # re-reads the configuration on HUP
     preloaded_app: object = None  # --preload: the app, imported here before any fork
     argv: list[str] | None = None  # the command line, for USR2's re-exec
-    inherited: list[reexec.InheritedWorker] = field(default_factory=list)  # after a re-exec
+    inherited: list[upgrade.InheritedWorker] = field(default_factory=list)  # after a re-exec
     reexecuted: bool = False  # this image was started by USR2 (with or without workers)
     workers: dict[int, WorkerProcess] = field(default_factory=dict)  # by pid
     slots: dict[int, Slot] = field(default_factory=dict)
@@ -147,7 +149,7 @@ class Master:
     reloading: bool = False  # a HUP's replacements are still booting (systemd waits for READY)
     last_reload: str = ""  # when the last reload finished, for STATUS=
     processes: Processes = field(default_factory=Processes)
-    image_check: reexec.ImageCheck | None = None  # USR2: the new image being tried
+    image_check: upgrade.ImageCheck | None = None  # USR2: the new image being tried
     bug_seen: bool = False  # a step of the loop raised since the last wait
 
     @property
@@ -432,12 +434,12 @@ class Master:
             log.info("USR2: the new image is already being checked (pid %d)",
                      self.image_check.pid)
             return
-        problem = reexec.image_problem(self.argv)
+        problem = upgrade.image_problem(self.argv)
         if problem:
             log.error("USR2: not re-executing, the new image would fail: %s", problem)
             return
         try:
-            self.image_check = reexec.ImageCheck(self.argv, self.processes,
+            self.image_check = upgrade.ImageCheck(self.argv, self.processes,
                                                  self.processes.now())
         except OSError as exc:
             log.error("USR2: cannot start the new image's check (%s); not re-executing", exc)
@@ -454,13 +456,13 @@ class Master:
         if problem:
             log.error("USR2: not re-executing, the new image would fail: %s", problem)
             return
-        workers = [reexec.InheritedWorker(w.pid, w.number, w.channel, w.ready, w.retiring)
+        workers = [upgrade.InheritedWorker(w.pid, w.number, w.channel, w.ready, w.retiring)
                    for w in self.workers.values()]
         log.info("USR2: re-executing the master (pid %d) with %d workers serving",
                  os.getpid(), len(workers))
         self.notifier.reloading()  # READY=1 comes from the new image once its workers serve
         try:
-            reexec.exec_new_image(self.argv, self.listeners, workers, self.processes,
+            upgrade.exec_new_image(self.argv, self.listeners, workers, self.processes,
                                   HANDLED_SIGNALS, self._take_pending_signals,
                                   check.checked_config)
         except OSError as exc:
@@ -863,12 +865,12 @@ def run_master(config: Config, reload_config: Callable[[], Config] | None = None
             print(f"duck-prefork: error: --pid: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_CONFIG
     # After USR2 this is the new image of the same master: adopt instead of binding.
-    inherit = os.environ.pop(reexec.INHERIT_ENV, "")
+    inherit = os.environ.pop(upgrade.INHERIT_ENV, "")
     try:
-        inherited: list[reexec.InheritedWorker] = []
+        inherited: list[upgrade.InheritedWorker] = []
         activated = from_systemd(os.environ)
         if inherit:
-            listeners, inherited = reexec.adopt(inherit)
+            listeners, inherited = upgrade.adopt(inherit)
         elif activated:
             listeners = activated  # socket activation: systemd bound them, and keeps them
         else:

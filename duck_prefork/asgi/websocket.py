@@ -54,8 +54,7 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, Opcode, RsvBits
 from wsproto.utilities import RemoteProtocolError
 
-from .asgi import ClientDisconnected
-from .http11 import (
+from ..http1.connection import (
     SERVER_HEADER,
     FlowControlledProtocol,
     HttpConnection,
@@ -63,7 +62,8 @@ from .http11 import (
     ServerState,
     status_line,
 )
-from .logs import log
+from ..logs import log
+from .pipeline import ClientDisconnected
 
 # Reading pauses while this many messages, or bytes of them, wait for the app's receive().
 QUEUE_MESSAGES = 16

@@ -31,22 +31,23 @@ from typing import Any, NoReturn
 import setproctitle
 import uvloop
 
-from . import channel, logs
+from .. import logs
+from ..asgi.forwarded import ProxyHeaders
+from ..asgi.lifespan import Lifespan, LifespanFailure
+from ..asgi.pipeline import ASGI
+from ..asgi.websocket import WebSocketUpgrade
+from ..config import Config
+from ..demo import create_demo_app
+from ..hooks import run_hook
+from ..http1.connection import HttpConnection, ServerState
+from ..http1.parser_h11 import H11Parser
+from ..http1.request_head import Limits
+from ..loader import AppLoadError, load_app
+from ..logs import log
+from ..net.listeners import Listener
+from . import channel
 from .acceptor import Acceptor
-from .asgi import ASGI
 from .channel import Sender
-from .config import Config
-from .demo import create_demo_app
-from .hooks import run_hook
-from .http11 import HttpConnection, ServerState
-from .lifespan import Lifespan, LifespanFailure
-from .loader import AppLoadError, load_app
-from .logs import log
-from .parser_h11 import H11Parser
-from .proxy import ProxyHeaders
-from .request_head import Limits
-from .sockets import Listener
-from .websocket import WebSocketUpgrade
 
 EXIT_BOOT_FAILED = 3
 
@@ -239,7 +240,7 @@ def parser_class(choice: str) -> type:
     """The parser adapter --http names: auto is httptools when it can be imported, else h11."""
     if choice != "h11":
         try:
-            from .parser_httptools import HttptoolsParser
+            from ..http1.parser_httptools import HttptoolsParser
         except ImportError as exc:
             if choice == "httptools":
                 raise BootFailure(f"--http httptools: cannot import httptools ({exc}); "

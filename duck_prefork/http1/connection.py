@@ -36,7 +36,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
-from .logs import FailureLog, log
+from ..logs import FailureLog, log
 from .request_head import DEFAULT_LIMITS, Limits, ParseError, read_head
 
 END_OF_MESSAGE = "END_OF_MESSAGE"

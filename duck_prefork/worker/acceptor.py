@@ -15,8 +15,8 @@ import errno
 import socket
 from collections.abc import Callable
 
-from .http11 import ServerState
-from .logs import log
+from ..http1.connection import ServerState
+from ..logs import log
 
 # accept() errors that mean "this process or the system is out of a resource": back off.
 OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))

@@ -18,9 +18,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from .http11 import SERVER_HEADER, HttpConnection, RequestData, status_line
-from .logs import AccessLog, log
-from .proxy import ProxyHeaders
+from ..http1.connection import SERVER_HEADER, HttpConnection, RequestData, status_line
+from ..logs import AccessLog, log
+from .forwarded import ProxyHeaders
 
 ResponseMiddleware = Callable[["Response", "Request"], None]
 

@@ -38,7 +38,7 @@ from httptools import (
     HttpRequestParser,
 )
 
-from .http11 import CONNECTION_CLOSED, END_OF_MESSAGE, NEED_DATA, PAUSED
+from .connection import CONNECTION_CLOSED, END_OF_MESSAGE, NEED_DATA, PAUSED
 from .parser_h11 import H11Parser
 from .request_head import DEFAULT_LIMITS, Limits, ParseError
 

@@ -18,7 +18,7 @@ import re
 
 import h11
 
-from .http11 import CONNECTION_CLOSED, END_OF_MESSAGE, NEED_DATA, PAUSED
+from .connection import CONNECTION_CLOSED, END_OF_MESSAGE, NEED_DATA, PAUSED
 from .request_head import DEFAULT_LIMITS, Limits, ParseError
 
 _EMPTY_LINE_BYTES = (b"\r", b"\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .logs import log
+from ..logs import log
 
 
 class LifespanFailure(Exception):

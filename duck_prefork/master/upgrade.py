@@ -18,8 +18,8 @@ import tempfile
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
+from ..net.listeners import Listener, address_of
 from .processes import Processes
-from .sockets import Listener, address_of
 
 INHERIT_ENV = "DUCK_PREFORK_INHERIT"
 # The configuration USR2's check validated (TOML): if the command line, environment or file
