@@ -39,6 +39,7 @@ from ..worker.process import (
     resolve_user,
 )
 from . import upgrade
+from .lifecycle import Event, WorkerProcess
 from .pidfile import remove_pid_file, write_pid_file
 from .processes import Processes, signal_name
 from .systemd import Notifier
@@ -94,26 +95,6 @@ RESTART_ONLY = {
     "user": "the master checked the user at start: it takes USR2 or a restart",
     "group": "the master checked the group at start: it takes USR2 or a restart",
 }
-
-
-@dataclass
-class WorkerProcess:
-    """The master's record of one forked worker."""
-
-    number: int  # the slot 1..N; a replacement keeps its predecessor's number
-    pid: int
-    channel: int  # read end of the worker's pipe
-    started: float
-    channel_open: bool = True  # False once the worker closed its end (it is exiting)
-    ready: bool = False
-    inbox: bytes = b""
-    failure: str | None = None
-    last_beat: float = 0.0  # when the worker's event loop last reported
-    replaces: int | None = None  # pid of the worker this one takes over from once ready
-    replaced_by: int | None = None  # pid of the worker being started to take over
-    retiring: bool = False  # asked to stop (replaced or scaled down): not restarted
-    hung: bool = False  # found silent past --timeout: its stack was dumped, it is being killed
-    kill_at: float = 0.0  # when to SIGKILL the hung worker, once its stack dump is written
 
 
 @dataclass
@@ -263,7 +244,8 @@ class Master:
     def _worker_deadlines(self) -> list[float]:
         return [slot.restart_at for number, slot in self.slots.items()
                 if slot.restart_at and not self._slot_alive(number)] + \
-            [worker.kill_at for worker in self.workers.values() if worker.kill_at]
+            [worker.kill_at for worker in self.workers.values()
+             if worker.kill_at and not worker.killed]
 
     def read_channel(self, worker: WorkerProcess) -> None:
         data, eof = self.processes.read(worker.channel)
@@ -276,9 +258,9 @@ class Master:
         if messages:
             worker.last_beat = self.processes.now()
         for message in messages:
-            if message == channel.READY:
+            if message is channel.Message.READY:
                 self.on_worker_ready(worker)
-            elif message == channel.RECYCLE:
+            elif message is channel.Message.RECYCLE:
                 log.info("worker %d (pid %d) served its --max-requests: replacing it",
                          worker.number, worker.pid)
                 self.replace(worker)
@@ -456,7 +438,7 @@ class Master:
         if problem:
             log.error("USR2: not re-executing, the new image would fail: %s", problem)
             return
-        workers = [upgrade.InheritedWorker(w.pid, w.number, w.channel, w.ready, w.retiring)
+        workers = [upgrade.InheritedWorker(w.pid, w.number, w.channel, w.serving, w.retiring)
                    for w in self.workers.values()]
         log.info("USR2: re-executing the master (pid %d) with %d workers serving",
                  os.getpid(), len(workers))
@@ -479,9 +461,14 @@ class Master:
         """After a re-exec: adopt the previous image's workers, then replace them."""
         now = self.processes.now()
         for inherited in self.inherited:
-            self.workers[inherited.pid] = WorkerProcess(
-                inherited.number, inherited.pid, inherited.channel, now, last_beat=now,
-                ready=inherited.ready, retiring=inherited.retiring)
+            worker = WorkerProcess(inherited.number, inherited.pid, inherited.channel, now,
+                                   last_beat=now)
+            if inherited.ready:
+                worker.ready_at = now
+                worker.on(Event.READY)
+            if inherited.retiring:
+                worker.on(Event.RETIRE)
+            self.workers[inherited.pid] = worker
         self.booted = True  # a new worker that cannot boot now must not stop the site
         self.reloading = True  # report_state sends READY=1 once the replacements serve
         # The pid is unchanged (execve), so systemd's main pid is right already; saying so
@@ -566,7 +553,7 @@ class Master:
         when they are about to close (a stop, a removed --reuse-port slot): then the worker
         first accepts what is queued, which the kernel would reset with the last close."""
         if not worker.retiring:
-            worker.retiring = True
+            worker.on(Event.RETIRE)
             self._signal(worker.pid, signal.SIGINT if listeners_closing else signal.SIGTERM)
 
     def _signal(self, pid: int, signum: int) -> None:
@@ -591,7 +578,9 @@ class Master:
             self.notifier.socket.close()  # only the master speaks to systemd
 
     def on_worker_ready(self, worker: WorkerProcess) -> None:
-        worker.ready = True
+        if worker.ready_at is None:
+            worker.ready_at = self.processes.now()
+        worker.on(Event.READY)
         log.info("worker %d (pid %d) ready", worker.number, worker.pid)
         predecessor = self.workers.get(worker.replaces) if worker.replaces else None
         worker.replaces = None
@@ -600,7 +589,7 @@ class Master:
         if worker.number not in self.slots:
             self.retire(worker)  # scaled down (TTOU) while it booted
         self.report_state()
-        if not self.booted and all(w.ready for w in self.workers.values()) \
+        if not self.booted and all(w.ever_ready for w in self.workers.values()) \
                 and len(self.workers) == len(self.slots):
             self.booted = True
             log.info("ready: %d workers serving", len(self.workers))
@@ -642,7 +631,7 @@ class Master:
         if worker.retiring:
             log.warning("worker %d (pid %d) %s while stopping", worker.number, worker.pid, how)
             return
-        if not worker.ready and not self.booted:
+        if not worker.ever_ready and not self.booted:
             # The first generation cannot boot: the app or its lifespan is broken. Retrying
             # would only crash-loop, so stop and say why.
             cause = worker.failure or f"worker {worker.number} {how} before it was ready"
@@ -688,7 +677,7 @@ class Master:
             self.notifier.status(self.status_line())
 
     def status_line(self) -> str:
-        serving = sum(1 for w in self.workers.values() if w.ready and not w.retiring)
+        serving = sum(1 for w in self.workers.values() if w.serving)
         line = f"{serving}/{len(self.slots)} workers serving"
         return f"{line}; last reload {self.last_reload}" if self.last_reload else line
 
@@ -714,28 +703,33 @@ class Master:
         if check_memory:
             self.next_memory_check = now + MEMORY_CHECK_INTERVAL
         for worker in list(self.workers.values()):
-            if worker.hung:
-                if worker.kill_at and now >= worker.kill_at:
-                    worker.kill_at = 0.0
-                    self._signal(worker.pid, signal.SIGKILL)
-            elif not worker.ready:
+            if worker.killed:
+                continue
+            if worker.kill_at:
+                if now >= worker.kill_at:
+                    self.kill(worker)
+            elif not worker.ever_ready:
                 if config.boot_timeout and now - worker.started > config.boot_timeout:
-                    worker.hung = True
+                    worker.on(Event.HANG)
                     worker.failure = (f"worker {worker.number} (pid {worker.pid}) was not ready "
                                       f"{config.boot_timeout:g} s after its fork "
                                       f"(--boot-timeout): the app's import or lifespan startup "
                                       f"hangs")
                     log.error("%s; killing it", worker.failure)
-                    self._signal(worker.pid, signal.SIGKILL)
+                    self.kill(worker)
             elif config.timeout and now - worker.last_beat > config.timeout:
                 log.error("worker %d (pid %d) has been silent for %.1f s (--timeout %g): "
                           "dumping its stack, then killing it", worker.number, worker.pid,
                           now - worker.last_beat, config.timeout)
+                worker.on(Event.HANG)
                 self._signal(worker.pid, STACK_DUMP_SIGNAL)
-                worker.hung = True
                 worker.kill_at = now + STACK_DUMP_GRACE
-            elif check_memory and not worker.retiring and worker.replaced_by not in self.workers:
+            elif check_memory and worker.serving and worker.replaced_by not in self.workers:
                 self.check_memory(worker)
+
+    def kill(self, worker: WorkerProcess) -> None:
+        worker.killed = True
+        self._signal(worker.pid, signal.SIGKILL)
 
     def check_memory(self, worker: WorkerProcess) -> None:
         try:

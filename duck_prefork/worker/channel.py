@@ -19,20 +19,29 @@ event loop just before it exits: that write waits until the master has read it a
 
 from __future__ import annotations
 
+import enum
 import os
 
-HEARTBEAT = b"."
-READY = b"ready\n"
-RECYCLE = b"recycle\n"
-FAILED = b"failed\n"
+
+class Message(bytes, enum.Enum):
+    """The messages, typed: each member is also its bytes on the wire."""
+
+    HEARTBEAT = b"."
+    READY = b"ready\n"
+    RECYCLE = b"recycle\n"
+    FAILED = b"failed\n"  # followed by its text, to the end of the pipe
+
+
+HEARTBEAT, READY, RECYCLE, FAILED = Message.HEARTBEAT, Message.READY, Message.RECYCLE, \
+    Message.FAILED
 
 _MESSAGES = (HEARTBEAT, READY, RECYCLE)
 
 
-def split_messages(inbox: bytes) -> tuple[list[bytes], bytes, str | None]:
+def split_messages(inbox: bytes) -> tuple[list[Message], bytes, str | None]:
     """Complete messages at the start of `inbox`, the unconsumed rest, and the failure text if
     a FAILED message began (everything after it is the text)."""
-    messages = []
+    messages: list[Message] = []
     while inbox:
         if inbox.startswith(FAILED):
             return messages, b"", inbox[len(FAILED):].decode("utf-8", "replace")
@@ -60,18 +69,18 @@ class Sender:
         if self._flush():
             self._write(HEARTBEAT)
 
-    def send(self, message: bytes) -> None:
+    def send(self, message: Message) -> None:
         """READY or RECYCLE: sent now, or kept and sent before the next message that fits."""
         if not self._closed:
             self._pending += message
             self._flush()
 
-    def send_final(self, message: bytes) -> None:
+    def send_failure(self, text: str) -> None:
         """The worker's last message (FAILED and its text), outside the event loop: written
         whole after what was kept, waiting for the master to read it if the pipe is full."""
         if self._closed:
             return
-        self._pending += message
+        self._pending += FAILED + text.encode("utf-8", "replace")
         try:
             os.set_blocking(self.fd, True)
         except OSError:

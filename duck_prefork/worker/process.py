@@ -123,7 +123,7 @@ class Worker:
         try:
             run_bounded(self.serve())
         except BootFailure as exc:
-            self.channel.send_final(channel.FAILED + str(exc).encode("utf-8", "replace"))
+            self.channel.send_failure(str(exc))
             code = EXIT_BOOT_FAILED
         except BaseException:
             log.exception("worker crashed")

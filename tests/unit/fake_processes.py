@@ -131,7 +131,7 @@ def step(master: Master, rounds: int = 1) -> None:
 def boot(master: SteppedMaster, processes: FakeProcesses) -> None:
     """Every worker not yet ready reports ready."""
     for worker in list(master.workers.values()):
-        if not worker.ready:
+        if not worker.ever_ready:
             processes.say(worker.pid, channel.READY)
     step(master)
 

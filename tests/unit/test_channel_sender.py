@@ -86,7 +86,7 @@ def test_a_master_that_is_gone_is_not_an_error(pipe):
     sender = channel.Sender(write_end)
     sender.send(channel.READY)
     sender.beat()
-    sender.send_final(channel.FAILED + b"text")
+    sender.send_failure("text")
 
 
 def test_the_final_message_is_written_whole_even_past_the_pipe_size(pipe):
@@ -106,7 +106,7 @@ def test_the_final_message_is_written_whole_even_past_the_pipe_size(pipe):
 
     reader = threading.Thread(target=master)
     reader.start()
-    sender.send_final(channel.FAILED + text)
+    sender.send_failure(text.decode())
     os.close(write_end)
     reader.join(10)
     assert bytes(received[filled:]) == channel.READY + channel.FAILED + text

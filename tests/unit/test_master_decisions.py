@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def serving(master) -> list[int]:
-    return sorted(w.pid for w in master.workers.values() if w.ready and not w.retiring)
+    return sorted(w.pid for w in master.workers.values() if w.serving)
 
 
 def test_start_forks_one_worker_per_slot_and_boots_once_all_are_ready():
