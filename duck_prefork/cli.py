@@ -145,7 +145,7 @@ def checked_config_after_usr2(error: ConfigError) -> Config | None:
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    from .master.supervisor import run_master
+    from .master.startup import run_master
     from .master.upgrade import CHECKED_CONFIG_ENV
 
     argv = sys.argv[1:] if argv is None else argv

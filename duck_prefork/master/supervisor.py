@@ -20,29 +20,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-import psutil
 import setproctitle
 
 from .. import __version__, logs
 from ..config import Config, ConfigError
 from ..hooks import run_hook
 from ..logs import log
-from ..net.listeners import Listener, bind_all, describe_all, from_systemd, open_slot
+from ..net.listeners import Listener, describe_all
 from ..worker import channel
 from ..worker.process import (
     EXIT_BOOT_FAILED,
     STOP_ALLOWANCE,
-    BootFailure,
     Worker,
-    load_application,
     process_title,
-    resolve_user,
 )
-from . import upgrade
+from . import health, slots, upgrade
 from .lifecycle import Event, WorkerProcess
-from .pidfile import remove_pid_file, write_pid_file
 from .processes import Processes, signal_name
-from .systemd import Notifier
+from .slots import Slot
+from .systemd import Notifier, status_line
 
 EXIT_OK = 0
 EXIT_CONFIG = 1
@@ -58,19 +54,6 @@ HANDLED_SIGNALS = {
     signal.SIGUSR2: "usr2",
     signal.SIGCHLD: "chld",
 }
-
-# A hung worker is sent this to dump every thread's stack (faulthandler), then killed after
-# STACK_DUMP_GRACE seconds.
-STACK_DUMP_SIGNAL = signal.SIGUSR2
-STACK_DUMP_GRACE = 1.0
-# How often --max-worker-memory is checked (reading USS costs the master a few ms a worker).
-MEMORY_CHECK_INTERVAL = 5.0
-
-# A worker that dies sooner than this after its fork counts as a crash, and is restarted
-# after a delay that doubles with each consecutive crash, up to RESTART_DELAY_MAX.
-YOUNG_DEATH = 5.0
-RESTART_DELAY_FIRST = 0.5
-RESTART_DELAY_MAX = 30.0
 
 # The loop's longest sleep: deadlines that nothing wakes the master for (a hung worker's
 # heartbeat age, the memory check) are looked at this often.
@@ -95,14 +78,6 @@ RESTART_ONLY = {
     "user": "the master checked the user at start: it takes USR2 or a restart",
     "group": "the master checked the group at start: it takes USR2 or a restart",
 }
-
-
-@dataclass
-class Slot:
-    """Crash bookkeeping for one worker number."""
-
-    crashes: int = 0
-    restart_at: float = 0.0
 
 
 @dataclass
@@ -150,8 +125,8 @@ class Master:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         log.info("duck-prefork %s (pid %d) listening on %s", __version__, os.getpid(),
                  describe_all(self.listeners))
-        self.explain_reuse_port()
-        self.oom_kills = oom_kill_count()
+        slots.explain_reuse_port(self.listeners, self.config.reuse_port)
+        self.oom_kills = health.oom_kill_count()
         try:
             self.start()
             while self.workers or not self.stopping:
@@ -368,42 +343,11 @@ class Master:
         self.close_slot_sockets(number)
         return number
 
-    # --- --reuse-port: one socket per worker slot --------------------------------------------
-    # A slot's sockets live as long as the slot: every worker of that number (a restart, a
-    # reload's replacement, the workers adopted after USR2) accepts from the same queue, so a
-    # connection queued while its worker is replaced is served by the next one. They are closed
-    # when the slot goes (TTOU, HUP to fewer workers); the retiring worker first accepts what is
-    # queued on them (Acceptor.stop), and the kernel resets connections that arrive after that,
-    # unless net.ipv4.tcp_migrate_req=1 moves them to the other sockets of the group.
-
     def open_slot_sockets(self, number: int) -> bool:
-        try:
-            self.listeners += open_slot(self.listeners, number, self.config.backlog)
-        except OSError as exc:
-            log.error("%s; not starting worker %d", exc.strerror or exc, number)
-            return False
-        return True
+        return slots.open_slot_sockets(self.listeners, number, self.config.backlog)
 
     def close_slot_sockets(self, number: int) -> None:
-        for listener in [listener for listener in self.listeners if listener.slot == number]:
-            listener.close(unlink=False)
-            self.listeners.remove(listener)
-
-    def explain_reuse_port(self) -> None:
-        """Say where the listeners differ from what --reuse-port asks for, and why."""
-        grouped = any(listener.slot for listener in self.listeners)
-        shared = [listener for listener in self.listeners if not listener.slot]
-        if self.config.reuse_port:
-            if any(listener.owned and listener.address.kind == "tcp" for listener in shared):
-                log.warning("--reuse-port: the listeners inherited on re-exec are shared; "
-                            "one socket per worker takes a restart")
-            elif shared:
-                log.info("--reuse-port applies to TCP addresses that duck-prefork binds: %s "
-                         "stay shared by all workers",
-                         ", ".join(listener.describe() for listener in shared))
-        elif grouped:
-            log.warning("--reuse-port is off but the listeners inherited on re-exec are one "
-                        "per worker; sharing one socket takes a restart")
+        slots.close_slot_sockets(self.listeners, number)
 
     def handle_usr2(self) -> None:
         """Upgrade in place: re-execute this master (same pid) with the same command line; the
@@ -613,7 +557,7 @@ class Master:
 
     def on_worker_exit(self, worker: WorkerProcess, code: int) -> None:
         how = f"killed by {signal_name(-code)}" if code < 0 else f"exited with code {code}"
-        oom_kills = oom_kill_count()
+        oom_kills = health.oom_kill_count()
         if code == -signal.SIGKILL and oom_kills is not None and self.oom_kills is not None \
                 and oom_kills > self.oom_kills:
             how += " (the kernel's OOM killer: out of memory)"
@@ -647,7 +591,7 @@ class Master:
         if slot is None:
             return  # its number was scaled away (TTOU)
         lived = self.processes.now() - worker.started
-        if lived < YOUNG_DEATH:
+        if lived < slots.YOUNG_DEATH:
             delay = self._back_off(slot)
             log.error("worker %d (pid %d) %s after %.1f s; restarting in %.1f s", worker.number,
                       worker.pid, how, lived, delay)
@@ -659,11 +603,7 @@ class Master:
             log.error("worker %d (pid %d) %s; restarting it", worker.number, worker.pid, how)
 
     def _back_off(self, slot: Slot) -> float:
-        """Delay the slot's next start, doubling with each consecutive failure; the delay."""
-        delay = min(RESTART_DELAY_FIRST * 2 ** slot.crashes, RESTART_DELAY_MAX)
-        slot.crashes += 1
-        slot.restart_at = self.processes.now() + delay
-        return delay
+        return slot.back_off(self.processes.now())
 
     def report_state(self) -> None:
         """Tell systemd: READY=1 once a reload's replacements have all settled, else STATUS=."""
@@ -678,8 +618,7 @@ class Master:
 
     def status_line(self) -> str:
         serving = sum(1 for w in self.workers.values() if w.serving)
-        line = f"{serving}/{len(self.slots)} workers serving"
-        return f"{line}; last reload {self.last_reload}" if self.last_reload else line
+        return status_line(serving, len(self.slots), self.last_reload)
 
     def _slot_alive(self, number: int) -> bool:
         return any(worker.number == number and not worker.retiring
@@ -701,29 +640,25 @@ class Master:
         config = self.config
         check_memory = config.max_worker_memory and now >= self.next_memory_check
         if check_memory:
-            self.next_memory_check = now + MEMORY_CHECK_INTERVAL
+            self.next_memory_check = now + health.MEMORY_CHECK_INTERVAL
         for worker in list(self.workers.values()):
-            if worker.killed:
-                continue
-            if worker.kill_at:
-                if now >= worker.kill_at:
-                    self.kill(worker)
-            elif not worker.ever_ready:
-                if config.boot_timeout and now - worker.started > config.boot_timeout:
-                    worker.on(Event.HANG)
-                    worker.failure = (f"worker {worker.number} (pid {worker.pid}) was not ready "
-                                      f"{config.boot_timeout:g} s after its fork "
-                                      f"(--boot-timeout): the app's import or lifespan startup "
-                                      f"hangs")
-                    log.error("%s; killing it", worker.failure)
-                    self.kill(worker)
-            elif config.timeout and now - worker.last_beat > config.timeout:
+            verdict = health.verdict(worker, config, now)
+            if verdict is health.Verdict.KILL_NOW:
+                self.kill(worker)
+            elif verdict is health.Verdict.NOT_BOOTED:
+                worker.on(Event.HANG)
+                worker.failure = (f"worker {worker.number} (pid {worker.pid}) was not ready "
+                                  f"{config.boot_timeout:g} s after its fork (--boot-timeout): "
+                                  f"the app's import or lifespan startup hangs")
+                log.error("%s; killing it", worker.failure)
+                self.kill(worker)
+            elif verdict is health.Verdict.SILENT:
                 log.error("worker %d (pid %d) has been silent for %.1f s (--timeout %g): "
                           "dumping its stack, then killing it", worker.number, worker.pid,
                           now - worker.last_beat, config.timeout)
                 worker.on(Event.HANG)
-                self._signal(worker.pid, STACK_DUMP_SIGNAL)
-                worker.kill_at = now + STACK_DUMP_GRACE
+                self._signal(worker.pid, health.STACK_DUMP_SIGNAL)
+                worker.kill_at = now + health.STACK_DUMP_GRACE
             elif check_memory and worker.serving and worker.replaced_by not in self.workers:
                 self.check_memory(worker)
 
@@ -732,16 +667,8 @@ class Master:
         self._signal(worker.pid, signal.SIGKILL)
 
     def check_memory(self, worker: WorkerProcess) -> None:
-        try:
-            process = psutil.Process(worker.pid)
-            try:
-                used = process.memory_full_info().uss
-            except (psutil.AccessDenied, AttributeError):
-                used = process.memory_info().rss
-        except psutil.NoSuchProcess:
-            return
-        limit = self.config.max_worker_memory * 1024 * 1024
-        if used > limit:
+        used = health.memory_used(worker.pid)
+        if used is not None and used > self.config.max_worker_memory * 1024 * 1024:
             log.warning("worker %d (pid %d) uses %.1f MiB, over --max-worker-memory %d: "
                         "replacing it", worker.number, worker.pid, used / 2**20,
                         self.config.max_worker_memory)
@@ -796,87 +723,3 @@ class Master:
             self.processes.close(worker.channel)
             if self.stopping:
                 log.info("worker %d (pid %d) killed", worker.number, pid)
-
-
-def oom_kill_count() -> int | None:
-    """How many processes the kernel's OOM killer has killed in our cgroup (cgroup v2), or None
-    where that cannot be read: compared before and after a SIGKILL, it says who sent it."""
-    try:
-        with open("/proc/self/cgroup") as file:
-            path = next(line.split(":", 2)[2].strip() for line in file if line.startswith("0::"))
-        with open(f"/sys/fs/cgroup{path}/memory.events") as file:
-            for line in file:
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":
-                    return int(value)
-    except (OSError, StopIteration, ValueError):
-        pass
-    return None
-
-
-def run_master(config: Config, reload_config: Callable[[], Config] | None = None,
-               argv: list[str] | None = None) -> int:
-    """Everything before the supervision loop that can fail with a one-line error."""
-    try:
-        logs.setup_error_log(config.error_logfile, config.log_level)
-    except OSError as exc:
-        print(f"duck-prefork: error: --error-logfile: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    if config.access_logfile and config.access_logfile != "-":
-        try:
-            open(config.access_logfile, "a").close()
-        except OSError as exc:
-            print(f"duck-prefork: error: --access-logfile: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
-    if config.chdir:
-        try:
-            os.chdir(config.chdir)
-        except OSError as exc:
-            print(f"duck-prefork: error: --chdir: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
-    # Like `python -m`, make modules in the working directory importable as APP.
-    sys.path.insert(0, os.getcwd())
-    if config.umask is not None:
-        os.umask(config.umask)
-    try:
-        resolve_user(config.user, config.group)
-    except (KeyError, ValueError, OverflowError):
-        print(f"duck-prefork: error: --user/--group: no such user or group: "
-              f"{config.user or ''} {config.group or ''}".rstrip(), file=sys.stderr)
-        return EXIT_CONFIG
-    preloaded_app = None
-    if config.preload:
-        try:
-            preloaded_app = load_application(config)
-        except BootFailure as exc:
-            print(f"{exc}\nduck-prefork: --preload: the app could not be loaded; stopping",
-                  file=sys.stderr)
-            return EXIT_BOOT_FAILED
-    if config.pid:
-        try:
-            write_pid_file(config.pid)
-        except OSError as exc:
-            print(f"duck-prefork: error: --pid: {exc.strerror or exc}", file=sys.stderr)
-            return EXIT_CONFIG
-    # After USR2 this is the new image of the same master: adopt instead of binding.
-    inherit = os.environ.pop(upgrade.INHERIT_ENV, "")
-    try:
-        inherited: list[upgrade.InheritedWorker] = []
-        activated = from_systemd(os.environ)
-        if inherit:
-            listeners, inherited = upgrade.adopt(inherit)
-        elif activated:
-            listeners = activated  # socket activation: systemd bound them, and keeps them
-        else:
-            try:
-                listeners = bind_all(config.bind, config.backlog,
-                                     slots=config.workers if config.reuse_port else 0)
-            except OSError as exc:
-                print(f"duck-prefork: error: --bind: {exc.strerror or exc}", file=sys.stderr)
-                return EXIT_CONFIG
-        return Master(config, listeners, reload_config=reload_config,
-                      preloaded_app=preloaded_app, argv=argv, inherited=inherited,
-                      reexecuted=bool(inherit)).run()
-    finally:
-        if config.pid:
-            remove_pid_file(config.pid)

@@ -72,3 +72,9 @@ class Notifier:
         if self.watchdog_interval and now >= self.next_watchdog:
             self.notify("WATCHDOG=1")
             self.next_watchdog = now + self.watchdog_interval
+
+
+def status_line(serving: int, slots: int, last_reload: str) -> str:
+    """The STATUS= line `systemctl status` shows: workers serving, and the last reload."""
+    line = f"{serving}/{slots} workers serving"
+    return f"{line}; last reload {last_reload}" if last_reload else line

@@ -12,13 +12,9 @@ import pytest
 
 from duck_prefork.config import ConfigError, build_config
 from duck_prefork.master import upgrade
-from duck_prefork.master.supervisor import (
-    POLL_INTERVAL,
-    RESTART_DELAY_FIRST,
-    STACK_DUMP_GRACE,
-    STOP_ALLOWANCE,
-    YOUNG_DEATH,
-)
+from duck_prefork.master.health import STACK_DUMP_GRACE
+from duck_prefork.master.slots import RESTART_DELAY_FIRST, YOUNG_DEATH
+from duck_prefork.master.supervisor import POLL_INTERVAL, STOP_ALLOWANCE
 from duck_prefork.worker import channel
 
 from .fake_processes import FakeProcesses, SteppedMaster, beat, boot, make_master, step
