@@ -84,7 +84,8 @@ def set_role(role: str) -> None:
 
 def error_stream() -> TextIO:
     """Where the error log goes now (for faulthandler's stack dumps)."""
-    return log.handlers[0].stream if log.handlers else sys.stderr
+    handler = log.handlers[0] if log.handlers else None
+    return handler.stream if isinstance(handler, logging.StreamHandler) else sys.stderr
 
 
 def reopen() -> None:
@@ -92,6 +93,8 @@ def reopen() -> None:
     if _error_log_path in ("", "-") or not log.handlers:
         return
     handler = log.handlers[0]
+    if not isinstance(handler, logging.StreamHandler):
+        return
     old = handler.setStream(_open(_error_log_path, sys.stderr))
     if old is not None:
         old.close()
@@ -131,6 +134,7 @@ class AccessLog:
         self._handed = 0
         self._done = 0
         self._episode = 0  # lines dropped in the current episode; 0: not dropping
+        self._schedule: Callable[[Callable[[], None]], object]
         try:
             self._schedule = functools.partial(asyncio.get_running_loop().call_later,
                                                ACCESS_LOG_FLUSH_INTERVAL)

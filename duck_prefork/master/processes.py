@@ -124,7 +124,7 @@ class Processes:
 
     def read(self, fd: int) -> tuple[bytes, bool]:
         """What a non-blocking descriptor holds now; returns (data, end of file seen)."""
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             try:
                 chunk = os.read(fd, 65536)

@@ -25,7 +25,7 @@ class Slot:
 
     def back_off(self, now: float) -> float:
         """Delay the slot's next start, doubling with each consecutive failure; the delay."""
-        delay = min(RESTART_DELAY_FIRST * 2 ** self.crashes, RESTART_DELAY_MAX)
+        delay = min(RESTART_DELAY_FIRST * 2.0 ** self.crashes, RESTART_DELAY_MAX)
         self.crashes += 1
         self.restart_at = now + delay
         return delay

@@ -243,7 +243,7 @@ class Master:
     def dispatch_signals(self) -> None:
         while self.pending_signals:
             signum = self.pending_signals.pop(0)
-            name = HANDLED_SIGNALS[signum]
+            name = HANDLED_SIGNALS[signal.Signals(signum)]
             self.guarded(f"handling {name.upper()}", getattr(self, "handle_" + name))
 
     # --- signal handlers -------------------------------------------------------------------
@@ -376,8 +376,10 @@ class Master:
     def on_image_checked(self, code: int) -> None:
         """USR2's check has exited: exec the new image if it passed."""
         check, self.image_check = self.image_check, None
+        if check is None:
+            return
         problem = check.result(code)
-        if self.stopping:
+        if self.stopping or self.argv is None:
             return
         if problem:
             log.error("USR2: not re-executing, the new image would fail: %s", problem)

@@ -41,7 +41,7 @@ class Notifier:
         return self.socket is not None
 
     def notify(self, *fields: str) -> None:
-        if self.socket is None:
+        if self.socket is None or self.address is None:
             return
         try:
             self.socket.sendto("\n".join(fields).encode("utf-8", "replace"), self.address)

@@ -13,6 +13,7 @@ import os
 import socket
 import stat
 from collections import Counter
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 
@@ -243,7 +244,7 @@ def describe_all(listeners: list[Listener]) -> str:
 SD_LISTEN_FDS_START = 3  # systemd passes sockets from this descriptor on
 
 
-def from_systemd(environ: dict) -> list[Listener] | None:
+def from_systemd(environ: MutableMapping[str, str]) -> list[Listener] | None:
     """The sockets systemd passed (socket activation), or None if it passed none to us. The
     variables are removed, so that our children do not take the sockets for theirs."""
     pid, count = environ.pop("LISTEN_PID", ""), environ.pop("LISTEN_FDS", "")
