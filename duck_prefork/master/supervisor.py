@@ -384,7 +384,7 @@ class Master:
         if problem:
             log.error("USR2: not re-executing, the new image would fail: %s", problem)
             return
-        workers = [upgrade.InheritedWorker(w.pid, w.number, w.channel, w.serving, w.retiring)
+        workers = [upgrade.InheritedWorker(w.pid, w.number, w.channel, w.ever_ready, w.retiring)
                    for w in self.workers.values()]
         log.info("USR2: re-executing the master (pid %d) with %d workers serving",
                  os.getpid(), len(workers))
