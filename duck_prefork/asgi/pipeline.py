@@ -159,7 +159,7 @@ class ASGI:
             "http_version": request_data.http_version,
             "server": client_socket.server,
             "client": client_address,
-            "scheme": "http",
+            "scheme": client_socket.facts.scheme,
             "method": request_data.method,
             "root_path": self.root_path,
             "path": self.root_path + decode_path(raw_path),

@@ -6,10 +6,10 @@ handshake is held to RFC 6455 4.2.1 first (handshake_refusal): one that breaks a
 answered 400, or 426 for a version other than 13, with Connection: close, and never reaches
 the app (uvicorn, through websockets, also refuses such a request rather than passing it on;
 it says 405 and 505 where we say 400). A good one makes the HttpConnection hand its transport
-to a WebSocketSession (transport.set_protocol), with the bytes that followed the head; wsproto
-writes the answer once the app has decided: websocket.accept -> 101, websocket.close before
-accept -> 403, websocket.http.response.* -> the app's own response, no decision within
---ws-accept-timeout -> 500. Then frames <-> messages.
+to a WebSocketSession (net.stages.switch_protocol), with the bytes that followed the head and
+the connection's facts; wsproto writes the answer once the app has decided: websocket.accept
+-> 101, websocket.close before accept -> 403, websocket.http.response.* -> the app's own
+response, no decision within --ws-accept-timeout -> 500. Then frames <-> messages.
 
 Limits: a message is at most --ws-max-size bytes (else close 1009), counted across its frames
 and, when permessage-deflate is on, enforced while it is inflated (CappedPerMessageDeflate): a
@@ -63,6 +63,7 @@ from ..http1.connection import (
     status_line,
 )
 from ..logs import log
+from ..net.stages import ConnectionFacts, switch_protocol
 from .pipeline import ClientDisconnected
 
 # Reading pauses while this many messages, or bytes of them, wait for the app's receive().
@@ -168,7 +169,8 @@ class WebSocketUpgrade:
             return True
         data = connection.parser.take_upgrade_data()
         read_paused = connection.hand_over()
-        WebSocketSession(self, connection, request, data, read_paused).start()
+        switch_protocol(connection.transport, WebSocketSession(self, connection.state, request),
+                        connection.facts, data, read_paused, connection.write_paused)
         return True
 
 
@@ -250,16 +252,14 @@ class WebSocketSession(FlowControlledProtocol):
     __slots__ = ("state", "settings", "client", "server", "request", "ws", "scope", "accepted",
                  "refused", "close_sent", "close_sent_at", "disconnect", "connect_delivered",
                  "messages", "queued_bytes", "fragments", "fragment_size", "pending", "waiter",
-                 "ping_sent_at", "next_ping_at", "denial", "start_time", "task")
+                 "ping_sent_at", "next_ping_at", "denial", "start_time", "task", "facts")
 
-    def __init__(self, settings: WebSocketUpgrade, connection: HttpConnection,
-                 request: RequestData, data: bytes, read_paused: bool):
+    facts: ConnectionFacts  # and client, server: set by take_over
+
+    def __init__(self, settings: WebSocketUpgrade, state: ServerState, request: RequestData):
         super().__init__()
-        self.state: ServerState = connection.state
+        self.state = state
         self.settings = settings
-        self.transport = connection.transport
-        self.client = connection.client
-        self.server = connection.server
         self.request = request
         self.ws = WSConnection(ConnectionType.SERVER)
         self.scope: dict = {}
@@ -273,9 +273,7 @@ class WebSocketSession(FlowControlledProtocol):
         self.queued_bytes = 0
         self.fragments: list = []  # the parts of the message being received
         self.fragment_size = 0
-        self.pending: list[bytes] = [data] if data else []  # frames that came before accept
-        self.read_paused = read_paused
-        self.write_paused = connection.write_paused
+        self.pending: list[bytes] = []  # frames that came before accept
         self.waiter: asyncio.Future | None = None
         self.ping_sent_at: float | None = None
         self.next_ping_at = 0.0
@@ -283,9 +281,19 @@ class WebSocketSession(FlowControlledProtocol):
         self.start_time = self.state.loop.time()
         self.task: asyncio.Task | None = None  # the app's, for the accept timeout to cancel
 
+    def take_over(self, transport: asyncio.Transport, facts: ConnectionFacts,
+                  read_paused: bool, write_paused: bool) -> None:
+        """The connection is ours (switch_protocol); then the bytes after the head arrive."""
+        self.transport = transport
+        self.facts = facts
+        self.client = facts.client
+        self.server = facts.server
+        self.read_paused = read_paused
+        self.write_paused = write_paused
+        self.start()
+
     def start(self) -> None:
         state = self.state
-        self.transport.set_protocol(self)
         state.websockets.add(self)
         request = self.request
         # handshake_refusal has checked the head; wsproto reads Upgrade and Connection more

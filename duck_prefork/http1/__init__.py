@@ -2,6 +2,7 @@
 the two parser adapters (httptools on the fast path, h11 as the reference) and the request-head
 rules both are held to.
 
-May import: logs and the standard library, h11, httptools. Never asgi/ or upstream/: the
-connection is handed the request handler (the ASGI pipeline) by the worker.
+May import: logs, net (a connection's facts, the protocol switch) and the standard library,
+h11, httptools. Never asgi/ or upstream/: the connection is handed the request handler (the
+ASGI pipeline) by the worker.
 """

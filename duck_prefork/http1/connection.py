@@ -37,6 +37,7 @@ from http import HTTPStatus
 from typing import Any
 
 from ..logs import FailureLog, log
+from ..net.stages import ConnectionFacts
 from .request_head import DEFAULT_LIMITS, Limits, ParseError, read_head
 
 END_OF_MESSAGE = "END_OF_MESSAGE"
@@ -343,14 +344,16 @@ class HttpConnection(FlowControlledProtocol):
     """One client connection: feeds the parser, starts a request task per request head,
     answers refused requests, and decides between the next request and closing."""
 
-    __slots__ = ("state", "parser", "client", "server", "request", "idle_since", "head_started",
-                 "served", "input_done")
+    __slots__ = ("state", "parser", "facts", "client", "server", "request", "idle_since",
+                 "head_started", "served", "input_done")
+
+    facts: ConnectionFacts  # set by take_over
 
     def __init__(self, state: ServerState):
         super().__init__()
         self.state = state
         self.parser = state.parser_factory()
-        self.client: tuple | None = None
+        self.client: tuple | None = None  # facts.client and facts.server, read once
         self.server: tuple | None = None
         self.request: RequestData | None = None
         self.idle_since: float | None = None  # waiting for a request head since
@@ -365,11 +368,19 @@ class HttpConnection(FlowControlledProtocol):
     # asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        self.client = tuple(peer[:2]) if isinstance(peer, tuple) else None
-        sockname = transport.get_extra_info("sockname")
-        self.server = tuple(sockname[:2]) if isinstance(sockname, tuple) else (sockname, None)
+        """A connection straight from accept."""
+        self.take_over(transport, ConnectionFacts.of(transport))  # type: ignore[arg-type]
+
+    def take_over(self, transport: asyncio.Transport, facts: ConnectionFacts,
+                  read_paused: bool = False, write_paused: bool = False) -> None:
+        """The connection is ours (from connection_made, or net.stages.switch_protocol)."""
+        self.transport = transport
+        self.facts = facts
+        self.client = facts.client
+        self.server = facts.server
+        self.write_paused = write_paused
+        if read_paused:
+            transport.resume_reading()  # the first request head is wanted
         self.state.connections.add(self)
         self.idle_since = self.state.loop.time()
 

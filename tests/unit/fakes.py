@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from duck_prefork.http1.request_head import Limits
+from duck_prefork.net.stages import ConnectionFacts
 
 
 class FakeState:
@@ -28,6 +29,7 @@ class FakeConnection:
         self.closed = False
         self.write_paused = False
         self.server = ("127.0.0.1", 8000)
+        self.facts = ConnectionFacts(None, self.server)  # scheme "http"
         self.state = FakeState()
         self.completed: list[bool] = []  # response_complete(keep_alive) arguments
         self.aborted = False
@@ -170,3 +172,11 @@ def split_response(raw: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]
 
 def header_names(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
     return [name.lower() for name, _ in headers]
+
+
+class FakeUnixTransport(FakeTransport):
+    """A FakeTransport accepted on a unix socket: no peer address, a path for the server."""
+
+    def get_extra_info(self, name: str, default=None):
+        return {"peername": "", "sockname": "/run/app.sock"}.get(name, default)
+

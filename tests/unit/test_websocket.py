@@ -29,6 +29,7 @@ from duck_prefork.asgi.websocket import (
     WebSocketUpgrade,
     handshake_refusal,
 )
+from duck_prefork.net.stages import ConnectionFacts
 
 from .fakes import FakeTransport, StallingTransport, split_response
 
@@ -73,6 +74,7 @@ def make_session(app, upgrade: WebSocketUpgrade | None = None, pending: bytes = 
     connection = SimpleNamespace(
         state=state, transport=transport, client=("127.0.0.1", 5000),
         server=("127.0.0.1", 8000), parser=SimpleNamespace(take_upgrade_data=lambda: pending),
+        facts=ConnectionFacts(("127.0.0.1", 5000), ("127.0.0.1", 8000)),
         hand_over=lambda: False, write_paused=False,
         write=transport.write, close=transport.close)  # a refusal before the session starts
     request = SimpleNamespace(method="GET", target=b"/chat", http_version="1.1",
