@@ -37,7 +37,7 @@ from http import HTTPStatus
 from typing import Any
 
 from ..logs import FailureLog, log
-from ..net.stages import ConnectionFacts
+from ..net.stages import ConnectionFacts, StagedConnection
 from .request_head import DEFAULT_LIMITS, Limits, ParseError, read_head
 
 END_OF_MESSAGE = "END_OF_MESSAGE"
@@ -105,6 +105,7 @@ class ServerState:
         # returns True, or returns False to serve it as plain HTTP (websocket.py; None: --ws none).
         self.upgrade = upgrade
         self.connections: set[HttpConnection] = set()
+        self.staging: set[StagedConnection] = set()  # still in their stages (net/stages.py)
         self.websockets: set = set()  # connections taken over by websocket.py
         self.tasks: set[asyncio.Task] = set()
         self.pending_connects = 0  # accepted sockets whose connection is being set up
@@ -123,7 +124,7 @@ class ServerState:
             log.warning("--limit-concurrency %d reached: answered %d requests with 503",
                         self.concurrency, self.refused_busy)
             self.refused_busy = 0
-        for connection in [*self.connections, *self.websockets]:
+        for connection in [*self.staging, *self.connections, *self.websockets]:
             try:
                 connection.check_timeouts(now)
             except Exception as exc:  # a bug; the sweep goes on for the other connections
@@ -136,6 +137,7 @@ class ServerState:
         try:
             connection.abort()
         except Exception:
+            self.staging.discard(connection)
             self.connections.discard(connection)
             self.websockets.discard(connection)
             self.check_drained()
@@ -166,7 +168,7 @@ class ServerState:
 
     def check_drained(self) -> None:
         if self.draining and not self.connections and not self.tasks \
-                and not self.pending_connects and not self.websockets:
+                and not self.pending_connects and not self.websockets and not self.staging:
             self.drained.set()
 
 
@@ -368,19 +370,19 @@ class HttpConnection(FlowControlledProtocol):
     # asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """A connection straight from accept."""
+        """A connection with no stages (net/stages.py), straight from accept."""
         self.take_over(transport, ConnectionFacts.of(transport))  # type: ignore[arg-type]
 
     def take_over(self, transport: asyncio.Transport, facts: ConnectionFacts,
                   read_paused: bool = False, write_paused: bool = False) -> None:
-        """The connection is ours (from connection_made, or net.stages.switch_protocol)."""
+        """The connection is ours (net.stages.switch_protocol, after the stages)."""
         self.transport = transport
         self.facts = facts
         self.client = facts.client
         self.server = facts.server
         self.write_paused = write_paused
         if read_paused:
-            transport.resume_reading()  # the first request head is wanted
+            transport.resume_reading()  # paused by a stage: the first request head is wanted
         self.state.connections.add(self)
         self.idle_since = self.state.loop.time()
 

@@ -1,8 +1,9 @@
 """Sockets and connections below the wire protocols.
 
 Owns: the listening sockets (listeners.py: TCP, unix, inherited fd:// and systemd's,
---reuse-port slots; address syntax, binding, describing), a connection's facts and the
-protocol switch (stages.py), and (later) what happens to a connection before a wire protocol
-speaks on it: TLS contexts, the PROXY protocol header.
+--reuse-port slots; address syntax, binding, describing), and what happens to a connection
+before a wire protocol speaks on it and when it changes protocol (stages.py: the connection's
+facts, its stages, the protocol choice, the protocol switch); later the TLS contexts and the
+PROXY protocol header, as stages.
 May import: the standard library and logs only. Wire protocols, asgi and worker import it.
 """

@@ -109,8 +109,8 @@ class Acceptor:
         except OSError:
             conn.close()  # the client went away before the transport was set up
         finally:
-            # By now the connection is in state.connections (or gone): a drain that began
-            # meanwhile waits for it, instead of exiting with it unanswered.
+            # By now the connection is in state.connections or state.staging (or gone): a
+            # drain that began meanwhile waits for it, instead of exiting with it unanswered.
             self.state.pending_connects -= 1
             self.state.check_drained()
 

@@ -45,6 +45,7 @@ from ..http1.request_head import Limits
 from ..loader import AppLoadError, load_app
 from ..logs import log
 from ..net.listeners import Listener
+from ..net.stages import HTTP_1_1, ConnectionPlan
 from . import channel
 from .acceptor import Acceptor
 from .channel import Sender
@@ -173,7 +174,10 @@ class Worker:
                             header_timeout=config.header_timeout,
                             send_timeout=config.send_timeout,
                             upgrade=websocket_upgrade(config))
-        acceptors = [Acceptor(listener.socket, lambda: HttpConnection(state), state)
+        # What each listener's connections go through before HTTP/1.1: no stage yet (later,
+        # by the listener's options: the PROXY header, the TLS handshake).
+        plan = ConnectionPlan((), {HTTP_1_1: lambda: HttpConnection(state)}, state)
+        acceptors = [Acceptor(listener.socket, plan.protocol_factory(), state)
                      for listener in self.listeners]
         for acceptor in acceptors:
             acceptor.start()
@@ -189,7 +193,7 @@ class Worker:
 
         await self.stopping.wait()
         log.info("draining: %d open connections, %d requests in flight",
-                 len(state.connections), len(state.tasks))
+                 len(state.connections) + len(state.staging), len(state.tasks))
         for acceptor in acceptors:
             acceptor.stop(sweep=self.sweep_on_stop)
         state.start_draining()
@@ -198,10 +202,10 @@ class Worker:
         except TimeoutError:
             log.warning("graceful timeout (%.0f s): cancelling %d requests, closing %d "
                         "connections", config.graceful_timeout, len(state.tasks),
-                        len(state.connections))
+                        len(state.connections) + len(state.staging))
             for task in list(state.tasks):
                 task.cancel()
-            for connection in [*state.connections, *state.websockets]:
+            for connection in [*state.staging, *state.connections, *state.websockets]:
                 connection.abort()
             if state.tasks:
                 await asyncio.wait(list(state.tasks), timeout=CANCEL_WAIT)

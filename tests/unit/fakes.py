@@ -180,3 +180,10 @@ class FakeUnixTransport(FakeTransport):
     def get_extra_info(self, name: str, default=None):
         return {"peername": "", "sockname": "/run/app.sock"}.get(name, default)
 
+
+def connect(protocol, transport: FakeTransport):
+    """What the event loop does with an accepted socket: `protocol` becomes the transport's
+    protocol and is told connection_made. Returns the protocol."""
+    transport.protocol = protocol
+    protocol.connection_made(transport)
+    return protocol
