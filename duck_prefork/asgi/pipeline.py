@@ -26,7 +26,7 @@ from ..logs import AccessLog, log
 from ..stream import ClientDisconnected, Stream, error_response
 from .forwarded import ProxyHeaders
 
-__all__ = ["ASGI", "ClientDisconnected", "Request", "Response"]
+__all__ = ["ASGI", "ClientDisconnected", "Request", "Response", "ResponseHeaders"]
 
 ResponseMiddleware = Callable[["Response", "Request"], None]
 
@@ -124,6 +124,26 @@ def decode_path(raw_path: bytes) -> str:
     if b"%" not in raw_path and raw_path.isascii():
         return raw_path.decode("ascii")
     return unquote_to_bytes(raw_path).decode("utf-8", "replace")
+
+
+class ResponseHeaders:
+    """The --response-header middleware: each (name, value) is added, in the order given, to
+    a response that carries no header of that name (ASCII case-insensitive). The app's header
+    list is never changed in place (an app may send the same list every time)."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.headers = [(name.lower(), name, value) for name, value in headers]
+
+    def __call__(self, response: Response, request: Request) -> None:
+        headers = response.headers
+        if type(headers) is not list:
+            headers = response.headers = list(headers)  # any iterable: read it once only
+        present = {name.lower() for name, _ in headers}
+        added = [(name, value) for lowered, name, value in self.headers if lowered not in present]
+        if added:
+            response.headers = [*headers, *added]
 
 
 class ASGI:
@@ -255,7 +275,7 @@ class ASGI:
         self.send_response(response, request.stream, request, body)
 
     def apply_middlewares_to_response(self, response: Response, request: Request) -> None:
-        """Server-level response middlewares, last registered first."""
+        """Server-level response middlewares (--response-header), last registered first."""
         for middleware in reversed(self.middlewares):
             middleware(response, request)
 

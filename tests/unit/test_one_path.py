@@ -1,6 +1,7 @@
 """What HTTP responses and WebSocket handshakes share, one path each: the access log line
 (ASGI.write_access_log), the server's own error responses (stream.error_response), the Server
-and Date values."""
+and Date values; and the --response-header middleware (ResponseHeaders), which only the ASGI
+HTTP responses go through."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import asyncio
 import pytest
 from wsproto.events import AcceptConnection
 
-from duck_prefork.asgi.pipeline import ASGI
+from duck_prefork.asgi.pipeline import ASGI, ResponseHeaders
 from duck_prefork.asgi.websocket import WebSocketUpgrade
 from duck_prefork.stream import SERVER, error_response
 
 from .fakes import split_response
-from .test_asgi import CLIENT, responder, serve
+from .test_asgi import CLIENT, make, responder, serve
 from .test_websocket import accepting_app, make_session, settle
 
 pytestmark = pytest.mark.timeout(30)
@@ -150,3 +151,76 @@ def test_upgrade_hook_is_offered_a_stream_with_the_handshake_facts():
         assert session.scope["path"] == "/chat"
 
     asyncio.run(scenario())
+
+
+# --- --response-header --------------------------------------------------------------------------
+
+
+HSTS = (b"Strict-Transport-Security", b"max-age=31536000")
+NOSNIFF = (b"X-Content-Type-Options", b"nosniff")
+
+
+def test_response_headers_are_added_in_order_after_the_apps():
+    connection, _ = serve(responder(headers=[(b"content-type", b"text/plain")]),
+                          middlewares=[ResponseHeaders([HSTS, NOSNIFF])])
+    _, headers, _ = split_response(connection.written)
+    assert headers[2:] == [(b"content-type", b"text/plain"), HSTS, NOSNIFF,
+                           (b"Content-Length", b"5")]
+
+
+def test_a_header_the_app_sent_is_not_added_whatever_its_case():
+    connection, _ = serve(responder(headers=[(b"x-content-type-options", b"mine")]),
+                          middlewares=[ResponseHeaders([HSTS, NOSNIFF])])
+    _, headers, _ = split_response(connection.written)
+    assert (b"x-content-type-options", b"mine") in headers
+    assert NOSNIFF not in headers and HSTS in headers
+
+
+def test_the_apps_header_list_is_not_changed():
+    app_headers = [(b"content-type", b"text/plain")]
+    for _ in range(2):
+        serve(responder(headers=app_headers), middlewares=[ResponseHeaders([HSTS])])
+    assert app_headers == [(b"content-type", b"text/plain")]
+
+
+def test_a_server_header_given_replaces_the_servers_own():
+    connection, _ = serve(responder(), middlewares=[ResponseHeaders([(b"Server", b"web")])])
+    _, headers, _ = split_response(connection.written)
+    assert [value for name, value in headers if name.lower() == b"server"] == [b"web"]
+
+
+def test_response_headers_go_on_the_500_of_a_failing_app():
+    async def app(scope, receive, send):
+        raise ValueError("boom")
+
+    connection, _ = serve(app, middlewares=[ResponseHeaders([HSTS])])
+    line, headers, _ = split_response(connection.written)
+    assert line.startswith(b"HTTP/1.1 500 ") and HSTS in headers
+
+
+def test_response_headers_are_not_on_websocket_handshake_answers():
+    async def scenario():
+        session, transport, peer, state = make_session(accepting_app([]))
+        state.handler = ASGI(middlewares=[ResponseHeaders([HSTS])])
+        await settle()
+        accept = peer.events(transport)[0]
+        assert HSTS[0].lower() not in {name.lower() for name, _ in accept.extra_headers}
+
+    asyncio.run(scenario())
+
+
+def test_without_response_headers_the_pipeline_has_no_middleware():
+    pipeline, _, _ = make()
+    assert pipeline.middlewares == []
+
+
+def test_response_headers_read_an_iterable_of_app_headers_once():
+    headers = iter([(b"content-type", b"text/plain")])
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    connection, _ = serve(app, middlewares=[ResponseHeaders([HSTS])])
+    _, got, _ = split_response(connection.written)
+    assert (b"content-type", b"text/plain") in got and HSTS in got
