@@ -36,7 +36,7 @@ def _describe_default(option: Option) -> str:
         return f"{option.default_value()}, the CPUs available"
     default = option.default_value()
     if isinstance(default, list):
-        return " ".join(default)
+        return " ".join(default) or "none"
     if default == "" or default is None:
         return "none"
     return str(default)

@@ -8,6 +8,7 @@ so a new option is one row here. Precedence: command line > `DUCK_PREFORK_<NAME>
 from __future__ import annotations
 
 import os
+import string
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -97,6 +98,30 @@ def bind_address(value: str) -> str:
 
     parse_bind(value)
     return value
+
+
+# RFC 9110 5.6.2: a field name is a token.
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)
+# Response headers the server writes itself, from the response's framing: one given here would
+# be dropped (as an app's copy is).
+_FRAMING_FIELDS = ("content-length", "transfer-encoding", "connection")
+
+
+def header_spec(value: str) -> str:
+    """NAME:VALUE for --response-header: NAME a token, VALUE visible ASCII, spaces and tabs
+    (no CR, LF, NUL or other control character); kept as "NAME: VALUE"."""
+    name, colon, field_value = value.partition(":")
+    name, field_value = name.strip(), field_value.strip(" \t")
+    if not colon or not name:
+        raise ValueError("expected NAME:VALUE, e.g. X-Content-Type-Options:nosniff")
+    if not set(name) <= _TOKEN_CHARS:
+        raise ValueError(f"{name!r} is not a header name (letters, digits and !#$%&'*+-.^_`|~)")
+    if name.lower() in _FRAMING_FIELDS:
+        raise ValueError(f"{name} is set by the server from the response's framing")
+    if not all(char == "\t" or " " <= char <= "~" for char in field_value):
+        raise ValueError(f"the value of {name} must be visible ASCII, spaces and tabs (no CR, "
+                         "LF, NUL or other control character)")
+    return f"{name}: {field_value}"
 
 
 def path_prefix(value: str) -> str:
@@ -202,6 +227,10 @@ class Config:
     send_timeout: float = option(non_negative_float, 60.0, metavar="S",
         help="seconds a response write may make no progress before the connection is closed (0: "
              "no limit)")
+    response_header: list[str] = option(header_spec, [], metavar="NAME:VALUE", repeatable=True,
+        help="add this header to every HTTP response of the app that does not carry a header of "
+             "that name (e.g. Strict-Transport-Security:max-age=31536000); repeat for several, "
+             "added in the order given")
     http: str = option(one_of("auto", "httptools", "h11"), "auto", metavar="auto|httptools|h11",
         help="HTTP/1.1 parser: httptools (llhttp, in C) or h11 (pure Python); auto picks "
              "httptools when it is installed. Both answer every request alike")
@@ -336,7 +365,7 @@ def from_table(table: dict[str, Any], source: str) -> tuple[str | None, dict[str
         where = f"{source}: {key}"
         if option.repeatable:
             items = value if isinstance(value, list) else [value]
-            if not items:
+            if not items and option.default_value():
                 raise ConfigError(f"{where}: needs at least one value")
             values[option.name] = [parse_value(option, _toml_text(item), where)
                                    for item in items]

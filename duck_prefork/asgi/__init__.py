@@ -2,7 +2,10 @@
 stages), WebSocket sessions over wsproto (websocket.py), the lifespan protocol (lifespan.py),
 and the forwarded headers of trusted proxies (forwarded.py).
 
-May import: logs, the standard library, wsproto, net (a connection's facts, the protocol
-switch a WebSocket takes the connection over with), and the http1 connection it serves
-requests on (until the stream interface stands between them).
+It serves streams (duck_prefork/stream.py: a request head, a body channel, a response sink, a
+close) and never sees a wire protocol's bytes: pipeline.py imports stream, not http1/.
+May import: logs, stream, net (a connection's facts, the protocol switch a WebSocket takes the
+connection over with), the standard library, wsproto. websocket.py still imports the HTTP/1.1
+connection it takes the transport over from (FlowControlledProtocol, the handover, the error
+bytes).
 """

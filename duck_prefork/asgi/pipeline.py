@@ -1,4 +1,4 @@
-"""The ASGI request pipeline of a worker: one `ASGI` instance serves every request.
+"""The ASGI request pipeline of a worker: one `ASGI` instance serves every HTTP request.
 
 Stages (names from the Duck framework's duck.http.core.asgi.ASGI):
   __call__ -> get_request (scope + receive) -> get_response (the app, under
@@ -6,9 +6,13 @@ Stages (names from the Duck framework's duck.http.core.asgi.ASGI):
   on the first one calls start_response -> finalize_response -> apply_middlewares_to_response.
 
 "Response" is the response in progress: status and headers from http.response.start, then body
-messages as the app sends them; nothing is buffered beyond one message. This module knows
-nothing of the parser: it sees a RequestData (head + body channel) and writes through the
-connection.
+messages as the app sends them; nothing is buffered beyond one message. The pipeline serves a
+stream (duck_prefork/stream.py: a request head, a body channel, a response sink with
+backpressure, a close) and knows nothing of the wire: it checks the app's ASGI messages and
+hands the response to the stream's sink, which frames it (HTTP/1.1: http1/stream.py). Also
+here, once for every kind of stream: what a failing app gets (produce_final_response_failsafe,
+with the response from stream.error_response) and the access log line (write_access_log, which
+the WebSocket handshake's lines go through too).
 """
 
 from __future__ import annotations
@@ -18,87 +22,87 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from ..http1.connection import SERVER_HEADER, HttpConnection, RequestData, status_line
 from ..logs import AccessLog, log
+from ..stream import ClientDisconnected, Stream, error_response
 from .forwarded import ProxyHeaders
+
+__all__ = ["ASGI", "ClientDisconnected", "Request", "Response", "ResponseHeaders"]
 
 ResponseMiddleware = Callable[["Response", "Request"], None]
 
 
-class ClientDisconnected(OSError):
-    """Raised by send() once the client has gone (ASGI HTTP spec 2.4)."""
-
-
 class Response:
-    """The response in progress for one request."""
+    """The response in progress for one request: what http.response.start said (the status,
+    and the headers the server-level middlewares may change), and how far it has gone."""
 
-    __slots__ = ("status", "headers", "started", "complete", "chunked", "content_length",
-                 "bytes_sent", "keep_alive", "has_body")
+    __slots__ = ("status", "headers", "started", "complete")
 
-    def __init__(self) -> None:
-        self.status: int | None = None
-        self.headers: Any = ()
-        self.started = False  # the head is on the wire
+    def __init__(self, status: int, headers: Any) -> None:
+        self.status = status
+        self.headers = headers
+        self.started = False  # the head has been handed to the stream
         self.complete = False
-        self.chunked = False
-        self.content_length: int | None = None
-        self.bytes_sent = 0
-        self.keep_alive = True
-        self.has_body = True  # False for HEAD, 1xx, 204 and 304: body bytes are not written
 
 
 class Request:
     """One request as the app sees it: the scope, the receive and send callables."""
 
-    __slots__ = ("scope", "data", "connection", "application", "response", "pipeline")
+    __slots__ = ("scope", "stream", "application", "response", "pipeline")
 
-    def __init__(self, scope: dict, data: RequestData, connection: HttpConnection,
-                 application: Any, pipeline: ASGI):
+    def __init__(self, scope: dict, stream: Stream, application: Any, pipeline: ASGI):
         self.scope = scope
-        self.data = data
-        self.connection = connection
+        self.stream = stream
         self.application = application
-        self.response = Response()
+        self.response: Response | None = None  # from http.response.start on
         self.pipeline = pipeline
+
+    async def receive(self) -> dict:
+        """The ASGI receive callable: the stream's body as http.request messages, then
+        http.disconnect once the client has gone or the response is complete."""
+        stream = self.stream
+        while True:
+            if stream.disconnected or stream.response_complete:
+                return {"type": "http.disconnect"}
+            body = stream.read_body()
+            if body is not None:
+                return {"type": "http.request", "body": body, "more_body": not stream.body_read}
+            await stream.wait_body()
 
     async def send(self, message: dict) -> None:
         """The ASGI send callable: enforces the http.response.start / .body sequence."""
-        response = self.response
         kind = message["type"]
         if kind == "http.response.body":
-            if response.status is None:
+            response = self.response
+            if response is None:
                 raise RuntimeError("ASGI: 'http.response.body' sent before 'http.response.start'")
             if response.complete:
                 raise RuntimeError("ASGI: 'http.response.body' sent after the response was "
                                    "complete (more_body was False)")
-            if self.connection.closed:
-                raise ClientDisconnected("client disconnected")
             body = message.get("body", b"")
             if type(body) is not bytes:
                 if isinstance(body, str):
                     raise TypeError("ASGI: 'http.response.body' body must be bytes, not str")
                 body = bytes(body)
-            drained = self.pipeline.send_response(response, self.connection, self, False, body,
+            drained = self.pipeline.send_response(response, self.stream, self, body,
                                                   message.get("more_body", False))
             if drained is not None:
                 await drained
         elif kind == "http.response.start":
-            if response.status is not None:
+            if self.response is not None:
                 raise RuntimeError("ASGI: 'http.response.start' sent twice")
             status = message["status"]
             if type(status) is not int or not 200 <= status <= 599:
                 raise RuntimeError(f"ASGI: invalid response status {status!r}")
-            if self.connection.closed:
+            if self.stream.closed:
                 raise ClientDisconnected("client disconnected")
-            response.status = status
-            response.headers = message.get("headers", ())
+            self.response = Response(status, message.get("headers", ()))
         else:
             raise RuntimeError(f"ASGI: unexpected message type {kind!r} for an HTTP request")
 
 
 def call_application(request: Request) -> Awaitable[None]:
     """The producer of a normal response: the app's own coroutine, awaited by the failsafe."""
-    return request.application(request.scope, request.data.receive, request.send)
+    return request.application(request.scope, request.receive, request.send)
 
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:
@@ -122,8 +126,24 @@ def decode_path(raw_path: bytes) -> str:
     return unquote_to_bytes(raw_path).decode("utf-8", "replace")
 
 
-# Response headers the server manages itself; the app's copies are read and dropped.
-_FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+class ResponseHeaders:
+    """The --response-header middleware: each (name, value) is added, in the order given, to
+    a response that carries no header of that name (ASCII case-insensitive). The app's header
+    list is never changed in place (an app may send the same list every time)."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.headers = [(name.lower(), name, value) for name, value in headers]
+
+    def __call__(self, response: Response, request: Request) -> None:
+        headers = response.headers
+        if type(headers) is not list:
+            headers = response.headers = list(headers)  # any iterable: read it once only
+        present = {name.lower() for name, _ in headers}
+        added = [(name, value) for lowered, name, value in self.headers if lowered not in present]
+        if added:
+            response.headers = [*headers, *added]
 
 
 class ASGI:
@@ -140,44 +160,50 @@ class ASGI:
         self.access_log = access_log
         self.middlewares = middlewares or []
 
-    def __call__(self, application: Any, client_socket: HttpConnection,
-                 client_address: tuple | None, request_data: RequestData) -> Awaitable[Request]:
-        """Serve one request on `client_socket`: returns the awaitable (the connection makes it
-        the request's task) that runs it and gives the request it handled. Not a coroutine
-        itself: the task runs the failsafe's coroutine directly, one frame less a request."""
-        request = self.get_request(client_socket, client_address, request_data)
+    def __call__(self, application: Any, stream: Stream) -> Awaitable[Request]:
+        """Serve one request (the stream stands for the seed's client_socket, client_address
+        and request_data together): returns the awaitable (the wire protocol makes it the
+        request's task) that runs it and gives the request it handled. Not a coroutine itself:
+        the task runs the failsafe's coroutine directly, one frame less a request."""
+        request = self.get_request(stream)
         request.application = application
         return self.get_response(request)
 
-    def get_request(self, client_socket: HttpConnection, client_address: tuple | None,
-                    request_data: RequestData) -> Request:
-        """Build the ASGI scope for `request_data`; the receive channel is request_data's."""
-        raw_path, query_string = split_target(request_data.target)
+    def get_request(self, stream: Stream) -> Request:
+        """Build the ASGI scope for the stream's head; receive() reads its body channel."""
+        target = stream.target
+        if target[0] == 47:  # b"/": origin-form, by far the most common (split_target inline)
+            raw_path, _, query_string = target.partition(b"?")
+        else:
+            raw_path, query_string = split_target(target)
+        if raw_path.isascii() and b"%" not in raw_path:  # (decode_path's fast path, inline)
+            path = raw_path.decode("ascii")
+        else:
+            path = decode_path(raw_path)
+        client = stream.client
         scope = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": request_data.http_version,
-            "server": client_socket.server,
-            "client": client_address,
-            "scheme": client_socket.facts.scheme,
-            "method": request_data.method,
+            "http_version": stream.http_version,
+            "server": stream.server,
+            "client": client,
+            "scheme": stream.scheme,
+            "method": stream.method,
             "root_path": self.root_path,
-            "path": self.root_path + decode_path(raw_path),
+            "path": self.root_path + path,
             "raw_path": self.raw_root_path + raw_path,
             "query_string": query_string,
-            "headers": request_data.headers,
+            "headers": stream.headers,
             "state": self.state.copy(),
         }
-        if request_data.forwarded and self.proxy is not None \
-                and self.proxy.trusts(client_address):
+        if stream.forwarded and self.proxy is not None and self.proxy.trusts(client):
             self.proxy.apply(scope)
-        return Request(scope, request_data, client_socket, None, self)
+        return Request(scope, stream, None, self)
 
-    def get_websocket_scope(self, client_socket: Any, client_address: tuple | None,
-                            request_data: RequestData, subprotocols: list[str]) -> dict:
+    def get_websocket_scope(self, stream: Stream, subprotocols: list[str]) -> dict:
         """The ASGI scope of a WebSocket handshake (websocket.py runs the session): the HTTP
         scope of the same head, changed where the websocket spec differs."""
-        scope = self.get_request(client_socket, client_address, request_data).scope
+        scope = self.get_request(stream).scope
         del scope["method"]
         scope["type"] = "websocket"
         scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"  # proxy headers apply
@@ -192,173 +218,108 @@ class ASGI:
 
     async def produce_final_response_failsafe(
             self, request: Request, producer: Callable[[Request], Awaitable[None]]) -> Request:
-        """Run `producer`; map what goes wrong to a response and never let an error escape.
-        Returns `request`."""
-        response = request.response
-        connection = request.connection
+        """Run `producer`; map what goes wrong to a response or a close, and never let an error
+        escape. An exception before the response started is answered 500 (send_error); after
+        it started, the stream is aborted so that the client cannot take a partial response
+        for a whole one. Returns `request`."""
+        stream = request.stream
         try:
             await producer(request)
         except ClientDisconnected:
-            return  # the app noticed the client leave; nobody is left to answer
+            return request  # the app noticed the client leave; nobody is left to answer
         except asyncio.CancelledError:
-            if not response.complete:
-                connection.abort()  # cancelled at the end of the graceful timeout
+            response = request.response
+            if response is None or not response.complete:
+                stream.abort()  # cancelled at the end of the graceful timeout
             raise
         except Exception:
-            if request.data.disconnected:
+            response = request.response
+            complete = response is not None and response.complete
+            if stream.disconnected:
                 log.debug("ASGI app raised after its client disconnected", exc_info=True)
-                if not response.complete:
-                    connection.close()
+                if not complete:
+                    stream.close()
                 return request
-            if response.complete:
+            if complete:
                 # e.g. a background task failing after the response: the client has it all.
                 log.exception("exception in ASGI app after the response was complete")
                 return request
-            if response.started:
+            if response is not None and response.started:
                 log.exception("exception in ASGI app after the response started; "
                               "closing the connection")
-                connection.abort()
+                stream.abort()
                 return request
             log.exception("exception in ASGI app")
             self.send_error(request, 500)
             return request
-        if response.complete or connection.closed:
+        response = request.response
+        if response is not None and response.complete or stream.closed:
             return request
-        if request.data.disconnected:
-            connection.close()  # the client left and the app stopped: nobody to answer
+        if stream.disconnected:
+            stream.close()  # the client left and the app stopped: nobody to answer
             return request
-        if not response.started:
+        if response is None or not response.started:
             log.error("ASGI app returned without sending a response")
             self.send_error(request, 500)
         else:
             log.error("ASGI app returned before the response was complete; closing the "
                       "connection")
-            connection.abort()
+            stream.abort()
         return request
 
     def send_error(self, request: Request, status: int) -> None:
-        body = b"Internal Server Error\n" if status == 500 else b"Error\n"
-        response = request.response = Response()
-        response.status = status
-        response.headers = [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"connection", b"close")]
-        self.send_response(response, request.connection, request, False, body)
+        """Answer `request` with the server's own response for `status` (stream.error_response),
+        through the same stages as an app's response."""
+        headers, body = error_response(status)
+        response = request.response = Response(status, headers)
+        self.send_response(response, request.stream, request, body)
 
     def apply_middlewares_to_response(self, response: Response, request: Request) -> None:
-        """Server-level response middlewares, last registered first."""
+        """Server-level response middlewares (--response-header), last registered first."""
         for middleware in reversed(self.middlewares):
             middleware(response, request)
 
-    def finalize_response(self, response: Response, request: Request, body: bytes,
-                          more_body: bool) -> bytes:
-        """The head to send: the app's headers plus Date, Server and framing headers."""
+    def finalize_response(self, response: Response, request: Request) -> None:
+        """The last touches the ASGI side gives a response before its head goes to the stream:
+        the server-level middlewares. Date, Server and the framing are the wire protocol's."""
         if self.middlewares:
             self.apply_middlewares_to_response(response, request)
-        data = request.data
-        status = response.status
-        keep_alive = data.keep_alive and not request.connection.state.draining
-        content_length = None
-        app_lines = []
-        own_date = own_server = False
-        for name, value in response.headers:
-            lname = name.lower()
-            if lname in _FRAMING_HEADERS:
-                if lname == b"content-length":
-                    if not value.isdigit():
-                        raise RuntimeError(f"ASGI: invalid Content-Length {value!r}")
-                    content_length = int(value)
-                elif lname == b"connection" and b"close" in value.lower():
-                    keep_alive = False
-                continue
-            if lname == b"date":
-                own_date = True
-            elif lname == b"server":
-                own_server = True
-            app_lines.append(b"%s: %s\r\n" % (name, value))
-        block = b"".join(app_lines)
-        if block.count(b"\n") != len(app_lines) or block.count(b"\r") != len(app_lines) \
-                or b"\0" in block:
-            raise RuntimeError("ASGI: response header names and values must not contain CR, "
-                               "LF or NUL")
-        head = [status_line(status)]
-        if not own_server:
-            head.append(SERVER_HEADER)
-        if not own_date:
-            head.append(request.connection.state.date_header)
-        head.append(block)
-        if status < 200 or status == 204 or status == 304:
-            response.has_body = False
-        else:
-            response.has_body = data.method != "HEAD"
-            if content_length is not None:
-                head.append(b"Content-Length: %d\r\n" % content_length)
-            elif not more_body and (response.has_body or body):
-                content_length = len(body)  # the whole body is in hand: no need to chunk
-                head.append(b"Content-Length: %d\r\n" % content_length)
-            elif not response.has_body:
-                pass  # HEAD without a length: the GET's length is unknown, send none
-            elif data.http_version == "1.1":
-                response.chunked = True
-                head.append(b"Transfer-Encoding: chunked\r\n")
-            else:
-                keep_alive = False  # HTTP/1.0 and no length: the close ends the body
-        if not keep_alive:
-            head.append(b"Connection: close\r\n")
-        head.append(b"\r\n")
-        response.content_length = content_length
-        response.keep_alive = keep_alive
-        return b"".join(head)
 
     def start_response(self, request: Request, response: Response | None = None,
-                       body: bytes = b"", more_body: bool = False) -> bytes:
-        """Finalize the head; send_response puts it on the wire with the first body bytes, in
-        one write."""
-        return self.finalize_response(response or request.response, request, body, more_body)
+                       body: bytes = b"", more_body: bool = False) -> Awaitable[None] | None:
+        """Finalize the response and hand its head to the stream with the first body bytes (one
+        write on HTTP/1.1). Returns what send_response does."""
+        if response is None:
+            response = request.response
+        if self.middlewares:
+            self.finalize_response(response, request)
+        drained = request.stream.send_head(response.status, response.headers, body, more_body)
+        response.started = True
+        return drained
 
-    def send_response(self, response: Response, client_socket: HttpConnection,
-                      request: Request | None = None, disable_logging: bool = False,
+    def send_response(self, response: Response, stream: Stream, request: Request,
                       body: bytes = b"", more_body: bool = False) -> Awaitable[None] | None:
-        """Write one body message (the head too, the first time); on the last one, complete
-        the response and write the access log line. Backpressure: when the socket's buffer is
-        full, returns the drain to await before the app may send more (None otherwise: no
-        coroutine is made for the common case)."""
-        head = b"" if response.started else self.start_response(request, response, body,
-                                                               more_body)
-        if response.has_body and body:
-            size = len(body)
-            if response.content_length is not None \
-                    and response.bytes_sent + size > response.content_length:
-                raise RuntimeError("ASGI: response body longer than its Content-Length")
-            response.bytes_sent += size
-            if response.chunked:
-                body = b"%x\r\n%s\r\n" % (size, body)
+        """Send one body message (the head too, the first time); on the last one, the response
+        is complete and the access log line is written. Backpressure: when the client is behind,
+        returns what to await before the app may send more (None otherwise: no coroutine is
+        made for the common case)."""
+        if response.started:
+            drained = stream.send_body(body, more_body)
         else:
-            body = b""
-        if not more_body:
-            response.complete = True
-            if response.chunked:
-                body += b"0\r\n\r\n"
-            elif response.has_body and response.content_length is not None \
-                    and response.bytes_sent < response.content_length:
-                log.error("ASGI app sent %d of the %d bytes its Content-Length announced; "
-                          "closing the connection", response.bytes_sent, response.content_length)
-                response.keep_alive = False
-        if head:
-            response.started = True
-            request.data.response_started = True
-            client_socket.write(head + body if body else head)
-        elif body:
-            client_socket.write(body)
+            drained = self.start_response(request, response, body, more_body)
         if more_body:
-            return client_socket.drain() if client_socket.write_paused else None
-        if self.access_log is not None and not disable_logging:
-            self.write_access_log(request, response)
-        client_socket.response_complete(response.keep_alive)
+            return drained
+        response.complete = True
+        if self.access_log is not None:
+            self.write_access_log(stream, request.scope["client"], response.status,
+                                  stream.bytes_sent)
         return None
 
-    def write_access_log(self, request: Request, response: Response) -> None:
-        data = request.data
-        loop_time = request.connection.state.loop.time()
-        self.access_log.write(
-            request.scope["client"], data.method, data.target.decode("latin-1"),
-            data.http_version, response.status, response.bytes_sent, loop_time - data.start_time)
+    def write_access_log(self, stream: Stream, client: tuple | None, status: int,
+                         size: int) -> None:
+        """The one access log path: one line per response, HTTP and WebSocket handshakes alike.
+        `client` is the client as the app saw it (after trusted proxy headers)."""
+        if self.access_log is not None:
+            self.access_log.write(
+                client, stream.method, stream.target.decode("latin-1"), stream.http_version,
+                status, size, asyncio.get_running_loop().time() - stream.start_time)

@@ -54,17 +54,11 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, Opcode, RsvBits
 from wsproto.utilities import RemoteProtocolError
 
-from ..http1.connection import (
-    SERVER_HEADER,
-    FlowControlledProtocol,
-    HttpConnection,
-    RequestData,
-    ServerState,
-    status_line,
-)
+from ..http1.connection import FlowControlledProtocol, HttpConnection, ServerState
+from ..http1.stream import Http1Stream, encode_error
 from ..logs import log
 from ..net.stages import ConnectionFacts, switch_protocol
-from .pipeline import ClientDisconnected
+from ..stream import SERVER, ClientDisconnected, Waiter
 
 # Reading pauses while this many messages, or bytes of them, wait for the app's receive().
 QUEUE_MESSAGES = 16
@@ -127,16 +121,11 @@ def handshake_refusal(method: str, http_version: str, headers: list[tuple[bytes,
     return next(((status, why) for ok, status, why in rules if not ok), None)
 
 
-def refusal_response(status: int, why: str, date: bytes) -> bytes:
-    """The answer to a handshake we will not take, closing the connection; a 426 names the
-    version we speak (RFC 6455 4.4)."""
-    body = b"%s: %s\n" % (status_line(status)[9:-2], why.encode("ascii"))
-    return b"".join((
-        status_line(status), SERVER_HEADER, date,
-        b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(body),
-        b"Sec-WebSocket-Version: 13\r\n" if status == 426 else b"",
-        b"Connection: close\r\n\r\n", body,
-    ))
+def refusal_response(status: int, why: str, date_header: bytes) -> bytes:
+    """The answer to a handshake we will not take (the server's own error response, closing
+    the connection); a 426 names the version we speak (RFC 6455 4.4)."""
+    extra = ((b"Sec-WebSocket-Version", b"13"),) if status == 426 else ()
+    return encode_error(status, date_header, why, extra)
 
 
 @dataclass(frozen=True)
@@ -150,7 +139,7 @@ class WebSocketUpgrade:
     per_message_deflate: bool = True
     accept_timeout: float = 10.0  # seconds the app has to accept or refuse (0: no limit)
 
-    def __call__(self, connection: HttpConnection, request: RequestData) -> bool:
+    def __call__(self, connection: HttpConnection, request: Http1Stream) -> bool:
         """Take `connection` over if `request` asks for a WebSocket (read_head has checked
         that Connection asks for an upgrade): start the session, or refuse a bad handshake.
         False: serve it as plain HTTP (an upgrade to something else)."""
@@ -164,7 +153,7 @@ class WebSocketUpgrade:
             log.debug("refused a WebSocket handshake from %s: %d %s", connection.client,
                       status, why)
             connection.write(refusal_response(status, why, state.date_header))
-            log_access(state, connection.client, request, status, state.loop.time())
+            state.handler.write_access_log(request, request.client, status, 0)
             connection.close()
             return True
         data = connection.parser.take_upgrade_data()
@@ -172,14 +161,6 @@ class WebSocketUpgrade:
         switch_protocol(connection.transport, WebSocketSession(self, connection.state, request),
                         connection.facts, data, read_paused, connection.write_paused)
         return True
-
-
-def log_access(state: ServerState, client: tuple | None, request: RequestData, status: int,
-               start_time: float) -> None:
-    access_log = state.handler.access_log
-    if access_log is not None:
-        access_log.write(client, request.method, request.target.decode("latin-1"),
-                         request.http_version, status, 0, state.loop.time() - start_time)
 
 
 # --- permessage-deflate with the size limit inside the inflater -----------------------------
@@ -251,12 +232,12 @@ class WebSocketSession(FlowControlledProtocol):
 
     __slots__ = ("state", "settings", "client", "server", "request", "ws", "scope", "accepted",
                  "refused", "close_sent", "close_sent_at", "disconnect", "connect_delivered",
-                 "messages", "queued_bytes", "fragments", "fragment_size", "pending", "waiter",
+                 "messages", "queued_bytes", "fragments", "fragment_size", "pending", "receiver",
                  "ping_sent_at", "next_ping_at", "denial", "start_time", "task", "facts")
 
     facts: ConnectionFacts  # and client, server: set by take_over
 
-    def __init__(self, settings: WebSocketUpgrade, state: ServerState, request: RequestData):
+    def __init__(self, settings: WebSocketUpgrade, state: ServerState, request: Http1Stream):
         super().__init__()
         self.state = state
         self.settings = settings
@@ -274,7 +255,7 @@ class WebSocketSession(FlowControlledProtocol):
         self.fragments: list = []  # the parts of the message being received
         self.fragment_size = 0
         self.pending: list[bytes] = []  # frames that came before accept
-        self.waiter: asyncio.Future | None = None
+        self.receiver = Waiter()  # receive() waiting for a message or the disconnect
         self.ping_sent_at: float | None = None
         self.next_ping_at = 0.0
         self.denial: tuple | None = None  # (status, headers) of a websocket.http.response
@@ -313,8 +294,7 @@ class WebSocketSession(FlowControlledProtocol):
             self.close()
             return
         handshake = next(self.ws.events())
-        self.scope = state.handler.get_websocket_scope(self, self.client, request,
-                                                       handshake.subprotocols)
+        self.scope = state.handler.get_websocket_scope(request, handshake.subprotocols)
         self.resume_reading()  # frames that arrive now wait in self.pending, bounded below
         state.start_task(self.run(state.app))
 
@@ -377,11 +357,7 @@ class WebSocketSession(FlowControlledProtocol):
                 return message
             if self.disconnect is not None:
                 return self.disconnect
-            self.waiter = self.state.loop.create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
+            await self.receiver.wait(self.state.loop)
 
     async def send(self, message: dict) -> None:
         kind = message["type"]
@@ -462,21 +438,22 @@ class WebSocketSession(FlowControlledProtocol):
             self.resume_reading()
 
     def own_headers(self, app_headers) -> list[tuple[bytes, bytes]]:
-        """Server and Date for a handshake answer, unless the app gave its own."""
+        """Server and Date for a handshake answer wsproto writes (101, the app's denial
+        response), unless the app gave its own: the values every response of the worker has."""
         names = {name.lower() for name, _ in app_headers}
         own = []
         if b"server" not in names:
-            own.append((b"server", SERVER_HEADER[8:-2]))
+            own.append((b"server", SERVER))
         if b"date" not in names:
-            own.append((b"date", self.state.date_header[6:-2]))
+            own.append((b"date", self.state.date))
         return own
 
     def refuse(self, status: int) -> None:
-        """Answer the handshake with a plain HTTP response (403 on close, 500 on an error)."""
+        """Answer the handshake with the server's own HTTP response (403 on close, 500 on an
+        error), as the HTTP/1.1 codec writes it for every error."""
         self.refused = True
         self.set_disconnect(ABNORMAL, "")
-        self.write(self.ws.send(RejectConnection(
-            status_code=status, headers=[*self.own_headers(()), (b"connection", b"close")])))
+        self.write(encode_error(status, self.state.date_header))
         self.log_access(status)
         self.close()
 
@@ -584,9 +561,7 @@ class WebSocketSession(FlowControlledProtocol):
         self._wake()
 
     def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self.receiver.wake()
 
     # --- shutdown and the once-a-second sweep -------------------------------------------
 
@@ -672,4 +647,5 @@ class WebSocketSession(FlowControlledProtocol):
         super().abort()
 
     def log_access(self, status: int) -> None:
-        log_access(self.state, self.client, self.request, status, self.start_time)
+        self.state.handler.write_access_log(self.request, self.scope.get("client", self.client),
+                                            status, 0)

@@ -3,10 +3,10 @@
 A parser adapter (parser_httptools.py, or parser_h11.py: --http) turns bytes into events, with
 the same outcomes for every input whichever it is, and request_head.py holds each head
 to the rules and limits; everything else about a connection lives here once: when a request
-starts, how its body reaches the app (RequestData.receive), when reading pauses, when the
-connection is kept alive or closed, and the timeouts, which one sweep a second enforces
-(ServerState.tick) so that no timer is armed per request. The response side (framing,
-writing) is the ASGI pipeline's job (asgi.py); it writes through the HttpConnection methods.
+starts (as an Http1Stream, stream.py: the stream interface the ASGI side serves, with the
+response framing), how its body is fed to it, when reading pauses, when the connection is kept
+alive or closed, the answers to requests it refuses, and the timeouts, which one sweep a second
+enforces (ServerState.tick) so that no timer is armed per request.
 
 Parser contract, as used by HttpConnection.handle_events:
   feed(data)            bytes from the client; b"" means the client closed its side
@@ -32,55 +32,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from email.utils import formatdate
-from http import HTTPStatus
 from typing import Any
 
 from ..logs import FailureLog, log
 from ..net.stages import ConnectionFacts, StagedConnection
-from .request_head import DEFAULT_LIMITS, Limits, ParseError, read_head
+from ..stream import Waiter, http_date
+from .request_head import DEFAULT_LIMITS, Limits, ParseError
+from .stream import Http1Stream, date_header, encode_error
 
 END_OF_MESSAGE = "END_OF_MESSAGE"
 NEED_DATA = "NEED_DATA"
 PAUSED = "PAUSED"
 CONNECTION_CLOSED = "CONNECTION_CLOSED"
 
-# Reading pauses while this much request body waits for the app to receive() it.
-BODY_HIGH_WATER = 64 * 1024
-
-
-# --- the wire format of what the server writes itself ------------------------------------
-
-STATUS_LINES: dict[int, bytes] = {
-    status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode("ascii"))
-    for status in HTTPStatus
-}
-SERVER_HEADER = b"Server: duck-prefork\r\n"
-CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-def status_line(status: int) -> bytes:
-    line = STATUS_LINES.get(status)
-    return line if line is not None else b"HTTP/1.1 %d \r\n" % status
-
-
-def date_header() -> bytes:
-    return b"Date: %s\r\n" % formatdate(usegmt=True).encode("ascii")
-
-
-def error_response(status: int, date: bytes) -> bytes:
-    """A complete response the server sends on its own behalf, closing the connection."""
-    body = b"%d %s\n" % (status, HTTPStatus(status).phrase.encode("ascii"))
-    return b"".join((
-        status_line(status), SERVER_HEADER, date,
-        b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(body),
-        b"Connection: close\r\n\r\n", body,
-    ))
-
-
 # --- shared per-worker state ----------------------------------------------------------------
 
-RequestHandler = Callable[[Any, "HttpConnection", Any, "RequestData"], Coroutine[Any, Any, Any]]
+# The ASGI pipeline, as the connection sees it: handler(app, stream) -> the request's coroutine.
+RequestHandler = Callable[[Any, Http1Stream], Coroutine[Any, Any, Any]]
 
 
 class ServerState:
@@ -90,10 +58,10 @@ class ServerState:
     def __init__(self, app: Any, handler: RequestHandler, parser_factory: Callable[[], Any],
                  keep_alive: float, timing: bool, limits: Limits = DEFAULT_LIMITS,
                  concurrency: int = 0, header_timeout: float = 0.0, send_timeout: float = 0.0,
-                 upgrade: Callable[[HttpConnection, RequestData], bool] | None = None):
+                 upgrade: Callable[[HttpConnection, Http1Stream], bool] | None = None):
         self.loop = asyncio.get_running_loop()
         self.app = app
-        self.handler = handler  # the ASGI pipeline: handler(app, connection, client, request)
+        self.handler = handler  # the ASGI pipeline: handler(app, stream)
         self.parser_factory = parser_factory
         self.keep_alive = keep_alive
         self.limits = limits
@@ -111,15 +79,24 @@ class ServerState:
         self.pending_connects = 0  # accepted sockets whose connection is being set up
         self.draining = False
         self.drained = asyncio.Event()
-        self.date_header = date_header()
+        self.date = b""  # the Date value of every response this second, and its HTTP/1.1 line
+        self.date_header = b""
+        self.refresh_date()
         self.requests_served = 0
         self.refused_busy = 0  # 503s for --limit-concurrency since the last tick
         self.failures = FailureLog()  # what went wrong in tick(), logged once each
 
+    def refresh_date(self) -> None:
+        """The one place the Date of responses comes from (every kind of response and stream
+        reads it here, so none slices it out of another's bytes)."""
+        self.date = http_date()
+        self.date_header = date_header(self.date)
+
     def tick(self, now: float) -> None:
         """Called once a second: refresh the Date header and enforce every connection timeout.
-        One sweep for all connections keeps timers off the per-request path."""
-        self.date_header = date_header()
+        One sweep for all connections, HTTP and WebSocket, keeps timers off the per-request
+        path."""
+        self.refresh_date()
         if self.refused_busy:
             log.warning("--limit-concurrency %d reached: answered %d requests with 503",
                         self.concurrency, self.refused_busy)
@@ -164,101 +141,13 @@ class ServerState:
     def _task_done(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
         self.requests_served += 1
-        self.check_drained()
+        if self.draining:
+            self.check_drained()
 
     def check_drained(self) -> None:
         if self.draining and not self.connections and not self.tasks \
                 and not self.pending_connects and not self.websockets and not self.staging:
             self.drained.set()
-
-
-# --- one request as received ----------------------------------------------------------------
-
-class RequestData:
-    """A request head plus its body as a channel: the connection feeds, the app receive()s."""
-
-    __slots__ = ("method", "target", "http_version", "headers", "keep_alive", "expect_continue",
-                 "content_length", "chunked", "forwarded", "upgrade", "body_received", "connection",
-                 "start_time", "_chunks", "_buffered", "_body_complete", "_body_delivered",
-                 "_waiter", "disconnected", "response_started", "response_complete")
-
-    def __init__(self, connection: HttpConnection, method: bytes, target: bytes,
-                 http_version: bytes, headers: list[tuple[bytes, bytes]]):
-        """Raises ParseError for a head that must be refused (see request_head.py)."""
-        (self.keep_alive, self.expect_continue, self.content_length, self.chunked,
-         self.forwarded, self.upgrade) = read_head(method, target, http_version, headers,
-                                     connection.state.limits)
-        self.connection = connection
-        self.method = method.decode("ascii")
-        self.target = target
-        self.http_version = http_version.decode("ascii")
-        self.headers = headers
-        self.body_received = 0
-        self.start_time = 0.0
-        self._chunks: list[bytes] = []
-        self._buffered = 0
-        self._body_complete = False
-        self._body_delivered = False
-        self._waiter: asyncio.Future | None = None
-        self.disconnected = False
-        self.response_started = False  # set by the pipeline once the head is written
-        self.response_complete = False
-
-    @property
-    def body_complete(self) -> bool:
-        return self._body_complete
-
-    # Called by the connection.
-    def feed_body(self, data: bytes) -> None:
-        if self.response_complete:
-            return  # the app is done with this request; the rest of its body is dropped
-        self._chunks.append(data)
-        self._buffered += len(data)
-        if self._buffered > BODY_HIGH_WATER:
-            self.connection.pause_reading()
-        self._wake()
-
-    def feed_end(self) -> None:
-        self._body_complete = True
-        self._wake()
-
-    def feed_disconnect(self) -> None:
-        self.disconnected = True
-        self._wake()
-
-    def finish_response(self) -> None:
-        self.response_complete = True
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    # The ASGI receive callable.
-    async def receive(self) -> dict:
-        while True:
-            if self.disconnected or self.response_complete:
-                return {"type": "http.disconnect"}
-            if not self._body_delivered and (self._chunks or self._body_complete):
-                chunks = self._chunks
-                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                self._chunks = []
-                if self._buffered > BODY_HIGH_WATER:
-                    self.connection.resume_reading()
-                self._buffered = 0
-                more_body = not self._body_complete
-                self._body_delivered = not more_body
-                return {"type": "http.request", "body": body, "more_body": more_body}
-            if self.expect_continue:
-                self.expect_continue = False  # RFC 9110 10.1.1: 100 only when the body is wanted
-                if not self.response_started:
-                    self.connection.write(CONTINUE_RESPONSE)
-            self._waiter = self.connection.state.loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
 
 
 # --- the connection -------------------------------------------------------------------------
@@ -277,7 +166,7 @@ class FlowControlledProtocol(asyncio.Protocol):
         self.closed = False  # the transport is closing or closed: nothing more is written
         self.read_paused = False
         self.write_paused = False
-        self._drain_waiter: asyncio.Future | None = None
+        self._drain_waiter: Waiter | None = None  # made at the first drain that waits
         self._stall_since: float | None = None  # a write is waiting on the client since
         self._stall_size = 0  # bytes it was waiting to send then
 
@@ -288,11 +177,10 @@ class FlowControlledProtocol(asyncio.Protocol):
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its low-water mark again."""
         if self.write_paused and not self.closed:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._drain_waiter
-            finally:
-                self._drain_waiter = None
+            waiter = self._drain_waiter
+            if waiter is None:
+                waiter = self._drain_waiter = Waiter()
+            await waiter.wait(asyncio.get_running_loop())
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -317,8 +205,8 @@ class FlowControlledProtocol(asyncio.Protocol):
     def wake_drain(self) -> None:
         """Let a writer waiting in drain() go on (also when the connection is lost)."""
         waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            waiter.wake()
 
     def pause_reading(self) -> None:
         if not self.read_paused and not self.closed:
@@ -357,7 +245,7 @@ class HttpConnection(FlowControlledProtocol):
         self.parser = state.parser_factory()
         self.client: tuple | None = None  # facts.client and facts.server, read once
         self.server: tuple | None = None
-        self.request: RequestData | None = None
+        self.request: Http1Stream | None = None
         self.idle_since: float | None = None  # waiting for a request head since
         self.head_started = False  # bytes of the next head have arrived
         self.served = 0  # requests started on this connection
@@ -404,8 +292,10 @@ class HttpConnection(FlowControlledProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.state.connections.discard(self)
-        if self.request is not None:
-            self.request.feed_disconnect()
+        request = self.request
+        if request is not None:
+            request.closed = True
+            request.feed_disconnect()
         self.wake_drain()
         self.state.check_drained()
 
@@ -465,7 +355,7 @@ class HttpConnection(FlowControlledProtocol):
                       headers: list) -> None:
         state = self.state
         try:
-            request = RequestData(self, method, target, http_version, headers)
+            request = Http1Stream(self, method, target, http_version, headers)
         except ParseError as exc:
             self.refuse(exc.status)
             return
@@ -473,6 +363,8 @@ class HttpConnection(FlowControlledProtocol):
             state.refused_busy += 1  # logged once a second by tick(), not per request
             self.refuse(503)
             return
+        if state.timing:
+            request.start_time = state.loop.time()
         if request.upgrade is not None and state.upgrade is not None \
                 and state.upgrade(self, request):
             return  # the connection is a WebSocket now
@@ -481,9 +373,19 @@ class HttpConnection(FlowControlledProtocol):
         self.served += 1
         if state.keep_alive <= 0:
             request.keep_alive = False  # --keep-alive 0: one request per connection
-        if state.timing:
-            request.start_time = state.loop.time()
-        state.start_task(state.handler(state.app, self, self.client, request))
+        state.start_task(state.handler(state.app, request))
+
+    def close(self) -> None:
+        request = self.request
+        if request is not None:
+            request.closed = True  # a stream is closed with its connection
+        super().close()
+
+    def abort(self) -> None:
+        request = self.request
+        if request is not None:
+            request.closed = True
+        super().abort()
 
     def hand_over(self) -> bool:
         """The transport now belongs to another protocol (a WebSocket): forget it here.
@@ -499,7 +401,7 @@ class HttpConnection(FlowControlledProtocol):
         if request is not None:
             request.feed_disconnect()  # a bad body: its app sees the client go
         if request is None or not request.response_started:
-            self.write(error_response(status, self.state.date_header))
+            self.write(encode_error(status, self.state.date_header))
         self.close()
 
     def next_cycle(self) -> None:
@@ -510,10 +412,11 @@ class HttpConnection(FlowControlledProtocol):
         self.parser.start_next_cycle()
         self.idle_since = self.state.loop.time()
         self.head_started = False
-        self.resume_reading()
+        if self.read_paused:
+            self.resume_reading()
         self.handle_events()
 
-    # response side, used by the ASGI pipeline (write, drain: FlowControlledProtocol)
+    # response side, used by the stream (write, drain: FlowControlledProtocol)
 
     def response_complete(self, keep_alive: bool) -> None:
         """The response to the current request has been written in full."""
@@ -554,5 +457,5 @@ class HttpConnection(FlowControlledProtocol):
             limit = min(limit, 1.0) if limit else 1.0
         if limit and now - idle_since >= limit:
             if self.served == 0 and not state.draining:
-                self.write(error_response(408, state.date_header))
+                self.write(encode_error(408, state.date_header))
             self.close()

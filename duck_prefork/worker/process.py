@@ -34,7 +34,7 @@ import uvloop
 from .. import logs
 from ..asgi.forwarded import ProxyHeaders
 from ..asgi.lifespan import Lifespan, LifespanFailure
-from ..asgi.pipeline import ASGI
+from ..asgi.pipeline import ASGI, ResponseHeaders
 from ..asgi.websocket import WebSocketUpgrade
 from ..config import Config
 from ..demo import create_demo_app
@@ -163,7 +163,7 @@ class Worker:
         self.access_log = access_log
         proxy = None if config.no_proxy_headers else ProxyHeaders(config.forwarded_allow_ips)
         pipeline = ASGI(root_path=config.root_path, state=lifespan_state, access_log=access_log,
-                        proxy=proxy)
+                        middlewares=response_middlewares(config), proxy=proxy)
         limits = Limits(request_line=config.limit_request_line,
                         fields=config.limit_request_fields,
                         field_size=config.limit_request_field_size,
@@ -252,6 +252,17 @@ def parser_class(choice: str) -> type:
         else:
             return HttptoolsParser
     return H11Parser
+
+
+def response_middlewares(config: Config) -> list[ResponseHeaders]:
+    """The server-level response middlewares: --response-header's, when given."""
+    if not config.response_header:
+        return []
+    headers = []
+    for spec in config.response_header:  # "NAME: VALUE", checked by config.header_spec
+        name, _, value = spec.partition(":")
+        headers.append((name.strip().encode("ascii"), value.strip().encode("ascii")))
+    return [ResponseHeaders(headers)]
 
 
 def websocket_upgrade(config: Config) -> WebSocketUpgrade | None:

@@ -5,7 +5,7 @@ GET /stats           JSON measured in the worker's own event loop, after gc.coll
     request_tasks      ServerState.tasks, this request's task excluded
     connections        ServerState.connections, this request's connection excluded
     http_connections   live http1.connection.HttpConnection objects (gc), this one excluded
-    request_data       live RequestData objects (gc), this request's excluded
+    request_data       live http1.stream.Http1Stream objects (gc), this request's excluded
     requests           live asgi.pipeline.Request objects (gc), this request's excluded
     transports         live transport objects of the type this request's transport has (gc),
                        this one excluded
@@ -43,7 +43,8 @@ import sys
 import psutil
 
 from duck_prefork.asgi.pipeline import Request
-from duck_prefork.http1.connection import HttpConnection, RequestData, ServerState
+from duck_prefork.http1.connection import HttpConnection, ServerState
+from duck_prefork.http1.stream import Http1Stream
 from tests.apps.basic import app as basic_app
 
 FLOOD_CHUNK = bytes(64 * 1024)
@@ -93,7 +94,7 @@ def _states(connections) -> dict:
     return states
 
 
-def _stats(own_data: RequestData, quick: bool) -> dict:
+def _stats(own_data: Http1Stream, quick: bool) -> dict:
     loop = asyncio.get_running_loop()
     own_task = asyncio.current_task()
     own_connection = own_data.connection
@@ -121,10 +122,10 @@ def _stats(own_data: RequestData, quick: bool) -> dict:
         kind = type(o)
         if kind is HttpConnection:
             counts["http_connections"] += o is not own_connection
-        elif kind is RequestData:
+        elif kind is Http1Stream:
             counts["request_data"] += o is not own_data
         elif kind is Request:
-            counts["requests"] += o.data is not own_data
+            counts["requests"] += o.stream is not own_data
         elif kind is transport_type:
             counts["transports"] += o is not own_connection.transport
         elif kind is future_type:
@@ -146,7 +147,7 @@ async def app(scope, receive, send):
     path = scope["path"]
     if path == "/stats":
         quick = b"quick=1" in scope["query_string"].split(b"&")
-        body = json.dumps(_stats(receive.__self__, quick)).encode()
+        body = json.dumps(_stats(receive.__self__.stream, quick)).encode()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})

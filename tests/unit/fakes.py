@@ -9,10 +9,11 @@ from duck_prefork.net.stages import ConnectionFacts
 
 
 class FakeState:
-    """The parts of ServerState the ASGI pipeline reads."""
+    """The parts of ServerState an Http1Stream reads."""
 
     def __init__(self) -> None:
         self.draining = False
+        self.date = b"X"
         self.date_header = b"Date: X\r\n"
         self.limits = Limits()
 
@@ -22,14 +23,16 @@ class FakeState:
 
 
 class FakeConnection:
-    """The parts of HttpConnection that RequestData and the ASGI pipeline use."""
+    """The parts of HttpConnection that an Http1Stream uses (and so the ASGI pipeline)."""
 
-    def __init__(self) -> None:
+    def __init__(self, client: tuple | None = None) -> None:
         self.written = bytearray()
         self.closed = False
         self.write_paused = False
+        self.client = client
         self.server = ("127.0.0.1", 8000)
         self.facts = ConnectionFacts(None, self.server)  # scheme "http"
+        self.transport = self  # the stream writes to the transport once it checked `closed`
         self.state = FakeState()
         self.completed: list[bool] = []  # response_complete(keep_alive) arguments
         self.aborted = False

@@ -13,7 +13,7 @@ from duck_prefork.asgi.pipeline import (
     decode_path,
     split_target,
 )
-from duck_prefork.http1.connection import RequestData
+from duck_prefork.http1.stream import Http1Stream
 
 from .fakes import FakeConnection, header_names, split_response
 
@@ -25,11 +25,11 @@ CLIENT = ("10.0.0.1", 1234)
 def make(method: str = "GET", target: bytes = b"/", version: str = "1.1",
          headers=((b"host", b"example.com"),), **pipeline_options):
     """A pipeline, a fake connection and a complete request without a body."""
-    connection = FakeConnection()
+    connection = FakeConnection(CLIENT)
     headers = list(headers)
     if not any(name == b"host" for name, _ in headers):
         headers.append((b"host", b"test"))  # HTTP/1.1 requires exactly one
-    data = RequestData(connection, method.encode(), target, version.encode(), headers)
+    data = Http1Stream(connection, method.encode(), target, version.encode(), headers)
     data.feed_end()
     return ASGI(**pipeline_options), connection, data
 
@@ -37,7 +37,7 @@ def make(method: str = "GET", target: bytes = b"/", version: str = "1.1",
 def serve(app, **options) -> tuple[FakeConnection, Request]:
     """Run `app` for one request; returns the connection (what was written) and the request."""
     pipeline, connection, data = make(**options)
-    request = asyncio.run(pipeline(app, connection, CLIENT, data))
+    request = asyncio.run(pipeline(app, data))
     return connection, request
 
 
@@ -53,7 +53,7 @@ def responder(status: int = 200, headers=(), bodies=(b"hello",)):
 
 def scope_of(target: bytes = b"/", **options) -> dict:
     pipeline, connection, data = make(target=target, **options)
-    return pipeline.get_request(connection, CLIENT, data).scope
+    return pipeline.get_request(data).scope
 
 
 # --- the scope ------------------------------------------------------------------------------
@@ -139,9 +139,9 @@ def test_state_is_a_copy_of_the_lifespan_state():
 def test_each_request_gets_its_own_state_copy():
     lifespan_state = {"n": 0}
     pipeline, connection, data = make(state=lifespan_state)
-    first = pipeline.get_request(connection, CLIENT, data).scope["state"]
+    first = pipeline.get_request(data).scope["state"]
     first["n"] = 1
-    second = pipeline.get_request(connection, CLIENT, data).scope["state"]
+    second = pipeline.get_request(data).scope["state"]
     assert second == {"n": 0}
 
 
@@ -223,7 +223,7 @@ def test_app_framing_headers_are_replaced_by_ours():
 def test_write_backpressure_waits_for_drain():
     pipeline, connection, data = make()
     connection.write_paused = True
-    asyncio.run(pipeline(responder(bodies=(b"a", b"b")), connection, CLIENT, data))
+    asyncio.run(pipeline(responder(bodies=(b"a", b"b")), data))
     assert connection.drains == 1
 
 
@@ -311,7 +311,7 @@ def test_keep_alive_response_has_no_connection_header():
 def test_draining_adds_connection_close():
     pipeline, connection, data = make()
     connection.state.draining = True
-    asyncio.run(pipeline(responder(), connection, CLIENT, data))
+    asyncio.run(pipeline(responder(), data))
     assert (b"Connection", b"close") in split_response(connection.written)[1]
     assert connection.completed == [False]
 
@@ -340,7 +340,7 @@ def test_unknown_status_has_a_status_line():
 ])
 def test_cr_lf_nul_in_headers_raise(name, value):
     pipeline, connection, data = make()
-    request = pipeline.get_request(connection, CLIENT, data)
+    request = pipeline.get_request(data)
 
     async def run():
         await request.send({"type": "http.response.start", "status": 200,
@@ -361,7 +361,7 @@ def test_header_injection_becomes_a_500_without_the_injected_header():
 
 def test_invalid_app_content_length_raises():
     pipeline, connection, data = make()
-    request = pipeline.get_request(connection, CLIENT, data)
+    request = pipeline.get_request(data)
 
     async def run():
         await request.send({"type": "http.response.start", "status": 200,
@@ -375,7 +375,7 @@ def test_invalid_app_content_length_raises():
 @pytest.mark.parametrize("bodies", [(b"hello",), (b"ab", b"cd")])
 def test_body_longer_than_content_length_raises(bodies):
     pipeline, connection, data = make()
-    request = pipeline.get_request(connection, CLIENT, data)
+    request = pipeline.get_request(data)
 
     async def run():
         await request.send({"type": "http.response.start", "status": 200,
@@ -401,8 +401,8 @@ def test_body_shorter_than_content_length_does_not_keep_alive():
 
 def send_sequence(*messages, connection_closed: bool = False):
     pipeline, connection, data = make()
-    connection.closed = connection_closed
-    request = pipeline.get_request(connection, CLIENT, data)
+    connection.closed = data.closed = connection_closed  # as HttpConnection.close() does
+    request = pipeline.get_request(data)
 
     async def run():
         for message in messages:
@@ -545,8 +545,8 @@ def test_app_raising_after_client_disconnected_writes_nothing():
         await send(START)  # the connection is closed: ClientDisconnected
 
     pipeline, connection, data = make()
-    connection.closed = True
-    asyncio.run(pipeline(app, connection, CLIENT, data))
+    connection.closed = data.closed = True  # as HttpConnection.close() does
+    asyncio.run(pipeline(app, data))
     assert connection.written == b""
     assert connection.completed == []
 
@@ -557,7 +557,7 @@ def test_app_raising_once_the_client_is_gone_writes_nothing():
 
     pipeline, connection, data = make()
     data.feed_disconnect()
-    asyncio.run(pipeline(app, connection, CLIENT, data))
+    asyncio.run(pipeline(app, data))
     assert connection.written == b""
     assert connection.closed and not connection.aborted
 

@@ -207,3 +207,48 @@ def test_unknown_option_exits_1(capsys):
         parse("--no-such-option")
     assert info.value.code == cli.EXIT_USAGE
     assert "--no-such-option" in capsys.readouterr().err
+
+
+# --- --response-header -------------------------------------------------------------------
+
+
+def test_response_header_is_repeatable_and_normalized():
+    config = parse("--response-header", "Strict-Transport-Security:max-age=31536000",
+                   "--response-header", " X-Content-Type-Options :  nosniff ")
+    assert config.response_header == ["Strict-Transport-Security: max-age=31536000",
+                                      "X-Content-Type-Options: nosniff"]
+    assert parse().response_header == []
+    # a value may hold colons; the environment takes a comma list
+    assert parse("--response-header", "Link:<https://a/b>; rel=x").response_header == \
+        ["Link: <https://a/b>; rel=x"]
+    assert parse(DUCK_PREFORK_RESPONSE_HEADER="X-A:1,X-B:2").response_header == \
+        ["X-A: 1", "X-B: 2"]
+
+
+@pytest.mark.parametrize("value, reason", [
+    ("X-Frame-Options", "expected NAME:VALUE"),
+    (":nosniff", "expected NAME:VALUE"),
+    ("X Frame:deny", "not a header name"),
+    ("X-Frame\u00e9:deny", "not a header name"),
+    ("X-A:one\rX-B: two", "visible ASCII"),
+    ("X-A:one\nX-B: two", "visible ASCII"),
+    ("X-A:a\0b", "visible ASCII"),
+    ("X-A:caf\u00e9", "visible ASCII"),
+    ("Content-Length:5", "set by the server"),
+    ("transfer-encoding:chunked", "set by the server"),
+    ("Connection:close", "set by the server"),
+])
+def test_bad_response_header_is_one_line_naming_it(value, reason):
+    with pytest.raises(ConfigError) as info:
+        parse("--response-header", value)
+    message = str(info.value)
+    assert message.startswith("--response-header: ") and reason in message
+    assert "\n" not in message and "\r" not in message.replace("\\r", "")
+
+
+def test_response_header_round_trips_through_check_config_toml():
+    from duck_prefork.config import from_toml_text
+
+    config = parse("--response-header", "X-A:1")
+    assert from_toml_text(cli.describe(config), "check").response_header == ["X-A: 1"]
+    assert from_toml_text(cli.describe(parse()), "check").response_header == []

@@ -11,7 +11,7 @@ from duck_prefork.asgi.forwarded import (
     parse_trusted,
 )
 from duck_prefork.asgi.pipeline import ASGI
-from duck_prefork.http1.connection import RequestData
+from duck_prefork.http1.stream import Http1Stream
 
 from .fakes import FakeConnection
 
@@ -376,12 +376,12 @@ def test_forwarded_host(host, seen):
 
 
 def pipeline_scope(client: tuple | None, proxy: ProxyHeaders | None) -> dict:
-    connection = FakeConnection()
+    connection = FakeConnection(client)
     headers = [(b"host", b"internal"), (b"x-forwarded-for", b"203.0.113.7"),
                (b"x-forwarded-proto", b"https"), (b"x-forwarded-host", b"example.com")]
-    data = RequestData(connection, b"GET", b"/", b"1.1", headers)
+    data = Http1Stream(connection, b"GET", b"/", b"1.1", headers)
     data.feed_end()
-    return ASGI(proxy=proxy).get_request(connection, client, data).scope
+    return ASGI(proxy=proxy).get_request(data).scope
 
 
 def test_pipeline_applies_headers_from_a_trusted_peer():

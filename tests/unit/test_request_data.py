@@ -1,5 +1,5 @@
-"""RequestData (keep-alive, 100-continue, the body channel, flow control) and the HttpConnection
-around it, driven through a fake transport."""
+"""Http1Stream (keep-alive, 100-continue, the body channel, flow control; read through the
+ASGI receive callable) and the HttpConnection around it, driven through a fake transport."""
 
 from __future__ import annotations
 
@@ -7,15 +7,10 @@ import asyncio
 
 import pytest
 
-from duck_prefork.asgi.pipeline import ASGI
-from duck_prefork.http1.connection import (
-    BODY_HIGH_WATER,
-    CONTINUE_RESPONSE,
-    HttpConnection,
-    RequestData,
-    ServerState,
-)
+from duck_prefork.asgi.pipeline import ASGI, Request
+from duck_prefork.http1.connection import HttpConnection, ServerState
 from duck_prefork.http1.parser_h11 import H11Parser
+from duck_prefork.http1.stream import BODY_HIGH_WATER, CONTINUE_RESPONSE, Http1Stream
 
 from .fakes import FakeConnection, FakeTransport, split_response
 
@@ -25,11 +20,16 @@ DISCONNECT = {"type": "http.disconnect"}
 
 
 def request_data(version: bytes = b"1.1", headers=(), method: bytes = b"POST",
-                 connection: FakeConnection | None = None) -> RequestData:
+                 connection: FakeConnection | None = None) -> Http1Stream:
     headers = list(headers)
     if not any(name == b"host" for name, _ in headers):
         headers.append((b"host", b"test"))  # HTTP/1.1 requires exactly one
-    return RequestData(connection or FakeConnection(), method, b"/", version, headers)
+    return Http1Stream(connection or FakeConnection(), method, b"/", version, headers)
+
+
+def receive(data: Http1Stream):
+    """The ASGI receive callable over `data`'s body channel (one call: one message)."""
+    return Request({}, data, None, None).receive()
 
 
 async def settle() -> None:
@@ -71,18 +71,18 @@ def test_receive_returns_the_body_then_disconnect_once_the_response_is_complete(
         data = request_data()
         data.feed_body(b"ab")
         data.feed_body(b"cd")
-        assert await data.receive() == {"type": "http.request", "body": b"abcd",
+        assert await receive(data) == {"type": "http.request", "body": b"abcd",
                                         "more_body": True}
         data.feed_body(b"ef")
         data.feed_end()
-        assert await data.receive() == {"type": "http.request", "body": b"ef",
+        assert await receive(data) == {"type": "http.request", "body": b"ef",
                                         "more_body": False}
-        waiting = asyncio.ensure_future(data.receive())
+        waiting = asyncio.ensure_future(receive(data))
         await settle()
         assert not waiting.done()  # the body is delivered; nothing until the response ends
         data.finish_response()
         assert await waiting == DISCONNECT
-        assert await data.receive() == DISCONNECT
+        assert await receive(data) == DISCONNECT
 
     asyncio.run(run())
 
@@ -91,7 +91,7 @@ def test_receive_without_a_body():
     async def run():
         data = request_data(method=b"GET")
         data.feed_end()
-        assert await data.receive() == {"type": "http.request", "body": b"",
+        assert await receive(data) == {"type": "http.request", "body": b"",
                                         "more_body": False}
 
     asyncio.run(run())
@@ -100,7 +100,7 @@ def test_receive_without_a_body():
 def test_receive_waits_for_body_then_wakes():
     async def run():
         data = request_data()
-        waiting = asyncio.ensure_future(data.receive())
+        waiting = asyncio.ensure_future(receive(data))
         await settle()
         assert not waiting.done()
         data.feed_body(b"x")
@@ -112,7 +112,7 @@ def test_receive_waits_for_body_then_wakes():
 def test_client_disconnect_wakes_receive():
     async def run():
         data = request_data()
-        waiting = asyncio.ensure_future(data.receive())
+        waiting = asyncio.ensure_future(receive(data))
         await settle()
         data.feed_disconnect()
         assert await waiting == DISCONNECT
@@ -128,7 +128,7 @@ def test_body_fed_after_the_response_is_complete_is_dropped():
         data.finish_response()
         data.feed_body(b"x" * (BODY_HIGH_WATER + 1))
         assert connection.pauses == 0
-        assert await data.receive() == DISCONNECT
+        assert await receive(data) == DISCONNECT
 
     asyncio.run(run())
 
@@ -145,7 +145,7 @@ def test_100_continue_is_sent_when_receive_waits_for_the_body():
         data = request_data(headers=EXPECT, connection=connection)
         assert data.expect_continue
         assert connection.written == b""  # not before the app asks for the body
-        waiting = asyncio.ensure_future(data.receive())
+        waiting = asyncio.ensure_future(receive(data))
         await settle()
         assert connection.written == CONTINUE_RESPONSE
         data.feed_body(b"hello")
@@ -160,11 +160,11 @@ def test_100_continue_is_sent_only_once():
     async def run():
         connection = FakeConnection()
         data = request_data(headers=EXPECT, connection=connection)
-        first = asyncio.ensure_future(data.receive())
+        first = asyncio.ensure_future(receive(data))
         await settle()
         data.feed_body(b"he")
         await first
-        second = asyncio.ensure_future(data.receive())
+        second = asyncio.ensure_future(receive(data))
         await settle()
         data.feed_body(b"llo")
         data.feed_end()
@@ -180,7 +180,7 @@ def test_no_100_continue_when_the_body_is_already_here():
         data = request_data(headers=EXPECT, connection=connection)
         data.feed_body(b"hello")
         data.feed_end()
-        assert (await data.receive())["body"] == b"hello"
+        assert (await receive(data))["body"] == b"hello"
         assert connection.written == b""
 
     asyncio.run(run())
@@ -191,7 +191,7 @@ def test_no_100_continue_when_the_app_never_reads():
         connection = FakeConnection()
         data = request_data(headers=EXPECT, connection=connection)
         data.finish_response()
-        assert await data.receive() == DISCONNECT
+        assert await receive(data) == DISCONNECT
         assert connection.written == b""
 
     asyncio.run(run())
@@ -207,7 +207,7 @@ def test_no_100_continue_for_http10():
     async def run():
         connection = FakeConnection()
         data = request_data(b"1.0", headers=EXPECT, connection=connection)
-        waiting = asyncio.ensure_future(data.receive())
+        waiting = asyncio.ensure_future(receive(data))
         await settle()
         data.feed_body(b"hello")
         data.feed_end()
@@ -223,7 +223,7 @@ def test_no_100_continue_after_the_response_started():
         connection = FakeConnection()
         data = request_data(headers=EXPECT, connection=connection)
         data.response_started = True
-        waiting = asyncio.ensure_future(data.receive())
+        waiting = asyncio.ensure_future(receive(data))
         await settle()
         data.feed_body(b"hello")
         data.feed_end()
@@ -244,7 +244,7 @@ def test_reading_pauses_above_the_high_water_mark_and_resumes_on_receive():
         assert not connection.read_paused  # at the mark: still reading
         data.feed_body(b"y")
         assert connection.read_paused
-        message = await data.receive()
+        message = await receive(data)
         assert len(message["body"]) == BODY_HIGH_WATER + 1
         assert not connection.read_paused
         assert connection.resumes == 1
@@ -257,7 +257,7 @@ def test_receive_below_the_mark_does_not_resume():
         connection = FakeConnection()
         data = request_data(connection=connection)
         data.feed_body(b"small")
-        await data.receive()
+        await receive(data)
         assert connection.resumes == 0
 
     asyncio.run(run())

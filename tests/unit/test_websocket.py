@@ -62,7 +62,7 @@ def make_session(app, upgrade: WebSocketUpgrade | None = None, pending: bytes = 
                for name, _, value in (line.partition(b":") for line in lines[1:])
                if name.strip().lower() != without] + list(extra)
     state = SimpleNamespace(loop=loop, app=app, handler=ASGI(), tasks=set(), websockets=set(),
-                            date_header=b"Date: X\r\n", send_timeout=send_timeout,
+                            date=b"X", date_header=b"Date: X\r\n", send_timeout=send_timeout,
                             requests_served=0, draining=False, check_drained=lambda: None)
 
     def start_task(coroutine) -> None:  # ServerState.start_task's bookkeeping
@@ -79,7 +79,8 @@ def make_session(app, upgrade: WebSocketUpgrade | None = None, pending: bytes = 
         write=transport.write, close=transport.close)  # a refusal before the session starts
     request = SimpleNamespace(method="GET", target=b"/chat", http_version="1.1",
                               headers=headers, chunked=False, content_length=None,
-                              upgrade=b"websocket", forwarded=False)
+                              upgrade=b"websocket", forwarded=False, client=connection.client,
+                              server=connection.server, scheme="http", start_time=0.0)
     assert (upgrade or WebSocketUpgrade())(connection, request)
     return transport.protocol, transport, peer, state
 
@@ -350,7 +351,7 @@ def test_a_post_asking_for_a_websocket_is_refused_without_the_app():
                                      write=transport.write, close=transport.close)
         request = SimpleNamespace(method="POST", target=b"/", http_version="1.1",
                                   headers=GOOD + [(b"content-length", b"2")], chunked=False,
-                                  content_length=2, upgrade=b"websocket")
+                                  content_length=2, upgrade=b"websocket", client=None)
         assert WebSocketUpgrade()(connection, request)  # answered: not plain HTTP
         assert transport.take().startswith(b"HTTP/1.1 400 ") and transport.closed
         request.upgrade = b"h2c"  # a switch to something else: plain HTTP, for the app

@@ -1,0 +1,310 @@
+"""One request on an HTTP/1.1 connection as a stream (see duck_prefork/stream.py): its head,
+its body as a channel the connection feeds, and the response framing.
+
+The HTTP/1.1 rules for a response live here, once: the status line; Server and Date unless the
+response carries its own; Content-Length when it is known (the app's, or the whole body given in
+one message), else chunked, else (HTTP/1.0) the close ends the body; Connection: close when the
+connection will not be kept alive (the client asked, HTTP/1.0, --keep-alive 0, the worker
+drains, the response said so, or a body that ends short of its Content-Length); no body and no
+framing for 1xx, 204 and 304, no body for HEAD; and 100 Continue, sent when the body is first
+waited for and no response has started. The head and the first body bytes go out in one write.
+
+Also the bytes of the responses the server sends on its own behalf (encode_error, for the
+mapping in stream.error_response), and the wire format they share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterable
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+from ..logs import log
+from ..stream import SERVER, ClientDisconnected, InvalidResponse, Waiter, error_response
+from .request_head import read_head
+
+if TYPE_CHECKING:
+    from .connection import HttpConnection
+
+# Reading pauses while this much request body waits for the app to read it.
+BODY_HIGH_WATER = 64 * 1024
+
+STATUS_LINES: dict[int, bytes] = {
+    status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode("ascii"))
+    for status in HTTPStatus
+}
+SERVER_HEADER = b"Server: " + SERVER + b"\r\n"
+CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def status_line(status: int) -> bytes:
+    line = STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d \r\n" % status
+
+
+def date_header(date: bytes) -> bytes:
+    return b"Date: " + date + b"\r\n"
+
+
+def encode_error(status: int, date_header: bytes, why: str = "",
+                 extra: Iterable[tuple[bytes, bytes]] = ()) -> bytes:
+    """The bytes of stream.error_response(status, why) (plus `extra` headers), a complete
+    response that closes the connection. For answers given before or without a stream (a
+    head refused, a timeout, a busy worker, a WebSocket handshake refused)."""
+    headers, body = error_response(status, why)
+    return b"".join((
+        status_line(status), SERVER_HEADER, date_header,
+        *(b"%s: %s\r\n" % (name, value) for name, value in (*headers, *extra)
+          if name != b"connection"),
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body), body,
+    ))
+
+
+# Response headers the codec reads rather than passes on as given.
+_CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _DATE, _SERVER = range(5)
+_RESPONSE_FIELDS = {
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,  # dropped: the codec frames the body
+    b"connection": _CONNECTION,  # dropped: the codec decides; "close" in it is honoured
+    b"date": _DATE,
+    b"server": _SERVER,
+}
+
+
+class Http1Stream:
+    """One request on an HTTP/1.1 connection: the stream interface over HttpConnection."""
+
+    __slots__ = (
+        # the head
+        "method", "target", "http_version", "headers", "client", "server", "forwarded",
+        "upgrade", "start_time", "connection",
+        # request framing, from the head (read_head)
+        "keep_alive", "expect_continue", "content_length", "chunked",
+        # the body channel
+        "body_received", "body_complete", "body_read", "_chunks", "_buffered", "_waiter",
+        # the client and the connection
+        "disconnected", "closed",
+        # the response
+        "response_started", "response_complete", "bytes_sent", "_length_out", "_chunked_out",
+        "_body_out")
+
+    @property
+    def scheme(self) -> str:
+        """"http", or what the connection's stages learned ("https" over TLS)."""
+        return self.connection.facts.scheme
+
+    def __init__(self, connection: HttpConnection, method: bytes, target: bytes,
+                 http_version: bytes, headers: list[tuple[bytes, bytes]]):
+        """Raises ParseError for a head that must be refused (see request_head.py)."""
+        (self.keep_alive, self.expect_continue, self.content_length, self.chunked,
+         self.forwarded, self.upgrade) = read_head(method, target, http_version, headers,
+                                                   connection.state.limits)
+        self.connection = connection
+        self.client = connection.client
+        self.server = connection.server
+        self.method = method.decode("ascii")
+        self.target = target
+        self.http_version = http_version.decode("ascii")
+        self.headers = headers
+        self.start_time = 0.0
+        self.body_received = 0
+        self.body_complete = False  # the whole body has arrived
+        self.body_read = False  # ... and has been read
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._waiter: Waiter | None = None  # made when the body is first waited for
+        self.disconnected = False
+        self.closed = False  # set by the connection when it closes: nothing more can be sent
+        self.response_started = False
+        self.response_complete = False
+
+    # --- the body channel: fed by the connection ----------------------------------------
+
+    def feed_body(self, data: bytes) -> None:
+        if self.response_complete:
+            return  # the app is done with this request; the rest of its body is dropped
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > BODY_HIGH_WATER:
+            self.connection.pause_reading()
+        if self._waiter is not None:
+            self._waiter.wake()
+
+    def feed_end(self) -> None:
+        self.body_complete = True
+        if self._waiter is not None:
+            self._waiter.wake()
+
+    def feed_disconnect(self) -> None:
+        self.disconnected = True  # (a client that only half-closed still reads the response)
+        if self._waiter is not None:
+            self._waiter.wake()
+
+    def finish_response(self) -> None:
+        self.response_complete = True
+        if self._waiter is not None:
+            self._waiter.wake()
+
+    # --- the body channel: read by the ASGI side --------------------------------------------
+
+    def read_body(self) -> bytes | None:
+        if self.body_read or not (self._chunks or self.body_complete):
+            return None
+        chunks = self._chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._chunks = []
+        if self._buffered > BODY_HIGH_WATER:
+            self.connection.resume_reading()
+        self._buffered = 0
+        self.body_read = self.body_complete
+        return body
+
+    def wait_body(self) -> asyncio.Future:
+        if self.expect_continue:
+            self.expect_continue = False  # RFC 9110 10.1.1: 100 only when the body is wanted
+            if not self.response_started:
+                self.connection.write(CONTINUE_RESPONSE)
+        waiter = self._waiter
+        if waiter is None:
+            waiter = self._waiter = Waiter()
+        return waiter.wait(self.connection.state.loop)
+
+    # --- the response sink -------------------------------------------------------------------
+
+    def send_head(self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes = b"",
+                  more_body: bool = False) -> Awaitable[None] | None:
+        connection = self.connection
+        if connection.closed:
+            raise ClientDisconnected("client disconnected")
+        state = connection.state
+        keep_alive = self.keep_alive and not state.draining
+        content_length = None
+        # Server and Date first, as placeholders the app's own replace.
+        lines = [STATUS_LINES.get(status) or status_line(status), SERVER_HEADER,
+                 state.date_header]
+        lines_expected = 3
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered in _RESPONSE_FIELDS:
+                kind = _RESPONSE_FIELDS[lowered]
+                if kind == _CONTENT_LENGTH:
+                    if not value.isdigit():
+                        raise InvalidResponse(f"invalid Content-Length {value!r} in the "
+                                              "response headers")
+                    content_length = int(value)
+                    continue
+                if kind == _CONNECTION:
+                    if b"close" in value.lower():
+                        keep_alive = False
+                    continue
+                if kind == _TRANSFER_ENCODING:
+                    continue
+                if kind == _DATE:
+                    if lines[2]:
+                        lines[2] = b""
+                        lines_expected -= 1
+                elif lines[1]:  # _SERVER
+                    lines[1] = b""
+                    lines_expected -= 1
+            lines += (name, b": ", value, b"\r\n")
+            lines_expected += 1
+        if status < 200 or status == 204 or status == 304:
+            has_body = False  # no body, and no framing headers either (RFC 9110 8.6)
+            content_length = None
+            chunked = False
+        else:
+            has_body = self.method != "HEAD"
+            chunked = False
+            if content_length is not None:
+                lines.append(b"Content-Length: %d\r\n" % content_length)
+                lines_expected += 1
+            elif not more_body and (has_body or body):
+                content_length = len(body)  # the whole body is in hand: no need to chunk
+                lines.append(b"Content-Length: %d\r\n" % content_length)
+                lines_expected += 1
+            elif not has_body:
+                pass  # HEAD without a length: the GET's length is unknown, send none
+            elif self.http_version == "1.1":
+                chunked = True
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+                lines_expected += 1
+            else:
+                keep_alive = False  # HTTP/1.0 and no length: the close ends the body
+        if not keep_alive:
+            lines.append(b"Connection: close\r\n")
+            lines_expected += 1
+        lines.append(b"\r\n")
+        head = b"".join(lines)
+        # Every line of the head ends in its one CRLF: any other CR or LF came from a header
+        # (response splitting), and so would a NUL.
+        lines_expected += 1
+        if head.count(b"\n") != lines_expected or head.count(b"\r") != lines_expected \
+                or b"\0" in head:
+            raise InvalidResponse("response header names and values must not contain CR, LF "
+                                  "or NUL")
+        if has_body and body:
+            size = len(body)
+            if content_length is not None and size > content_length:
+                raise InvalidResponse("response body longer than its Content-Length")
+            if chunked:
+                body = b"%x\r\n%s\r\n" % (size, body)
+        else:
+            size = 0
+            body = b""
+        self.bytes_sent = size
+        self._length_out = content_length
+        self._chunked_out = chunked
+        self._body_out = has_body
+        self.keep_alive = keep_alive
+        self.response_started = True
+        # (connection.closed was checked above: write to the transport directly)
+        if more_body:
+            connection.transport.write(head + body if body else head)
+            return connection.drain() if connection.write_paused else None
+        if chunked:
+            body += b"0\r\n\r\n"
+        elif content_length is not None and size < content_length and has_body:
+            self._ended_short()
+        connection.transport.write(head + body if body else head)
+        connection.response_complete(self.keep_alive)
+        return None
+
+    def send_body(self, body: bytes, more_body: bool) -> Awaitable[None] | None:
+        connection = self.connection
+        if connection.closed:
+            raise ClientDisconnected("client disconnected")
+        if body and self._body_out:
+            size = len(body)
+            sent = self.bytes_sent + size
+            if self._length_out is not None and sent > self._length_out:
+                raise InvalidResponse("response body longer than its Content-Length")
+            self.bytes_sent = sent
+            if self._chunked_out:
+                body = b"%x\r\n%s\r\n" % (size, body)
+        else:
+            body = b""
+        if more_body:
+            if body:
+                connection.transport.write(body)
+            return connection.drain() if connection.write_paused else None
+        if self._chunked_out:
+            body += b"0\r\n\r\n"
+        elif self._length_out is not None and self.bytes_sent < self._length_out \
+                and self._body_out:
+            self._ended_short()
+        if body:
+            connection.transport.write(body)
+        connection.response_complete(self.keep_alive)
+        return None
+
+    def _ended_short(self) -> None:
+        log.error("a response ended after %d of the %d bytes its Content-Length announced; "
+                  "closing the connection", self.bytes_sent, self._length_out)
+        self.keep_alive = False
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def abort(self) -> None:
+        self.connection.abort()
