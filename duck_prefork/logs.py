@@ -162,6 +162,11 @@ class AccessLog:
         if len(lines) == 1:
             self._schedule(self._hand_over)
 
+    @property
+    def waiting(self) -> int:
+        """Characters handed to the writer thread and not yet written (or given up on)."""
+        return self._handed - self._done
+
     def _make_room(self, line: str) -> bool:
         """The bound is reached as far as the loop knows: hand what is here to the thread
         and look at what it has written since. Returns whether `line` is kept."""

@@ -100,6 +100,9 @@ def test_a_stalled_pipe_blocks_nothing_and_lines_past_the_bound_are_dropped(tmp_
         # The reader reads again: what waited within the bound is written, then new lines.
         wait_for(lambda: read_some().count(b"\n") >= lines - access_log.dropped,
                  what="the lines that waited")
+        # The thread counts a write as done once os.write returns, a moment after the reader
+        # has the bytes: until then the episode is not over and a new line is still dropped.
+        wait_for(lambda: access_log.waiting == 0, what="the writer to count its writes")
         write(access_log, "/after")
         await asyncio.sleep(0)
         return access_log
