@@ -33,10 +33,10 @@ not arrived, a WebSocket message, a transport's drain).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Coroutine, Iterable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Protocol
+from typing import Any, Protocol
 
 # The Server header's value on every response that does not carry its own.
 SERVER = b"duck-prefork"
@@ -105,13 +105,16 @@ class Stream(Protocol):
     headers: list[tuple[bytes, bytes]]  # lowercase names, as received
     client: tuple | None
     server: tuple | None
-    scheme: str  # "http", or "https" over TLS
     forwarded: bool  # the head carries Forwarded / X-Forwarded-* (for the proxy step)
     start_time: float  # loop time the head arrived (when the access log wants it)
     closed: bool  # nothing more can be sent (the connection closed, or the stream was ended)
     disconnected: bool  # the client has gone
     response_complete: bool  # the response has been sent in full
     bytes_sent: int  # response body bytes sent (as framed for the client: none for HEAD)
+
+    @property
+    def scheme(self) -> str:
+        """"http", or "https" over TLS (read-only: the connection's)."""
 
     def read_body(self) -> bytes | None:
         """The body received since the last call (b"" at the end of an empty one), or None
@@ -138,3 +141,18 @@ class Stream(Protocol):
 
     def abort(self) -> None:
         """End the stream at once: the client must not take a partial response for whole."""
+
+
+class StreamHandler(Protocol):
+    """The ASGI side as a wire protocol sees it (asgi.pipeline.ASGI): a typing.Protocol, so
+    that a wire protocol needs no import of asgi/."""
+
+    def __call__(self, application: Any, stream: Stream) -> Coroutine[Any, Any, Any]:
+        """The coroutine that serves `stream` with `application` (run as the request's task)."""
+
+    def write_access_log(self, stream: Stream, client: tuple | None, status: int,
+                         size: int) -> None:
+        """The access log line of a response (also of a WebSocket handshake's answer)."""
+
+    def get_websocket_scope(self, stream: Stream, subprotocols: list[str]) -> dict:
+        """The ASGI scope of a WebSocket handshake."""

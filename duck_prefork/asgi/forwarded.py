@@ -181,8 +181,9 @@ class ProxyHeaders:
             address = ipaddress.ip_address(host)
         except ValueError:
             return False
-        if getattr(address, "ipv4_mapped", None):  # ::ffff:10.0.0.1 is 10.0.0.1
-            address = address.ipv4_mapped
+        mapped = getattr(address, "ipv4_mapped", None)  # IPv6Address only
+        if mapped:  # ::ffff:10.0.0.1 is 10.0.0.1
+            address = mapped
         return any(address in network for network in self.networks)
 
     def _trusts_node(self, node: tuple[str, int] | None) -> bool:

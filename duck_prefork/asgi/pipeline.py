@@ -18,8 +18,8 @@ the WebSocket handshake's lines go through too).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, cast
 from urllib.parse import unquote_to_bytes
 
 from ..logs import AccessLog, log
@@ -151,7 +151,7 @@ class ASGI:
 
     def __init__(self, root_path: str = "", state: dict | None = None,
                  access_log: AccessLog | None = None,
-                 middlewares: list[ResponseMiddleware] | None = None,
+                 middlewares: Sequence[ResponseMiddleware] | None = None,
                  proxy: ProxyHeaders | None = None):
         self.root_path = root_path
         self.proxy = proxy  # forwarded headers from trusted peers, or None to ignore them
@@ -160,7 +160,7 @@ class ASGI:
         self.access_log = access_log
         self.middlewares = middlewares or []
 
-    def __call__(self, application: Any, stream: Stream) -> Awaitable[Request]:
+    def __call__(self, application: Any, stream: Stream) -> Coroutine[Any, Any, Request]:
         """Serve one request (the stream stands for the seed's client_socket, client_address
         and request_data together): returns the awaitable (the wire protocol makes it the
         request's task) that runs it and gives the request it handled. Not a coroutine itself:
@@ -211,7 +211,7 @@ class ASGI:
         scope["extensions"] = {"websocket.http.response": {}}
         return scope
 
-    def get_response(self, request: Request) -> Awaitable[Request]:
+    def get_response(self, request: Request) -> Coroutine[Any, Any, Request]:
         """Run the application for `request`; every failure ends in a response or a close.
         (Returns the failsafe's coroutine rather than awaiting it: one frame less a request.)"""
         return self.produce_final_response_failsafe(request, call_application)
@@ -289,8 +289,8 @@ class ASGI:
                        body: bytes = b"", more_body: bool = False) -> Awaitable[None] | None:
         """Finalize the response and hand its head to the stream with the first body bytes (one
         write on HTTP/1.1). Returns what send_response does."""
-        if response is None:
-            response = request.response
+        if response is None:  # (not taken by send_response, which passes the response)
+            response = cast(Response, request.response)  # set by http.response.start
         if self.middlewares:
             self.finalize_response(response, request)
         drained = request.stream.send_head(response.status, response.headers, body, more_body)

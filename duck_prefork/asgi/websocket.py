@@ -35,7 +35,7 @@ import os
 import zlib
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import h11
 from wsproto import ConnectionType, WSConnection
@@ -50,7 +50,8 @@ from wsproto.events import (
     RejectData,
     TextMessage,
 )
-from wsproto.extensions import PerMessageDeflate
+from wsproto.events import Request as HandshakeRequest
+from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, Opcode, RsvBits
 from wsproto.utilities import RemoteProtocolError
 
@@ -143,6 +144,7 @@ class WebSocketUpgrade:
         """Take `connection` over if `request` asks for a WebSocket (read_head has checked
         that Connection asks for an upgrade): start the session, or refuse a bad handshake.
         False: serve it as plain HTTP (an upgrade to something else)."""
+        assert request.upgrade is not None  # HttpConnection offers requests with Upgrade only
         if not has_token([request.upgrade], b"websocket"):
             return False
         refusal = handshake_refusal(request.method, request.http_version, request.headers,
@@ -175,6 +177,10 @@ class CappedPerMessageDeflate(PerMessageDeflate):
     Also: a control frame between the fragments of a compressed message leaves the message's
     compression alone (wsproto forgets it, and then passes the rest of the message through
     still deflated)."""
+
+    # wsproto's Optional[zlib._Decompress]: set by frame_inbound_header for a compressed
+    # message, which is all _inflate is called for (typed so, for that per-frame path).
+    _decompressor: Any
 
     def __init__(self, max_size: int) -> None:
         super().__init__()
@@ -293,7 +299,8 @@ class WebSocketSession(FlowControlledProtocol):
             self.log_access(400)
             self.close()
             return
-        handshake = next(self.ws.events())
+        # the Request event of the handshake initiate_upgrade_connection was given
+        handshake = cast(HandshakeRequest, next(self.ws.events()))
         self.scope = state.handler.get_websocket_scope(request, handshake.subprotocols)
         self.resume_reading()  # frames that arrive now wait in self.pending, bounded below
         state.start_task(self.run(state.app))
@@ -418,7 +425,7 @@ class WebSocketSession(FlowControlledProtocol):
 
     def accept(self, subprotocol: str | None, headers) -> None:
         settings = self.settings
-        extensions = [CappedPerMessageDeflate(settings.max_size)] \
+        extensions: list[Extension] = [CappedPerMessageDeflate(settings.max_size)] \
             if settings.per_message_deflate else []
         extra = self.own_headers(headers)
         self.write(self.ws.send(AcceptConnection(
@@ -460,6 +467,7 @@ class WebSocketSession(FlowControlledProtocol):
     def send_denial_body(self, body: bytes, more_body: bool) -> None:
         if self.refused:
             raise RuntimeError("ASGI: 'websocket.http.response.body' after the response ended")
+        assert self.denial is not None  # send() checked: websocket.http.response.start came first
         if self.ws.state is ConnectionState.CONNECTING:
             status, headers = self.denial
             headers = [(name, value) for name, value in headers
@@ -493,6 +501,7 @@ class WebSocketSession(FlowControlledProtocol):
         ws = self.ws
         ws.receive_data(data)
         max_size = self.settings.max_size
+        event: Any  # a wsproto event, dispatched on type(event) below
         for event in ws.events():
             kind = type(event)
             if kind is BytesMessage or kind is TextMessage:

@@ -36,7 +36,7 @@ from typing import Any
 
 from ..logs import FailureLog, log
 from ..net.stages import ConnectionFacts, StagedConnection
-from ..stream import Waiter, http_date
+from ..stream import StreamHandler, Waiter, http_date
 from .request_head import DEFAULT_LIMITS, Limits, ParseError
 from .stream import Http1Stream, date_header, encode_error
 
@@ -48,7 +48,7 @@ CONNECTION_CLOSED = "CONNECTION_CLOSED"
 # --- shared per-worker state ----------------------------------------------------------------
 
 # The ASGI pipeline, as the connection sees it: handler(app, stream) -> the request's coroutine.
-RequestHandler = Callable[[Any, Http1Stream], Coroutine[Any, Any, Any]]
+RequestHandler = StreamHandler
 
 
 class ServerState:
@@ -161,8 +161,9 @@ class FlowControlledProtocol(asyncio.Protocol):
     __slots__ = ("transport", "closed", "read_paused", "write_paused", "_drain_waiter",
                  "_stall_since", "_stall_size")
 
+    transport: asyncio.Transport  # set by take_over (connection_made), before any use
+
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
         self.closed = False  # the transport is closing or closed: nothing more is written
         self.read_paused = False
         self.write_paused = False
@@ -420,7 +421,7 @@ class HttpConnection(FlowControlledProtocol):
 
     def response_complete(self, keep_alive: bool) -> None:
         """The response to the current request has been written in full."""
-        request = self.request
+        request: Any = self.request  # the current request: set while its response is written
         request.finish_response()
         if not keep_alive:
             self.close()

@@ -15,6 +15,7 @@ has found its end, and runs a ChunkedFraming check beside h11 over a chunked bod
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import h11
 
@@ -60,7 +61,8 @@ class H11Parser:
 
     def _check_chunked(self, data: bytes) -> None:
         try:
-            if self._chunked.feed(data):
+            # (callers check that a chunked body is being read: narrowing stops at the call)
+            if self._chunked.feed(data):  # type: ignore[union-attr]
                 self._chunked = None  # the body ended; what follows is the next request
         except ParseError as exc:
             self._error = exc
@@ -69,7 +71,7 @@ class H11Parser:
         if self._error is not None:
             raise self._error
         try:
-            event = self._conn.next_event()
+            event: Any = self._conn.next_event()  # dispatched on type(event) below
         except h11.RemoteProtocolError as exc:
             raise self._refusal(exc) from None
         kind = type(event)
@@ -125,14 +127,14 @@ class H11Parser:
         if closed:
             self._conn.receive_data(b"")
 
-    def _check_raw_head(self, fields: int) -> bytes:
+    def _check_raw_head(self, fields: int) -> bytes | bytearray:
         """Refuse a head with bare LFs or folded lines; returns the bytes after it.
 
         A head of `fields` header lines that h11 accepted has exactly fields + 1 line ends
         before its blank line, all CRLF, unless a line was folded (h11 joins it to the one
         before: one line end more) or ends in a bare LF (one CRLF less). Searches are bound by
         `end`, so no copy of the head is made."""
-        raw = self._head
+        raw: Any = self._head  # bytes or bytearray: a head was just read
         self._head = None  # the body and what follows are not head bytes
         end = raw.find(b"\n\r\n")
         if end >= 0 and raw.count(b"\r\n", 0, end + 1) == raw.count(b"\n", 0, end + 1) \

@@ -30,6 +30,7 @@ request_head.py's, for both adapters.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from httptools import (
     HttpParserCallbackError,
@@ -65,6 +66,8 @@ class HttptoolsParser:
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._limits = limits
         self._head_size = limits.head_size
+        # None once a callback stopped llhttp (unusable then): the slow paths set it so, with
+        # _hold set, which keeps feed() off it. Typed as the hot path reads it: not Optional.
         self._parser = HttpRequestParser(self)
         self._events: deque = deque()
         self._push = self._events.append
@@ -103,7 +106,7 @@ class HttptoolsParser:
                     return
             self._raw = data  # a whole head in one piece, the common case: no copy
         elif phase == _HEAD:
-            raw = self._raw
+            raw: Any = self._raw  # bytes or bytearray while a head is read
             if type(raw) is not bytearray:  # the second piece: from now on, one buffer
                 raw = self._raw = bytearray(raw)
             raw += data  # in place: a head arriving in many pieces costs linear time
@@ -179,7 +182,7 @@ class HttptoolsParser:
         # The request line, from the raw bytes: llhttp has checked the method (it ends at
         # len(method)) and the target's bytes, but allows more than one space between the
         # parts, and protocols other than HTTP.
-        raw = self._raw
+        raw: Any = self._raw  # bytes or bytearray while a head is read
         if type(raw) is bytearray:  # the head came in pieces: the slices below must be bytes
             raw = bytes(raw)
         method = self._parser.get_method()
@@ -255,7 +258,7 @@ class HttptoolsParser:
 
     def _stopped(self, data: bytes, mark: int, phase: int) -> None:
         """A callback stopped llhttp (its parser is then unusable)."""
-        self._parser = None
+        self._parser = None  # type: ignore[assignment]  # see _parser in __init__
         reason, self._stop = self._stop, 0
         if reason == _NEXT_REQUEST:
             self._keep_trailing(data, mark, phase)
@@ -266,7 +269,7 @@ class HttptoolsParser:
 
     def _failed(self, data: bytes, mark: int, phase: int, exc: HttpParserError) -> None:
         """llhttp refused the bytes."""
-        self._parser = None
+        self._parser = None  # type: ignore[assignment]  # see _parser in __init__
         if self._phase == _DONE:
             # Bytes after a request that closes the connection: they are not read.
             self._keep_trailing(data, mark, phase)
@@ -278,7 +281,7 @@ class HttptoolsParser:
     def _upgrade(self, data: bytes, offset: int) -> None:
         """llhttp stops after the head of a CONNECT, or of a request with Upgrade and
         "Connection: upgrade", and calls the request complete, body or not."""
-        self._parser = None
+        self._parser = None  # type: ignore[assignment]  # see _parser in __init__
         headers = self._headers
         if any(name == b"content-length" and int(value) for name, value in headers):
             self._events.pop()  # END_OF_MESSAGE: h11 reads the body as the request's
@@ -294,16 +297,16 @@ class HttptoolsParser:
         """llhttp went past the end of the complete request: keep the bytes after it."""
         end = 0
         if phase == _IDLE or phase == _HEAD:  # the head ended in this data
-            raw = self._raw
+            raw: Any = self._raw  # bytes or bytearray: the head ended in this data
             end = raw.find(b"\r\n\r\n") + 4 - (len(raw) - len(data))
         events = self._events
         end += sum(len(events[i]) for i in range(mark, len(events)) if type(events[i]) is bytes)
         self._trailing = data[end:]
         self._hold = True
 
-    def _to_h11(self, raw: bytes) -> None:
+    def _to_h11(self, raw: bytes | bytearray | None) -> None:
         """Hand the current request, from its first byte, to an H11Parser."""
-        self._parser = None
+        self._parser = None  # type: ignore[assignment]  # see _parser in __init__
         self._stop = 0
         self._switch = False
         events = self._events

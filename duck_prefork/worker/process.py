@@ -83,6 +83,9 @@ def process_title(role: str, name: str) -> str:
 class Worker:
     """One worker process; `run()` is called in the child right after fork."""
 
+    stopping: asyncio.Event  # set by serve(), before the signal handlers that use it
+    _ticker: asyncio.TimerHandle  # the next _tick(); the first is called by serve()
+
     def __init__(self, config: Config, listeners: list[Listener], number: int, channel: int,
                  title_name: str):
         self.config = config
@@ -91,14 +94,12 @@ class Worker:
         self.channel = Sender(channel)  # to the master; never blocks the event loop
         self.title_name = title_name
         self.preloaded_app: Any = None  # the app imported by the master (--preload)
-        self.stopping: asyncio.Event | None = None
         # Whether the stop accepts what is queued on the listening sockets first: INT (they
         # are about to close) or TERM (they stay open for the other workers).
         self.sweep_on_stop = False
         self.access_log: logs.AccessLog | None = None
         self.recycle_after = 0  # requests served before asking to be replaced; 0: never
         self.failures = logs.FailureLog()  # what went wrong in _tick(), logged once each
-        self._ticker: asyncio.TimerHandle | None = None
 
     def run(self) -> NoReturn:
         master_pid = os.getppid()
