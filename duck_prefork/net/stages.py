@@ -173,26 +173,59 @@ class ConnectionPlan:
         return functools.partial(StagedConnection, self)
 
 
-class StagedConnection(asyncio.Protocol):
+class TransportProtocol(asyncio.Protocol):
+    """A protocol that owns a transport: reading paused and resumed, closing and aborting,
+    each once and never after the transport is closing. The base of StagedConnection here and
+    of the wire protocols' flow control (http1.connection.FlowControlledProtocol), so that a
+    connection keeps these rules across every protocol switch."""
+
+    __slots__ = ("transport", "closed", "read_paused", "write_paused")
+
+    transport: asyncio.Transport  # set by connection_made (or take_over), before any use
+
+    def __init__(self) -> None:
+        self.closed = False  # the transport is closing or closed: nothing more is written
+        self.read_paused = False
+        self.write_paused = False
+
+    def pause_reading(self) -> None:
+        if not self.read_paused and not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused and not self.closed:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Close after what was written has been sent."""
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping unsent data."""
+        self.closed = True
+        self.transport.abort()
+
+
+class StagedConnection(TransportProtocol):
     """A connection's protocol while its stages run: passes what arrives to the current stage,
     starts the next when one finishes, then switches to the wire protocol. It is in the
     registry's `staging` set meanwhile (the sweep enforces the current stage's timeout; the
     drain waits for it)."""
 
-    __slots__ = ("plan", "transport", "facts", "stage", "index", "stage_started", "closed",
-                 "read_paused", "write_paused")
+    __slots__ = ("plan", "facts", "stage", "index", "stage_started")
 
-    transport: asyncio.Transport  # both set by connection_made
-    facts: ConnectionFacts
+    facts: ConnectionFacts  # set by connection_made
 
     def __init__(self, plan: ConnectionPlan) -> None:
+        super().__init__()
         self.plan = plan
         self.stage: Stage | None = None
         self.index = -1  # of the current stage in plan.stages
         self.stage_started = 0.0  # loop time
-        self.closed = False
-        self.read_paused = False
-        self.write_paused = False
 
     # asyncio callbacks
 
@@ -246,25 +279,6 @@ class StagedConnection(asyncio.Protocol):
         log.debug("closing the connection from %s in its %s stage: %s", self.facts.client,
                   stage.name if stage is not None else "last", why)
         self.close()
-
-    def pause_reading(self) -> None:
-        if not self.read_paused and not self.closed:
-            self.read_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.read_paused and not self.closed:
-            self.read_paused = False
-            self.transport.resume_reading()
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.transport.close()
-
-    def abort(self) -> None:
-        self.closed = True
-        self.transport.abort()
 
     # for the sweep
 
