@@ -17,6 +17,8 @@ import os
 import resource
 from urllib.parse import parse_qs
 
+from tests.apps.common import answer_lifespan
+
 # The chaos test kills workers with SIGSEGV, SIGABRT, SIGQUIT-like signals by the dozen: no core
 # files (or crash reports) for those, whatever the machine's core ulimit.
 resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
@@ -36,13 +38,8 @@ def _record_fd() -> int:
 def make_app(version: str):
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)
+            return
         query = parse_qs(scope["query_string"].decode("latin-1"))
         pid = str(os.getpid())
         request_id = query.get("id", ["-"])[0]

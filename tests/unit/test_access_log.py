@@ -12,24 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from duck_prefork.logs import ACCESS_LOG_BUFFER, AccessLog, log
+from duck_prefork.logs import ACCESS_LOG_BUFFER, AccessLog
 
 pytestmark = pytest.mark.timeout(30)
 
 CLIENT = ("10.0.0.1", 5555)
-
-
-@pytest.fixture
-def records():
-    caught: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.DEBUG)
-    handler.emit = caught.append
-    level = log.level
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG)
-    yield caught
-    log.removeHandler(handler)
-    log.setLevel(level)
 
 
 def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):

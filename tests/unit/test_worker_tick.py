@@ -13,25 +13,10 @@ from duck_prefork.asgi.pipeline import ASGI
 from duck_prefork.config import Config
 from duck_prefork.http1.connection import ServerState
 from duck_prefork.http1.parser_h11 import H11Parser
-from duck_prefork.logs import log
 from duck_prefork.worker import channel
 from duck_prefork.worker.process import Worker
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-def records():
-    """The records of the duck_prefork logger while the test runs."""
-    caught: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.DEBUG)
-    handler.emit = caught.append
-    level = log.level
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG)
-    yield caught
-    log.removeHandler(handler)
-    log.setLevel(level)
 
 
 def errors(records: list[logging.LogRecord]) -> list[logging.LogRecord]:
