@@ -124,6 +124,14 @@ def header_spec(value: str) -> str:
     return f"{name}: {field_value}"
 
 
+def upstream_spec(value: str) -> str:
+    """PREFIX=URL for --upstream, checked (upstream/routes.py reads it)."""
+    from .upstream.routes import parse_upstream
+
+    parse_upstream(value)
+    return value.strip()
+
+
 def path_prefix(value: str) -> str:
     value = value.rstrip("/")
     if value and not value.startswith("/"):
@@ -250,6 +258,21 @@ class Config:
              "500 (0: no limit)")
     ws_per_message_deflate: bool = option(boolean, True, metavar="true|false",
         help="compress WebSocket messages (permessage-deflate) when the client offers it")
+    upstream: list[str] = option(upstream_spec, [], metavar="PREFIX=URL", repeatable=True,
+        help="pass requests whose path starts with PREFIX to an upstream HTTP/1.1 server instead "
+             "of the app: URL is http://host:port, http://host:port/base (the base path replaces "
+             "PREFIX, as nginx's proxy_pass) or unix:/path/to.sock, or app for the ASGI app; the "
+             "longest matching prefix wins; repeat for several")
+    upstream_max_connections: int = option(non_negative_int, 100, metavar="N",
+        help="most connections a worker opens to one upstream; requests beyond wait for one (0: "
+             "no limit)")
+    upstream_timeout: float = option(non_negative_float, 60.0, metavar="S",
+        help="seconds an upstream may take to accept a connection, to send the response head, "
+             "and between reads after it: else 504, or the client connection closed mid-body "
+             "(0: no limit)")
+    upstream_tunnel_timeout: float = option(non_negative_float, 10.0, metavar="S",
+        help="seconds a tunnel (an upstream's 101 Switching Protocols, e.g. a WebSocket) may "
+             "carry nothing either way before both ends are closed (0: no limit)")
     forwarded_allow_ips: str = option(ip_list, "127.0.0.1,::1", metavar="LIST",
         help="peers (IPs or networks, comma separated; * for all) whose X-Forwarded-* and "
              "Forwarded headers are trusted")

@@ -151,9 +151,12 @@ class AccessLog:
         return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
 
     def write(self, client: tuple | None, method: str, target: str, http_version: str,
-              status: int, size: int, duration: float) -> None:
+              status: int, size: int, duration: float, extra: str = "") -> None:
+        """One line; `extra` (" key=value ...") goes at its end: a passed-through response's
+        upstream and the time it took (upstream/exchange.py)."""
         peer = f"{client[0]}:{client[1]}" if client else "-"
-        line = f'{peer} "{method} {target} HTTP/{http_version}" {status} {size} {duration:.6f}\n'
+        line = (f'{peer} "{method} {target} HTTP/{http_version}" {status} {size} '
+                f'{duration:.6f}{extra}\n')
         self._room -= len(line)
         if self._room < 0 and not self._make_room(line):
             return

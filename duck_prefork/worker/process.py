@@ -25,7 +25,7 @@ import random
 import signal
 import sys
 import traceback
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
 import setproctitle
@@ -46,6 +46,8 @@ from ..loader import AppLoadError, load_app
 from ..logs import log
 from ..net.listeners import Listener
 from ..net.stages import HTTP_1_1, ConnectionPlan
+from ..upstream.exchange import UpstreamASGI
+from ..upstream.routes import RouteTable
 from . import channel
 from .acceptor import Acceptor
 from .channel import Sender
@@ -163,8 +165,14 @@ class Worker:
         access_log = logs.AccessLog(config.access_logfile) if config.access_logfile else None
         self.access_log = access_log
         proxy = None if config.no_proxy_headers else ProxyHeaders(config.forwarded_allow_ips)
-        pipeline = ASGI(root_path=config.root_path, state=lifespan_state, access_log=access_log,
-                        middlewares=response_middlewares(config), proxy=proxy)
+        pipeline = build_pipeline(config, root_path=config.root_path, state=lifespan_state,
+                                  access_log=access_log, middlewares=response_middlewares(config),
+                                  proxy=proxy)
+        upgrade: Callable[[Any, Any], bool] | None = websocket_upgrade(config)
+        if isinstance(pipeline, UpstreamASGI):
+            pipeline.start()
+            if upgrade is not None:
+                upgrade = pipeline.upgrade_hook(upgrade)
         limits = Limits(request_line=config.limit_request_line,
                         fields=config.limit_request_fields,
                         field_size=config.limit_request_field_size,
@@ -174,7 +182,7 @@ class Worker:
                             concurrency=config.limit_concurrency,
                             header_timeout=config.header_timeout,
                             send_timeout=config.send_timeout,
-                            upgrade=websocket_upgrade(config))
+                            upgrade=upgrade)
         # What each listener's connections go through before HTTP/1.1: no stage yet (later,
         # by the listener's options: the PROXY header, the TLS handshake).
         plan = ConnectionPlan((), {HTTP_1_1: lambda: HttpConnection(state)}, state)
@@ -210,6 +218,8 @@ class Worker:
                 connection.abort()
             if state.tasks:
                 await asyncio.wait(list(state.tasks), timeout=CANCEL_WAIT)
+        if isinstance(pipeline, UpstreamASGI):
+            pipeline.close()
         await lifespan.shutdown(LIFESPAN_SHUTDOWN_TIMEOUT)
         self._ticker.cancel()
         log.info("stopped after serving %d requests", state.requests_served)
@@ -264,6 +274,17 @@ def response_middlewares(config: Config) -> list[ResponseHeaders]:
         name, _, value = spec.partition(":")
         headers.append((name.strip().encode("ascii"), value.strip().encode("ascii")))
     return [ResponseHeaders(headers)]
+
+
+def build_pipeline(config: Config, **settings: Any) -> ASGI:
+    """The worker's ASGI pipeline: with --upstream, the one that also passes requests to the
+    upstreams (chosen once here, so that a worker without upstreams does no routing at all)."""
+    if not config.upstream:
+        return ASGI(**settings)
+    return UpstreamASGI(RouteTable.parse(config.upstream),
+                        max_connections=config.upstream_max_connections,
+                        timeout=config.upstream_timeout,
+                        tunnel_timeout=config.upstream_tunnel_timeout, **settings)
 
 
 def websocket_upgrade(config: Config) -> WebSocketUpgrade | None:
