@@ -18,7 +18,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from .conftest import Server, close_now, read_response, wait_for
+from .conftest import Server, close_now, read_response, recv_all, wait_for
 from .test_flow_control import MiB, rss, wait_stable
 from .upstreams import gunicorn, raw_upstream, ws_echo_upstream
 
@@ -501,3 +501,41 @@ def test_invalid_upstream_option_is_one_line(start_server):
     assert re.search(r"--upstream: https:// upstreams are not supported", server.log())
 
 
+
+
+def test_head_expect_continue_and_http_1_0(front):
+    status, headers, body = get(front, "/page/head/", method="HEAD")
+    assert (status, body) == (200, b"")
+    assert headers["content-length"] == str(len(b"legacy page head\n"))
+    sock = front.connect()
+    try:
+        sock.sendall(b"POST /echo/ HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"hello")
+        status, _, body = read_response(sock)
+        assert status == 200 and json.loads(body)["body_sha256"] == \
+            hashlib.sha256(b"hello").hexdigest()
+        assert "Expect" not in json.loads(body)["headers"]
+    finally:
+        close_now(sock)
+    sock = front.connect()
+    try:
+        sock.sendall(b"GET /page/old/ HTTP/1.0\r\n\r\n")
+        data = recv_all(sock)
+    finally:
+        close_now(sock)
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"legacy page old\n")
+
+
+def test_keep_alive_client_connection_survives_upstream_close(front):
+    """gunicorn's sync worker closes after each response: the client's connection stays."""
+    conn = http.client.HTTPConnection("127.0.0.1", front.port, timeout=30)
+    try:
+        for name in ("a", "b", "c"):
+            conn.request("GET", f"/page/{name}/")
+            response = conn.getresponse()
+            assert response.read() == f"legacy page {name}\n".encode()
+            assert response.getheader("connection") is None
+    finally:
+        conn.close()
