@@ -280,11 +280,16 @@ class Pool:
                                            f"free within --upstream-timeout {self.timeout:g} s "
                                            f"({self.max_connections} open: "
                                            "--upstream-max-connections)") from None
-            if connection is not None and not connection.closed and not fresh:
-                connection.reused = True
-                return self._lend(connection)
+            except asyncio.CancelledError:
+                # Handed a connection just as the exchange was cancelled: give it back.
+                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                    self._give_back(waiter.result())
+                raise
             if connection is not None:
-                self.idle.append(connection)  # (fresh wanted: make room on the next turn)
+                if not connection.closed and not fresh:
+                    connection.reused = True
+                    return self._lend(connection)
+                self._give_back(connection)  # (fresh wanted: make room on the next turn)
 
     def _lend(self, connection: UpstreamConnection) -> UpstreamConnection:
         self.busy.add(connection)
@@ -305,15 +310,17 @@ class Pool:
             if self.timeout:
                 connecting = asyncio.wait_for(connecting, self.timeout)
             _, connection = await connecting
-        except TimeoutError:
-            raise UpstreamFailure(504, f"upstream {upstream.name}: no connection within "
-                                       f"--upstream-timeout {self.timeout:g} s") from None
-        except OSError as exc:
-            raise UpstreamFailure(502, f"upstream {upstream.name}: cannot connect: "
-                                       f"{exc.strerror or exc}") from None
-        finally:
+        except BaseException as exc:
             self.connecting -= 1
-            self._wake_waiter(None)  # a failed connect frees its place (a success is lent)
+            self._wake_waiter(None)  # its place is free again
+            if isinstance(exc, TimeoutError):
+                raise UpstreamFailure(504, f"upstream {upstream.name}: no connection within "
+                                           f"--upstream-timeout {self.timeout:g} s") from None
+            if isinstance(exc, OSError):
+                raise UpstreamFailure(502, f"upstream {upstream.name}: cannot connect: "
+                                           f"{exc.strerror or exc}") from None
+            raise
+        self.connecting -= 1  # (and lent at once: the count stays)
         self.opened += 1
         return connection
 
@@ -328,8 +335,19 @@ class Pool:
             self._wake_waiter(None)
             return
         connection.h11.start_next_cycle()
+        self._give_back(connection)
+
+    def _give_back(self, connection: UpstreamConnection) -> None:
+        """A connection ready for its next request: to the first exchange waiting for one
+        (counted in `busy` meanwhile), else to the idle list."""
+        self.busy.discard(connection)
+        if connection.closed:
+            self._wake_waiter(None)
+            return
         connection.idle_since = self.loop.time()
-        if not self._wake_waiter(connection):
+        if self._wake_waiter(connection):
+            self.busy.add(connection)
+        else:
             self.idle.append(connection)
 
     def forget(self, connection: UpstreamConnection) -> None:

@@ -61,6 +61,8 @@ class Tunnel(asyncio.Protocol):
         switch_protocol(transport, self, facts, client_data, read_paused, write_paused)
         if upstream_data:
             self.from_upstream(upstream_data)
+        if self.state.draining:  # a 101 answered during a drain: the tunnel ends at once
+            self.shutdown("the worker is stopping")
 
     # --- the client end (asyncio callbacks, and take_over for the switch) -------------------
 
