@@ -25,6 +25,7 @@ connect has its own timer (asyncio.wait_for), since there is no connection to sw
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import deque
 from typing import Any
 
@@ -42,8 +43,26 @@ HIGH_WATER = 64 * 1024
 IDLE_TIMEOUT = 4.0
 # The upstream's states once its response has ended (h11: the server's side).
 _RESPONSE_DONE = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.SWITCHED_PROTOCOL)
+# The end of a response head, as h11 finds it (it also takes bare LFs).
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
 # The largest response head accepted from an upstream (h11's bound on an incomplete event).
 MAX_HEAD = 64 * 1024
+
+
+def head_refusal(raw: bytes | bytearray, start: int) -> tuple[int, str | None]:
+    """Check the response head that starts at `start` of the raw bytes `raw` (which hold it
+    whole: h11 has just parsed it) for what h11 lets through and our HTTP/1.1 codec refuses in
+    a request (http1/parser_h11.py): a bare LF as a line ending, obsolete line folding. Returns
+    where the head ends and why it is refused (None: it is not)."""
+    match = _HEAD_END.search(raw, start)
+    if match is None:  # (h11 found an end: cannot happen)
+        return len(raw), "no end to the response head"
+    head = raw[start:match.end()]
+    if match.group() != b"\r\n\r\n" or head.count(b"\n") != head.count(b"\r\n"):
+        return match.end(), "bare LF in the response head"
+    if b"\n " in head or b"\n\t" in head:
+        return match.end(), "obsolete line folding in the response head"
+    return match.end(), None
 
 
 class UpstreamFailure(Exception):
@@ -71,6 +90,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.failure: UpstreamFailure | None = None  # why the exchange cannot go on
         self.reused = False  # lent before: it may have been closed by the upstream meanwhile
         self.received_any = False  # bytes came back during the current exchange
+        # The bytes of the response head(s) so far, checked as each is parsed (head_refusal);
+        # None once the final head is in.
+        self.raw_head: bytearray | None = bytearray()
+        self.head_checked = 0  # where the next head starts in raw_head
         self.waiting_since: float | None = None  # the exchange waits on the upstream since
         self.idle_since = 0.0
         self.read_paused = False
@@ -95,6 +118,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             return
         self.received_any = True
+        if self.raw_head is not None:
+            self.raw_head += data
         if self.waiting_since is not None:
             self.waiting_since = self.pool.loop.time()  # progress: the timeout starts again
         self.h11.receive_data(data)
@@ -143,13 +168,16 @@ class UpstreamConnection(asyncio.Protocol):
         events = self.events
         try:
             while True:
-                event = conn.next_event()
+                event: Any = conn.next_event()  # dispatched on type(event) below
                 if event is h11.NEED_DATA or event is h11.PAUSED:
                     break
                 events.append(event)
-                if type(event) is h11.Data:
+                kind = type(event)
+                if kind is h11.Data:
                     self.buffered += len(event.data)
-                elif type(event) is h11.ConnectionClosed:
+                elif kind is h11.Response or kind is h11.InformationalResponse:
+                    self._check_head(event, kind is h11.Response or event.status_code == 101)
+                elif kind is h11.ConnectionClosed:
                     break
         except h11.RemoteProtocolError as exc:
             self.failure = UpstreamFailure(
@@ -159,6 +187,22 @@ class UpstreamConnection(asyncio.Protocol):
             self.read_paused = True
             self.transport.pause_reading()
         self.waiter.wake()
+
+    def _check_head(self, event: Any, final: bool) -> None:
+        """Hold the head just parsed to our own rules too: head_refusal's, and no response
+        with both Content-Length and Transfer-Encoding (h11 takes the chunks; a desynchronised
+        connection is how responses get smuggled)."""
+        raw = self.raw_head
+        if raw is None:
+            return
+        self.head_checked, why = head_refusal(raw, self.head_checked)
+        if final:
+            self.raw_head = None
+            names = {name for name, _ in event.headers}
+            if b"content-length" in names and b"transfer-encoding" in names:
+                why = "both Content-Length and Transfer-Encoding in the response head"
+        if why is not None:
+            raise h11.RemoteProtocolError(why)
 
     def _response_done(self) -> bool:
         """The upstream's response has arrived whole (what is queued included)."""
@@ -294,6 +338,8 @@ class Pool:
     def _lend(self, connection: UpstreamConnection) -> UpstreamConnection:
         self.busy.add(connection)
         connection.received_any = False
+        connection.raw_head = bytearray()
+        connection.head_checked = 0
         return connection
 
     async def _connect(self) -> UpstreamConnection:

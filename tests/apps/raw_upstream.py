@@ -11,6 +11,9 @@ By path (the request body is read by Content-Length and dropped):
   /hop            a response full of hop-by-hop fields, chunked
   /broken         a Content-Length that is not a number
   /garbage        bytes that are not HTTP
+  /bare-lf        a head with bare LF line endings
+  /folded         a head with obsolete line folding
+  /both-framing   both Content-Length and Transfer-Encoding
   /close          the connection closed without a response
   /reset          the connection reset without a response
   /never          no response, ever (the connection stays open)
@@ -82,6 +85,13 @@ class Upstream(asyncio.Protocol):
             write(HOP)
         elif path.startswith("/broken"):
             write(b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\nbody")
+        elif path.startswith("/bare-lf"):
+            write(b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok")
+        elif path.startswith("/folded"):
+            write(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 2\r\n\r\nok")
+        elif path.startswith("/both-framing"):
+            write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"2\r\nok\r\n0\r\n\r\n")
         elif path.startswith("/garbage"):
             write(b"SOMETHING ELSE ENTIRELY\r\n\r\n")
         elif path.startswith("/close"):

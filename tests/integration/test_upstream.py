@@ -422,7 +422,8 @@ def test_max_connections_queues_requests(start_server, tmp_path, django_tcp):
 # --- failures -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", ["/nowhere/", "/raw/reset", "/raw/close", "/raw/broken",
-                                  "/raw/garbage"])
+                                  "/raw/garbage", "/raw/bare-lf", "/raw/folded",
+                                  "/raw/both-framing"])
 def test_refused_reset_or_broken_upstream_is_502(front, path):
     status, headers, body = get(front, path)
     assert status == 502 and body == b"Bad Gateway\n"

@@ -218,3 +218,17 @@ def test_a_worker_without_upstreams_builds_the_plain_pipeline():
     assert type(build_pipeline(Config())) is ASGI
     pipeline = build_pipeline(Config(upstream=["/=unix:/run/d.sock"], upstream_timeout=7.0))
     assert type(pipeline) is UpstreamASGI and pipeline.timeout == 7.0
+
+
+def test_response_heads_are_held_to_the_codecs_rules():
+    from duck_prefork.upstream.pool import head_refusal
+
+    good = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nA: 1\r\n\r\nbody\n\nmore"
+    end, why = head_refusal(good, 0)
+    assert (end, why) == (25, None)
+    assert head_refusal(good, end) == (len(good) - len(b"body\n\nmore"), None)
+    assert head_refusal(b"HTTP/1.1 200 OK\nA: 1\n\n", 0)[1] == "bare LF in the response head"
+    assert head_refusal(b"HTTP/1.1 200 OK\r\nA: 1\n\r\n", 0)[1] == \
+        "bare LF in the response head"
+    assert head_refusal(b"HTTP/1.1 200 OK\r\nA: 1\r\n\tb\r\n\r\n", 0)[1] == \
+        "obsolete line folding in the response head"
