@@ -259,8 +259,9 @@ class Config:
     ws_per_message_deflate: bool = option(boolean, True, metavar="true|false",
         help="compress WebSocket messages (permessage-deflate) when the client offers it")
     upstream: list[str] = option(upstream_spec, [], metavar="PREFIX=URL", repeatable=True,
-        help="pass requests whose path starts with PREFIX to an upstream HTTP/1.1 server instead "
-             "of the app: URL is http://host:port, http://host:port/base (the base path replaces "
+        help="pass requests whose path is PREFIX or under it (whole segments; a PREFIX ending in "
+             "/ matches any path starting with it) to an upstream HTTP/1.1 server instead of the "
+             "app: URL is http://host:port, http://host:port/base (the base path replaces "
              "PREFIX, as nginx's proxy_pass) or unix:/path/to.sock, or app for the ASGI app; the "
              "longest matching prefix wins; repeat for several")
     upstream_max_connections: int = option(non_negative_int, 100, metavar="N",
