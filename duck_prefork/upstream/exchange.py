@@ -237,7 +237,8 @@ class UpstreamASGI(ASGI):
                 connection.send(h11.Data(data=body))
                 if connection.write_paused:
                     await connection.drain()
-                if connection.closed or connection.failure is not None:
+                if connection.closed or connection.failure is not None \
+                        or connection.h11.their_state is not h11.SEND_RESPONSE:
                     complete = False  # the upstream's answer (or failure) says the rest
                     break
             if complete:

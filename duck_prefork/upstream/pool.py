@@ -239,8 +239,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     async def drain(self) -> None:
         """Wait until the upstream has taken what was written (its buffer is below the
-        low-water mark), or the connection is lost. Counts as waiting on the upstream."""
-        while self.write_paused and not self.closed and self.failure is None:
+        low-water mark), has answered (it may not read the rest of a body it answered early),
+        or the connection is lost. Counts as waiting on the upstream."""
+        while self.write_paused and not self.closed and self.failure is None \
+                and self.h11.their_state is h11.SEND_RESPONSE:
             self.waiting_since = self.pool.loop.time()
             try:
                 await self.waiter.wait(self.pool.loop)

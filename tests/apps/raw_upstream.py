@@ -19,6 +19,7 @@ By path (the request body is read by Content-Length and dropped):
   /never          no response, ever (the connection stays open)
   /flaky...       200 on a connection's first request; on a later one, closed without a
                   response (an upstream closing a keep-alive connection as it is reused)
+  POST /early     413 as soon as the head is in; the body is never read (the connection stays)
   /stats          {"connections": accepted so far, "requests": served so far}
 """
 
@@ -61,6 +62,12 @@ class Upstream(asyncio.Protocol):
             if end < 0:
                 return
             head = self.buffer[:end + 4]
+            if head.startswith(b"POST /early"):
+                # Answers at once, reads nothing more and keeps the connection open.
+                self.transport.write(response("413 Content Too Large", b"too large\n"))
+                self.transport.pause_reading()
+                self.buffer = b""
+                return
             length = 0
             for line in head.split(b"\r\n")[1:]:
                 name, _, value = line.partition(b":")

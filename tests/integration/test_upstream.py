@@ -360,6 +360,17 @@ def test_10_mib_upload_arrives_whole(front):
                                   "length": len(body)}
 
 
+def test_an_upstream_answering_before_reading_the_body_is_passed_on(start_server, raw):
+    """An upstream that answers early and reads no more of a big upload: its answer goes to
+    the client (with no --upstream-timeout, waiting for the upload to drain would be for
+    ever)."""
+    server = start_server(APP, "--workers", "1", "--upstream", f"/={raw.address}",
+                          "--upstream-timeout", "0")
+    status, _, body = server.request("POST", "/early", body=os.urandom(16 * MiB), timeout=30)
+    assert (status, body) == (413, b"too large\n")
+    assert server.request("GET", "/ok")[0] == 200
+
+
 # --- the pool -------------------------------------------------------------------------------
 
 def test_keep_alive_pool_uses_few_connections(front):
