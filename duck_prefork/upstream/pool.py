@@ -349,15 +349,14 @@ class Pool:
         loop = self.loop
         self.connecting += 1
         try:
-            if upstream.path:
-                connecting: Any = loop.create_unix_connection(lambda: UpstreamConnection(self),
-                                                              upstream.path)
-            else:
-                connecting = loop.create_connection(lambda: UpstreamConnection(self),
-                                                    upstream.host, upstream.port)
-            if self.timeout:
-                connecting = asyncio.wait_for(connecting, self.timeout)
-            _, connection = await connecting
+            # (asyncio.timeout: a timer for the connect, where wait_for would add a task)
+            async with asyncio.timeout(self.timeout or None):
+                if upstream.path:
+                    _, connection = await loop.create_unix_connection(
+                        lambda: UpstreamConnection(self), upstream.path)
+                else:
+                    _, connection = await loop.create_connection(
+                        lambda: UpstreamConnection(self), upstream.host, upstream.port)
         except BaseException as exc:
             self.connecting -= 1
             self._wake_waiter(None)  # its place is free again
