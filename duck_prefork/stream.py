@@ -38,6 +38,11 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Protocol
 
+from .errors import ClientDisconnected, InvalidResponse
+
+__all__ = ["SERVER", "ClientDisconnected", "InvalidResponse", "Stream", "StreamHandler",
+           "Waiter", "error_response", "http_date"]
+
 # The Server header's value on every response that does not carry its own.
 SERVER = b"duck-prefork"
 
@@ -62,15 +67,6 @@ def error_response(status: int, why: str = "") -> tuple[list[tuple[bytes, bytes]
     body = f"{phrase}: {why}\n" if why else f"{phrase}\n"
     return ([(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")],
             body.encode("utf-8", "replace"))
-
-
-class ClientDisconnected(OSError):
-    """Raised by a stream's sink (and so by the ASGI send()) once the client has gone."""
-
-
-class InvalidResponse(RuntimeError):
-    """A response the wire protocol cannot send as given (a header with CR, LF or NUL, a
-    malformed Content-Length, more body than the Content-Length said)."""
 
 
 class Waiter:

@@ -34,6 +34,8 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from ..logs import FailureLog, log
 from ..net.stages import ConnectionFacts, StagedConnection, TransportProtocol
 from ..stream import StreamHandler, Waiter, http_date
@@ -51,6 +53,7 @@ CONNECTION_CLOSED = "CONNECTION_CLOSED"
 RequestHandler = StreamHandler
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the tests' stand-in (tests/unit/fakes.py)
 class ServerState:
     """What every connection of one worker shares: the app, the pipeline, and the bookkeeping
     that graceful shutdown waits on (open connections and running request tasks)."""
@@ -152,6 +155,7 @@ class ServerState:
 
 # --- the connection -------------------------------------------------------------------------
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the base of asgi.websocket.WebSocketSession
 class FlowControlledProtocol(TransportProtocol):
     """asyncio flow control both ways, for HttpConnection and websocket.WebSocketSession:
     reading is paused while what was read waits for the app, and a writer awaits drain()
@@ -209,6 +213,7 @@ class FlowControlledProtocol(TransportProtocol):
             waiter.wake()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the tests' stand-in (tests/unit/fakes.py)
 class HttpConnection(FlowControlledProtocol):
     """One client connection: feeds the parser, starts a request task per request head,
     answers refused requests, and decides between the next request and closing."""

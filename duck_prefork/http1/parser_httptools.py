@@ -39,17 +39,13 @@ from httptools import (
     HttpRequestParser,
 )
 
+from ..errors import ParserStopped
 from .connection import CONNECTION_CLOSED, END_OF_MESSAGE, NEED_DATA, PAUSED
 from .parser_h11 import H11Parser
 from .request_head import DEFAULT_LIMITS, Limits, ParseError
 
 # Where the request being read is, as seen by llhttp's callbacks.
 _IDLE, _HEAD, _BODY, _DONE = range(4)
-
-
-class _Stop(Exception):
-    """Raised from a callback to stop llhttp: the reason is in HttptoolsParser._stop. (A new
-    one each time: raising one instance again would grow its traceback without end.)"""
 
 
 _WATCHED = frozenset((b"transfer-encoding", b"upgrade"))
@@ -163,7 +159,7 @@ class HttptoolsParser:
     def on_message_begin(self) -> None:
         if self._phase == _DONE:  # a pipelined request: not before start_next_cycle()
             self._stop = _NEXT_REQUEST
-            raise _Stop
+            raise ParserStopped
         self._phase = _HEAD
         self._headers = []
 
@@ -195,7 +191,7 @@ class HttptoolsParser:
             version = raw[end + 6:end + 9]
         else:  # or Transfer-Encoding: h11 reads this request
             self._stop = _TO_H11
-            raise _Stop
+            raise ParserStopped
         self._push((method, raw[start:end], version, self._headers))
         self._phase = _BODY
 

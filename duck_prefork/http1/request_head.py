@@ -12,13 +12,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..errors import ParseError
 
-class ParseError(Exception):
-    """The client sent something we refuse; `status` is the 4xx/5xx to answer with."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status = status
+__all__ = ["DEFAULT_LIMITS", "Limits", "ParseError", "read_head"]
 
 
 @dataclass(frozen=True)
