@@ -36,7 +36,7 @@ import asyncio
 from collections.abc import Awaitable, Coroutine, Iterable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from .errors import ClientDisconnected, InvalidResponse
 
@@ -44,7 +44,7 @@ __all__ = ["SERVER", "ClientDisconnected", "InvalidResponse", "Stream", "StreamH
            "Waiter", "error_response", "http_date"]
 
 # The Server header's value on every response that does not carry its own.
-SERVER = b"duck-prefork"
+SERVER: Final = b"duck-prefork"
 
 Headers = Iterable[tuple[bytes, bytes]]
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -48,6 +48,8 @@ PAUSED = "PAUSED"
 CONNECTION_CLOSED = "CONNECTION_CLOSED"
 
 # --- shared per-worker state ----------------------------------------------------------------
+
+TASK_NAME: Final = "duck-prefork request"  # asyncio.current_task().get_name() in a request
 
 # The ASGI pipeline, as the connection sees it: handler(app, stream) -> the request's coroutine.
 RequestHandler = StreamHandler
@@ -88,6 +90,7 @@ class ServerState:
         self.requests_served = 0
         self.refused_busy = 0  # 503s for --limit-concurrency since the last tick
         self.failures = FailureLog()  # what went wrong in tick(), logged once each
+        self.task_done = self._task_done  # bound once, not per request
 
     def refresh_date(self) -> None:
         """The one place the Date of responses comes from (every kind of response and stream
@@ -137,9 +140,15 @@ class ServerState:
 
     def start_task(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Run one request's (or WebSocket's) coroutine as a task the drain waits for."""
-        task = self.loop.create_task(coroutine)
+        loop = self.loop
+        if loop.get_task_factory() is None:
+            # What loop.create_task does, but named: without a name, Task() formats
+            # "Task-<n>" for every request (Python 3.11).
+            task: asyncio.Task = asyncio.Task(coroutine, loop=loop, name=TASK_NAME)
+        else:  # an app installed its own task factory (in its lifespan startup, say)
+            task = loop.create_task(coroutine, name=TASK_NAME)
         self.tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(self.task_done)
 
     def _task_done(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)

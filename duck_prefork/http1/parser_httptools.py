@@ -30,7 +30,7 @@ request_head.py's, for both adapters.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
 from httptools import (
     HttpParserCallbackError,
@@ -45,11 +45,15 @@ from .parser_h11 import H11Parser
 from .request_head import DEFAULT_LIMITS, Limits, ParseError
 
 # Where the request being read is, as seen by llhttp's callbacks.
-_IDLE, _HEAD, _BODY, _DONE = range(4)
+_IDLE: Final = 0
+_HEAD: Final = 1
+_BODY: Final = 2
+_DONE: Final = 3
 
 
-_WATCHED = frozenset((b"transfer-encoding", b"upgrade"))
-_NEXT_REQUEST, _TO_H11 = 1, 2  # llhttp reached the next request; this request goes to h11
+_WATCHED: Final = frozenset((b"transfer-encoding", b"upgrade"))
+_NEXT_REQUEST: Final = 1
+_TO_H11: Final = 2  # llhttp reached the next request; this request goes to h11
 
 
 class HttptoolsParser:
@@ -109,7 +113,7 @@ class HttptoolsParser:
             # llhttp joins the pieces of a header line it is given one by one with a copy each
             # (quadratic, for a long line arriving a byte at a time): it is given whole lines.
             unfed = self._unfed + len(data)
-            if b"\n" not in data:
+            if 10 not in data:  # no LF (an int: a plain memchr, see asgi.pipeline.PERCENT)
                 self._unfed = unfed
                 if len(raw) > self._head_size or raw.startswith(b"PRI "):
                     self._to_h11(raw)  # as below

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Iterable
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ..logs import log
 from ..stream import SERVER, ClientDisconnected, InvalidResponse, Waiter, error_response
@@ -28,14 +28,14 @@ if TYPE_CHECKING:
     from .connection import HttpConnection
 
 # Reading pauses while this much request body waits for the app to read it.
-BODY_HIGH_WATER = 64 * 1024
+BODY_HIGH_WATER: Final = 64 * 1024
 
-STATUS_LINES: dict[int, bytes] = {
+STATUS_LINES: Final[dict[int, bytes]] = {
     status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode("ascii"))
     for status in HTTPStatus
 }
-SERVER_HEADER = b"Server: " + SERVER + b"\r\n"
-CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
+SERVER_HEADER: Final = b"Server: " + SERVER + b"\r\n"
+CONTINUE_RESPONSE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def status_line(status: int) -> bytes:
@@ -61,15 +61,38 @@ def encode_error(status: int, date_header: bytes, why: str = "",
     ))
 
 
-# Response headers the codec reads rather than passes on as given.
-_CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _DATE, _SERVER = range(5)
-_RESPONSE_FIELDS = {
+# Response headers the codec reads rather than passes on as given (_OTHER: every other name).
+# (Final: the compiled build reads them as constants, not from the module's dict.)
+_CONTENT_LENGTH: Final = 0
+_TRANSFER_ENCODING: Final = 1
+_CONNECTION: Final = 2
+_DATE: Final = 3
+_SERVER: Final = 4
+_OTHER: Final = 5
+_RESPONSE_FIELDS: Final = {
     b"content-length": _CONTENT_LENGTH,
     b"transfer-encoding": _TRANSFER_ENCODING,  # dropped: the codec frames the body
     b"connection": _CONNECTION,  # dropped: the codec decides; "close" in it is honoured
     b"date": _DATE,
     b"server": _SERVER,
 }
+# The kind of every response header name seen so far, as the app spelled it: one lookup per
+# header instead of lower() and a lookup. An app uses a few names over and over; the bound
+# keeps one that makes up names per response from growing it.
+_NAME_KINDS: Final[dict[bytes, int]] = dict(_RESPONSE_FIELDS)
+_NAME_KINDS_MAX: Final = 4096
+
+
+def _name_kind(name: bytes) -> int:
+    kind = _RESPONSE_FIELDS.get(name.lower(), _OTHER)
+    if len(_NAME_KINDS) < _NAME_KINDS_MAX:
+        _NAME_KINDS[name] = kind
+    return kind
+
+
+# The common methods as str, made once (decode() is a method call per request).
+_METHODS: Final = {method.encode("ascii"): method for method in (
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE")}
 
 
 class Http1Stream:
@@ -103,9 +126,9 @@ class Http1Stream:
         self.connection = connection
         self.client = connection.client
         self.server = connection.server
-        self.method = method.decode("ascii")
+        self.method = _METHODS.get(method) or method.decode("ascii")
         self.target = target
-        self.http_version = http_version.decode("ascii")
+        self.http_version = "1.1" if http_version == b"1.1" else http_version.decode("ascii")
         self.headers = headers
         self.start_time = 0.0
         self.body_received = 0
@@ -185,9 +208,10 @@ class Http1Stream:
                  state.date_header]
         lines_expected = 3
         for name, value in headers:
-            lowered = name.lower()
-            if lowered in _RESPONSE_FIELDS:
-                kind = _RESPONSE_FIELDS[lowered]
+            kind = _NAME_KINDS.get(name)
+            if kind is None:
+                kind = _name_kind(name)
+            if kind != _OTHER:
                 if kind == _CONTENT_LENGTH:
                     if not value.isdigit():
                         raise InvalidResponse(f"invalid Content-Length {value!r} in the "
@@ -195,7 +219,7 @@ class Http1Stream:
                     content_length = int(value)
                     continue
                 if kind == _CONNECTION:
-                    if b"close" in value.lower():
+                    if value.lower().find(b"close") >= 0:
                         keep_alive = False
                     continue
                 if kind == _TRANSFER_ENCODING:
@@ -240,7 +264,7 @@ class Http1Stream:
         # (response splitting), and so would a NUL.
         lines_expected += 1
         if head.count(b"\n") != lines_expected or head.count(b"\r") != lines_expected \
-                or b"\0" in head:
+                or 0 in head:  # (an int: a plain memchr, no TypeError made and dropped)
             raise InvalidResponse("response header names and values must not contain CR, LF "
                                   "or NUL")
         if has_body and body:
