@@ -43,6 +43,10 @@ _VALID_TARGET: Final = re.compile(rb"[\x21-\x7e]*")
 # A Host value (RFC 9110 7.2: uri-host [":" port]): a reg-name or IP literal, and a port.
 _VALID_HOST: Final = re.compile(rb"[A-Za-z0-9._~!$&'()*+,;=%:-]*|\[[0-9A-Fa-f:.]+\](?::[0-9]*)?")
 # authority-form (RFC 9112 3.2.3), host:port, for CONNECT.
+# Host values found valid: a server answers to a few names, sent again with every request, so
+# a set lookup replaces the pattern for nearly all of them (bounded: made-up names stop adding).
+_HOSTS_SEEN: Final[set[bytes]] = set()
+_HOSTS_SEEN_MAX: Final = 4096
 _AUTHORITY = rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]*)?"
 _AUTHORITY_FORM: Final = re.compile(_AUTHORITY)
 # absolute-form (RFC 9112 3.2.2), as sent to a proxy: http(s)://[userinfo@]authority[/path][?q]
@@ -129,8 +133,11 @@ def read_head(method: bytes, target: bytes, http_version: bytes,
             upgrade = value.lower()
         else:  # _HOST
             hosts += 1
-            if _VALID_HOST.fullmatch(value) is None and refusal is None:
-                refusal = ParseError(400, "invalid Host header")
+            if value not in _HOSTS_SEEN and refusal is None:
+                if _VALID_HOST.fullmatch(value) is None:
+                    refusal = ParseError(400, "invalid Host header")
+                elif len(_HOSTS_SEEN) < _HOSTS_SEEN_MAX:
+                    _HOSTS_SEEN.add(value)
     if hosts > 1 or (http11 and hosts == 0):
         raise ParseError(400, "HTTP/1.1 requests need exactly one Host header")
 
