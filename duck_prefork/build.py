@@ -33,6 +33,7 @@ COMPILED = (
     "duck_prefork.http1.stream",
     "duck_prefork.http1.connection",
     "duck_prefork.http1.parser_httptools",
+    "duck_prefork.http1.parser_h11",
     "duck_prefork.asgi.pipeline",
 )
 PURE_ENV = "DUCK_PREFORK_NO_EXTENSIONS"

@@ -47,6 +47,26 @@ NEED_DATA = "NEED_DATA"
 PAUSED = "PAUSED"
 CONNECTION_CLOSED = "CONNECTION_CLOSED"
 
+
+class Parser:
+    """The parser contract above, as the base class of the adapters (HttptoolsParser,
+    H11Parser): in the compiled build (build.py) the connection then calls them directly."""
+
+    __slots__ = ()
+
+    def feed(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def next_event(self) -> Any:
+        raise NotImplementedError
+
+    def start_next_cycle(self) -> None:
+        raise NotImplementedError
+
+    def take_upgrade_data(self) -> bytes:
+        raise NotImplementedError
+
+
 # --- shared per-worker state ----------------------------------------------------------------
 
 TASK_NAME: Final = "duck-prefork request"  # asyncio.current_task().get_name() in a request
@@ -60,7 +80,7 @@ class ServerState:
     """What every connection of one worker shares: the app, the pipeline, and the bookkeeping
     that graceful shutdown waits on (open connections and running request tasks)."""
 
-    def __init__(self, app: Any, handler: RequestHandler, parser_factory: Callable[[], Any],
+    def __init__(self, app: Any, handler: RequestHandler, parser_factory: Callable[[], Parser],
                  keep_alive: float, timing: bool, limits: Limits = DEFAULT_LIMITS,
                  concurrency: int = 0, header_timeout: float = 0.0, send_timeout: float = 0.0,
                  upgrade: Callable[[HttpConnection, Http1Stream], bool] | None = None):
@@ -235,7 +255,7 @@ class HttpConnection(FlowControlledProtocol):
     def __init__(self, state: ServerState):
         super().__init__()
         self.state = state
-        self.parser = state.parser_factory()
+        self.parser: Parser = state.parser_factory()
         self.client: tuple | None = None  # facts.client and facts.server, read once
         self.server: tuple | None = None
         self.request: Http1Stream | None = None

@@ -40,7 +40,7 @@ from httptools import (
 )
 
 from ..errors import ParserStopped
-from .connection import CONNECTION_CLOSED, END_OF_MESSAGE, NEED_DATA, PAUSED
+from .connection import CONNECTION_CLOSED, END_OF_MESSAGE, NEED_DATA, PAUSED, Parser
 from .parser_h11 import H11Parser
 from .request_head import DEFAULT_LIMITS, Limits, ParseError
 
@@ -56,7 +56,7 @@ _NEXT_REQUEST: Final = 1
 _TO_H11: Final = 2  # llhttp reached the next request; this request goes to h11
 
 
-class HttptoolsParser:
+class HttptoolsParser(Parser):
     """The parser contract of http11.py, implemented over httptools (llhttp)."""
 
     __slots__ = ("_limits", "_head_size", "_parser", "_events", "_push", "_phase", "_headers",

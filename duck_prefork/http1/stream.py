@@ -21,7 +21,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Final
 
 from ..logs import log
-from ..stream import SERVER, ClientDisconnected, InvalidResponse, Waiter, error_response
+from ..stream import SERVER, ClientDisconnected, InvalidResponse, Stream, Waiter, error_response
 from .request_head import read_head
 
 if TYPE_CHECKING:
@@ -101,27 +101,19 @@ _METHODS: Final = {method.encode("ascii"): method for method in (
     "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE")}
 
 
-class Http1Stream:
-    """One request on an HTTP/1.1 connection: the stream interface over HttpConnection."""
+class Http1Stream(Stream):
+    """One request on an HTTP/1.1 connection: the stream interface over HttpConnection. (The
+    fields every stream has are Stream's.)"""
 
     __slots__ = (
         # the head
-        "method", "target", "http_version", "headers", "client", "server", "forwarded",
-        "upgrade", "start_time", "connection",
+        "upgrade", "connection",
         # request framing, from the head (read_head)
         "keep_alive", "expect_continue", "content_length", "chunked",
         # the body channel
-        "body_received", "body_complete", "body_read", "_chunks", "_buffered", "_waiter",
-        # the client and the connection
-        "disconnected", "closed",
+        "body_received", "body_complete", "_chunks", "_buffered", "_waiter",
         # the response
-        "response_started", "response_complete", "bytes_sent", "_length_out", "_chunked_out",
-        "_body_out")
-
-    @property
-    def scheme(self) -> str:
-        """"http", or what the connection's stages learned ("https" over TLS)."""
-        return self.connection.facts.scheme
+        "response_started", "_length_out", "_chunked_out", "_body_out")
 
     def __init__(self, connection: HttpConnection, method: bytes, target: bytes,
                  http_version: bytes, headers: list[tuple[bytes, bytes]]):
@@ -132,6 +124,7 @@ class Http1Stream:
         self.connection = connection
         self.client = connection.client
         self.server = connection.server
+        self.scheme = connection.facts.scheme  # "http", or what the stages learned (TLS)
         self.method = _METHODS.get(method) or method.decode("ascii")
         self.target = target
         self.http_version = "1.1" if http_version == b"1.1" else http_version.decode("ascii")
