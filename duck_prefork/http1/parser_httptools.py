@@ -188,11 +188,14 @@ class HttptoolsParser(Parser):
         method = self._parser.get_method()
         start = len(method) + 1
         end = raw.find(b" ", start)
-        if raw.startswith(b"HTTP/1.1\r\n", end + 1) and end > start and not self._stop:
+        # "HTTP/x.y" CRLF after the target: compared as a slice (startswith() with a position
+        # parses its arguments the slow way)
+        version_field = raw[end + 1:end + 11]
+        if version_field == b"HTTP/1.1\r\n" and end > start and not self._stop:
             version = b"1.1"
-        elif raw.startswith(b"HTTP/", end + 1) and raw.startswith(b"\r\n", end + 9) \
+        elif version_field[:5] == b"HTTP/" and version_field[8:] == b"\r\n" \
                 and end > start and not self._stop:
-            version = raw[end + 6:end + 9]
+            version = version_field[5:8]
         else:  # or Transfer-Encoding: h11 reads this request
             self._stop = _TO_H11
             raise ParserStopped
