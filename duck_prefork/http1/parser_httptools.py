@@ -52,6 +52,10 @@ _DONE: Final = 3
 
 
 _WATCHED: Final = frozenset((b"transfer-encoding", b"upgrade"))
+# Request header names as sent -> lowercased: clients send the same few names with every
+# request, so one lookup replaces a lower() (bounded: made-up names stop adding).
+_LOWERED: Final[dict[bytes, bytes]] = {}
+_LOWERED_MAX: Final = 4096
 _NEXT_REQUEST: Final = 1
 _TO_H11: Final = 2  # llhttp reached the next request; this request goes to h11
 
@@ -168,7 +172,12 @@ class HttptoolsParser(Parser):
         self._headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
+        lowered = _LOWERED.get(name)
+        if lowered is None:
+            lowered = name.lower()
+            if len(_LOWERED) < _LOWERED_MAX:
+                _LOWERED[name] = lowered
+        name = lowered
         if name in _WATCHED:
             if name == b"transfer-encoding":
                 self._stop = _TO_H11
@@ -176,7 +185,9 @@ class HttptoolsParser(Parser):
                 # h11 proposes a protocol switch for any Upgrade token (llhttp only with
                 # "Connection: upgrade"): after the request, PAUSED until start_next_cycle().
                 self._switch = self._hold = True
-        self._headers.append((name, value.rstrip(b" \t")))  # llhttp strips only leading OWS
+        if value and (value[-1] == 32 or value[-1] == 9):  # llhttp strips only leading OWS
+            value = value.rstrip(b" \t")
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         # The request line, from the raw bytes: llhttp has checked the method (it ends at
