@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from . import build
+
 __version__ = "0.1.0"
+
+build.install()  # the compiled hot path, or its pure-Python sources (build.py)
 
 
 def run(argv: Sequence[str] = ()) -> int:

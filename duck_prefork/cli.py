@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from . import __version__
+from . import __version__, build
 from .config import (
     OPTIONS,
     Config,
@@ -42,6 +42,14 @@ def _describe_default(option: Option) -> str:
     return str(default)
 
 
+class _Version(argparse.Action):
+    """--version: one line, unwrapped (argparse's own action wraps it at the terminal width)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(f"duck-prefork {__version__} ({build.DESCRIPTION})")
+        parser.exit()
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="duck-prefork",
@@ -56,7 +64,8 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("app", nargs="?", metavar="APP",
                         help="the ASGI app as module.path:attribute (default: a built-in demo app)")
-    parser.add_argument("--version", action="version", version=f"duck-prefork {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="show the version and which build runs (compiled or pure Python)")
     for option in OPTIONS:
         flags = [option.short, option.long] if option.short else [option.long]
         help_text = f"{option.help} (default: {_describe_default(option)}; env {option.env})"

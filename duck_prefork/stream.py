@@ -19,8 +19,9 @@ this module, and neither imports the other. What a stream offers the ASGI side (
             sent) and `disconnected` (the client has gone) flags
 
 The hot path is direct method calls on the concrete stream (http1.stream.Http1Stream): no event
-objects, no per-message allocation beyond what ASGI itself asks for. `Stream` is a
-typing.Protocol for checkers and for the next implementation, not a base class.
+objects, no per-message allocation beyond what ASGI itself asks for. `Stream` is the base class
+every kind of stream derives from, with its fields declared once: in the compiled build
+(build.py) the ASGI side then reads them and calls the methods directly, not by name lookup.
 
 Also here, because every kind of stream shares them: the server's own response headers (Server,
 and the Date value a worker refreshes once a second), the response the server gives on its own
@@ -36,10 +37,15 @@ import asyncio
 from collections.abc import Awaitable, Coroutine, Iterable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
+
+from .errors import ClientDisconnected, InvalidResponse
+
+__all__ = ["SERVER", "ClientDisconnected", "InvalidResponse", "Stream", "StreamHandler",
+           "Waiter", "error_response", "http_date"]
 
 # The Server header's value on every response that does not carry its own.
-SERVER = b"duck-prefork"
+SERVER: Final = b"duck-prefork"
 
 Headers = Iterable[tuple[bytes, bytes]]
 
@@ -62,15 +68,6 @@ def error_response(status: int, why: str = "") -> tuple[list[tuple[bytes, bytes]
     body = f"{phrase}: {why}\n" if why else f"{phrase}\n"
     return ([(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")],
             body.encode("utf-8", "replace"))
-
-
-class ClientDisconnected(OSError):
-    """Raised by a stream's sink (and so by the ASGI send()) once the client has gone."""
-
-
-class InvalidResponse(RuntimeError):
-    """A response the wire protocol cannot send as given (a header with CR, LF or NUL, a
-    malformed Content-Length, more body than the Content-Length said)."""
 
 
 class Waiter:
@@ -96,8 +93,13 @@ class Waiter:
             future.set_result(None)
 
 
-class Stream(Protocol):
-    """What a wire protocol offers the ASGI side for one request (see the module docstring)."""
+class Stream:
+    """What a wire protocol offers the ASGI side for one request (see the module docstring): the
+    base of each kind of stream, which sets every field and implements every method."""
+
+    __slots__ = ("method", "target", "http_version", "headers", "client", "server", "scheme",
+                 "forwarded", "start_time", "closed", "disconnected", "response_complete",
+                 "bytes_sent", "body_read")
 
     method: str
     target: bytes  # as sent: origin-form, absolute-form, authority-form or "*"
@@ -105,42 +107,42 @@ class Stream(Protocol):
     headers: list[tuple[bytes, bytes]]  # lowercase names, as received
     client: tuple | None
     server: tuple | None
+    scheme: str  # "http", or what the connection's stages learned ("https" over TLS)
     forwarded: bool  # the head carries Forwarded / X-Forwarded-* (for the proxy step)
     start_time: float  # loop time the head arrived (when the access log wants it)
     closed: bool  # nothing more can be sent (the connection closed, or the stream was ended)
     disconnected: bool  # the client has gone
     response_complete: bool  # the response has been sent in full
     bytes_sent: int  # response body bytes sent (as framed for the client: none for HEAD)
-
-    @property
-    def scheme(self) -> str:
-        """"http", or "https" over TLS (read-only: the connection's)."""
+    body_read: bool  # the last of the body has been returned by read_body()
 
     def read_body(self) -> bytes | None:
         """The body received since the last call (b"" at the end of an empty one), or None
         when nothing is waiting (wait_body) or the whole body has been read (body_read)."""
-
-    @property
-    def body_read(self) -> bool:
-        """The last of the body has been returned by read_body()."""
+        raise NotImplementedError
 
     def wait_body(self) -> Awaitable[None]:
         """Awaitable until more of the body, its end or a disconnect arrives (or the response
         completes). The wire protocol may tell the client to go on sending (100 Continue)."""
+        raise NotImplementedError
 
     def send_head(self, status: int, headers: Headers, body: bytes = b"",
                   more_body: bool = False) -> Awaitable[None] | None:
         """Send the response head with the first body bytes. Raises ClientDisconnected once
         the client has gone, InvalidResponse for what cannot be sent."""
+        raise NotImplementedError
 
     def send_body(self, body: bytes, more_body: bool) -> Awaitable[None] | None:
         """Send more of the body; more_body=False completes the response."""
+        raise NotImplementedError
 
     def close(self) -> None:
         """End the stream once what was sent has gone (a response that will not be sent)."""
+        raise NotImplementedError
 
     def abort(self) -> None:
         """End the stream at once: the client must not take a partial response for whole."""
+        raise NotImplementedError
 
 
 class StreamHandler(Protocol):

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Final
+
+from mypy_extensions import mypyc_attr
 
 from ..logs import FailureLog, log
 from ..net.stages import ConnectionFacts, StagedConnection, TransportProtocol
@@ -45,17 +47,40 @@ NEED_DATA = "NEED_DATA"
 PAUSED = "PAUSED"
 CONNECTION_CLOSED = "CONNECTION_CLOSED"
 
+
+class Parser:
+    """The parser contract above, as the base class of the adapters (HttptoolsParser,
+    H11Parser): in the compiled build (build.py) the connection then calls them directly."""
+
+    __slots__ = ()
+
+    def feed(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def next_event(self) -> Any:
+        raise NotImplementedError
+
+    def start_next_cycle(self) -> None:
+        raise NotImplementedError
+
+    def take_upgrade_data(self) -> bytes:
+        raise NotImplementedError
+
+
 # --- shared per-worker state ----------------------------------------------------------------
+
+TASK_NAME: Final = "duck-prefork request"  # asyncio.current_task().get_name() in a request
 
 # The ASGI pipeline, as the connection sees it: handler(app, stream) -> the request's coroutine.
 RequestHandler = StreamHandler
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the tests' stand-in (tests/unit/fakes.py)
 class ServerState:
     """What every connection of one worker shares: the app, the pipeline, and the bookkeeping
     that graceful shutdown waits on (open connections and running request tasks)."""
 
-    def __init__(self, app: Any, handler: RequestHandler, parser_factory: Callable[[], Any],
+    def __init__(self, app: Any, handler: RequestHandler, parser_factory: Callable[[], Parser],
                  keep_alive: float, timing: bool, limits: Limits = DEFAULT_LIMITS,
                  concurrency: int = 0, header_timeout: float = 0.0, send_timeout: float = 0.0,
                  upgrade: Callable[[HttpConnection, Http1Stream], bool] | None = None):
@@ -85,6 +110,7 @@ class ServerState:
         self.requests_served = 0
         self.refused_busy = 0  # 503s for --limit-concurrency since the last tick
         self.failures = FailureLog()  # what went wrong in tick(), logged once each
+        self.task_done = self._task_done  # bound once, not per request
 
     def refresh_date(self) -> None:
         """The one place the Date of responses comes from (every kind of response and stream
@@ -134,9 +160,15 @@ class ServerState:
 
     def start_task(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Run one request's (or WebSocket's) coroutine as a task the drain waits for."""
-        task = self.loop.create_task(coroutine)
+        loop = self.loop
+        if loop.get_task_factory() is None:
+            # What loop.create_task does, but named: without a name, Task() formats
+            # "Task-<n>" for every request (Python 3.11).
+            task: asyncio.Task = asyncio.Task(coroutine, loop=loop, name=TASK_NAME)
+        else:  # an app installed its own task factory (in its lifespan startup, say)
+            task = loop.create_task(coroutine, name=TASK_NAME)
         self.tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(self.task_done)
 
     def _task_done(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
@@ -152,6 +184,7 @@ class ServerState:
 
 # --- the connection -------------------------------------------------------------------------
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the base of asgi.websocket.WebSocketSession
 class FlowControlledProtocol(TransportProtocol):
     """asyncio flow control both ways, for HttpConnection and websocket.WebSocketSession:
     reading is paused while what was read waits for the app, and a writer awaits drain()
@@ -209,6 +242,7 @@ class FlowControlledProtocol(TransportProtocol):
             waiter.wake()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the tests' stand-in (tests/unit/fakes.py)
 class HttpConnection(FlowControlledProtocol):
     """One client connection: feeds the parser, starts a request task per request head,
     answers refused requests, and decides between the next request and closing."""
@@ -221,7 +255,7 @@ class HttpConnection(FlowControlledProtocol):
     def __init__(self, state: ServerState):
         super().__init__()
         self.state = state
-        self.parser = state.parser_factory()
+        self.parser: Parser = state.parser_factory()
         self.client: tuple | None = None  # facts.client and facts.server, read once
         self.server: tuple | None = None
         self.request: Http1Stream | None = None

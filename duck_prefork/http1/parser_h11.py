@@ -15,17 +15,17 @@ has found its end, and runs a ChunkedFraming check beside h11 over a chunked bod
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Final
 
 import h11
 
-from .connection import CONNECTION_CLOSED, END_OF_MESSAGE, NEED_DATA, PAUSED
+from .connection import CONNECTION_CLOSED, END_OF_MESSAGE, NEED_DATA, PAUSED, Parser
 from .request_head import DEFAULT_LIMITS, Limits, ParseError
 
 _EMPTY_LINE_BYTES = (b"\r", b"\n")
 
 
-class H11Parser:
+class H11Parser(Parser):
     """The parser contract of http11.py, implemented over h11."""
 
     __slots__ = ("_conn", "_head", "_head_size", "_line_limit", "_chunked", "_error")
@@ -87,8 +87,7 @@ class H11Parser:
                 if name == b"transfer-encoding":  # h11 accepts no coding but chunked
                     self._chunked = ChunkedFraming()
                     self._check_chunked(bytes(body))
-                    if self._error is not None:
-                        raise self._error
+                    self._raise_error()
                     break
             return (event.method, event.target, event.http_version, headers)
         if kind is h11.EndOfMessage:
@@ -126,6 +125,13 @@ class H11Parser:
             self.feed(bytes(data))
         if closed:
             self._conn.receive_data(b"")
+
+    def _raise_error(self) -> None:
+        """Raise what _check_chunked found, if anything. (A method of its own: within
+        next_event() the type checker still holds self._error to be None from the check above
+        the call that set it, and the compiled build would enforce that.)"""
+        if self._error is not None:
+            raise self._error
 
     def _check_raw_head(self, fields: int) -> bytes | bytearray:
         """Refuse a head with bare LFs or folded lines; returns the bytes after it.
@@ -171,7 +177,10 @@ class ChunkedFraming:
 
     __slots__ = ("_state", "_remaining", "_line")
 
-    _SIZE, _DATA, _DATA_END, _TRAILERS = range(4)
+    _SIZE: Final = 0
+    _DATA: Final = 1
+    _DATA_END: Final = 2
+    _TRAILERS: Final = 3
 
     def __init__(self) -> None:
         self._state = self._SIZE

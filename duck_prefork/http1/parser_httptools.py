@@ -30,7 +30,7 @@ request_head.py's, for both adapters.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
 from httptools import (
     HttpParserCallbackError,
@@ -39,24 +39,28 @@ from httptools import (
     HttpRequestParser,
 )
 
-from .connection import CONNECTION_CLOSED, END_OF_MESSAGE, NEED_DATA, PAUSED
+from ..errors import ParserStopped
+from .connection import CONNECTION_CLOSED, END_OF_MESSAGE, NEED_DATA, PAUSED, Parser
 from .parser_h11 import H11Parser
 from .request_head import DEFAULT_LIMITS, Limits, ParseError
 
 # Where the request being read is, as seen by llhttp's callbacks.
-_IDLE, _HEAD, _BODY, _DONE = range(4)
+_IDLE: Final = 0
+_HEAD: Final = 1
+_BODY: Final = 2
+_DONE: Final = 3
 
 
-class _Stop(Exception):
-    """Raised from a callback to stop llhttp: the reason is in HttptoolsParser._stop. (A new
-    one each time: raising one instance again would grow its traceback without end.)"""
+_WATCHED: Final = frozenset((b"transfer-encoding", b"upgrade"))
+# Request header names as sent -> lowercased: clients send the same few names with every
+# request, so one lookup replaces a lower() (bounded: made-up names stop adding).
+_LOWERED: Final[dict[bytes, bytes]] = {}
+_LOWERED_MAX: Final = 4096
+_NEXT_REQUEST: Final = 1
+_TO_H11: Final = 2  # llhttp reached the next request; this request goes to h11
 
 
-_WATCHED = frozenset((b"transfer-encoding", b"upgrade"))
-_NEXT_REQUEST, _TO_H11 = 1, 2  # llhttp reached the next request; this request goes to h11
-
-
-class HttptoolsParser:
+class HttptoolsParser(Parser):
     """The parser contract of http11.py, implemented over httptools (llhttp)."""
 
     __slots__ = ("_limits", "_head_size", "_parser", "_events", "_push", "_phase", "_headers",
@@ -113,7 +117,7 @@ class HttptoolsParser:
             # llhttp joins the pieces of a header line it is given one by one with a copy each
             # (quadratic, for a long line arriving a byte at a time): it is given whole lines.
             unfed = self._unfed + len(data)
-            if b"\n" not in data:
+            if 10 not in data:  # no LF (an int: a plain memchr, see asgi.pipeline.PERCENT)
                 self._unfed = unfed
                 if len(raw) > self._head_size or raw.startswith(b"PRI "):
                     self._to_h11(raw)  # as below
@@ -163,12 +167,17 @@ class HttptoolsParser:
     def on_message_begin(self) -> None:
         if self._phase == _DONE:  # a pipelined request: not before start_next_cycle()
             self._stop = _NEXT_REQUEST
-            raise _Stop
+            raise ParserStopped
         self._phase = _HEAD
         self._headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
+        lowered = _LOWERED.get(name)
+        if lowered is None:
+            lowered = name.lower()
+            if len(_LOWERED) < _LOWERED_MAX:
+                _LOWERED[name] = lowered
+        name = lowered
         if name in _WATCHED:
             if name == b"transfer-encoding":
                 self._stop = _TO_H11
@@ -176,7 +185,9 @@ class HttptoolsParser:
                 # h11 proposes a protocol switch for any Upgrade token (llhttp only with
                 # "Connection: upgrade"): after the request, PAUSED until start_next_cycle().
                 self._switch = self._hold = True
-        self._headers.append((name, value.rstrip(b" \t")))  # llhttp strips only leading OWS
+        if value and (value[-1] == 32 or value[-1] == 9):  # llhttp strips only leading OWS
+            value = value.rstrip(b" \t")
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         # The request line, from the raw bytes: llhttp has checked the method (it ends at
@@ -188,14 +199,17 @@ class HttptoolsParser:
         method = self._parser.get_method()
         start = len(method) + 1
         end = raw.find(b" ", start)
-        if raw.startswith(b"HTTP/1.1\r\n", end + 1) and end > start and not self._stop:
+        # "HTTP/x.y" CRLF after the target: compared as a slice (startswith() with a position
+        # parses its arguments the slow way)
+        version_field = raw[end + 1:end + 11]
+        if version_field == b"HTTP/1.1\r\n" and end > start and not self._stop:
             version = b"1.1"
-        elif raw.startswith(b"HTTP/", end + 1) and raw.startswith(b"\r\n", end + 9) \
+        elif version_field[:5] == b"HTTP/" and version_field[8:] == b"\r\n" \
                 and end > start and not self._stop:
-            version = raw[end + 6:end + 9]
+            version = version_field[5:8]
         else:  # or Transfer-Encoding: h11 reads this request
             self._stop = _TO_H11
-            raise _Stop
+            raise ParserStopped
         self._push((method, raw[start:end], version, self._headers))
         self._phase = _BODY
 

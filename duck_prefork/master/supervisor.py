@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 import setproctitle
 
-from .. import __version__, logs
+from .. import __version__, build, logs
 from ..config import Config, ConfigError
 from ..hooks import run_hook
 from ..logs import log
@@ -123,8 +123,8 @@ class Master:
         # After USR2 the old image exec'd with these blocked (see processes.py): what arrived
         # meanwhile is delivered now, to the handlers just installed.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-        log.info("duck-prefork %s (pid %d) listening on %s", __version__, os.getpid(),
-                 describe_all(self.listeners))
+        log.info("duck-prefork %s, %s (pid %d) listening on %s", __version__,
+                 build.DESCRIPTION, os.getpid(), describe_all(self.listeners))
         slots.explain_reuse_port(self.listeners, self.config.reuse_port)
         self.oom_kills = health.oom_kill_count()
         try:

@@ -47,6 +47,8 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from ..logs import log
 
 # Wire protocols are named as ALPN names them (RFC 7301): "http/1.1", "h2".
@@ -112,6 +114,7 @@ def switch_protocol(transport: asyncio.Transport, successor: Successor, facts: C
         successor.data_received(data)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # stages may be plain Python (tests, plug-ins)
 class Stage:
     """One job on a connection before its wire protocol speaks. A new one is made for each
     connection (the plan holds factories); it is started with the bytes already read, then
@@ -173,6 +176,7 @@ class ConnectionPlan:
         return functools.partial(StagedConnection, self)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a base of the WebSocket session too
 class TransportProtocol(asyncio.Protocol):
     """A protocol that owns a transport: reading paused and resumed, closing and aborting,
     each once and never after the transport is closing. The base of StagedConnection here and

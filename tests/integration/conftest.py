@@ -19,6 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from duck_prefork import build
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # The --http parsers. Tests whose outcome depends on the parser run against each, and the
@@ -48,7 +50,8 @@ class Server:
         argv = [sys.executable, "-m", "duck_prefork", *args]
         if bind:
             argv += ["--bind", bind]
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("DUCK_PREFORK_")}
+        full_env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("DUCK_PREFORK_") or k == build.PURE_ENV}  # the build stays
         full_env.update(env or {})
         full_env["PYTHONPATH"] = str(ROOT)
         self._log = open(self.log_path, "wb")

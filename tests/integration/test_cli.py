@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from duck_prefork import __version__
+from duck_prefork import __version__, build
 from duck_prefork.config import OPTIONS
 
 from .conftest import ROOT
@@ -16,7 +16,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def run_cli(*args, env=None):
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DUCK_PREFORK_")}
+    full_env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("DUCK_PREFORK_") or k == build.PURE_ENV}  # the build stays
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "duck_prefork", *args], cwd=ROOT, env=full_env,
                           capture_output=True, text=True, timeout=30)
@@ -34,9 +35,17 @@ def test_help_lists_every_option_with_its_default():
 
 
 def test_version():
+    """--version names the build that runs: compiled, or pure Python and why (build.py)."""
     result = run_cli("--version")
     assert result.returncode == 0
-    assert result.stdout.strip() == f"duck-prefork {__version__}"
+    assert result.stdout.strip() == f"duck-prefork {__version__} ({build.DESCRIPTION})"
+
+
+def test_version_says_when_the_pure_python_build_is_forced():
+    result = run_cli("--version", env={build.PURE_ENV: "1"})
+    assert result.returncode == 0
+    assert result.stdout.strip() == \
+        f"duck-prefork {__version__} (pure Python: {build.PURE_ENV} is set)"
 
 
 @pytest.mark.parametrize("args, env, names", [

@@ -7,30 +7,19 @@ import socket
 import pytest
 import uvloop
 
-from duck_prefork.http1.connection import HttpConnection, ServerState
-from duck_prefork.http1.parser_h11 import H11Parser
-
 pytestmark = pytest.mark.timeout(30)
 
 
 def test_accepted_connections_have_tcp_nodelay():
     seen = []
 
-    class Probe(HttpConnection):
-        __slots__ = ()
-
+    class Probe(asyncio.Protocol):
         def connection_made(self, transport):
             sock = transport.get_extra_info("socket")
             seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-            super().connection_made(transport)
 
     async def main():
-        async def app(scope, receive, send):
-            raise AssertionError("not called")
-
-        state = ServerState(app, None, H11Parser, keep_alive=5.0, timing=False)
-        server = await asyncio.get_running_loop().create_server(
-            lambda: Probe(state), "127.0.0.1", 0)
+        server = await asyncio.get_running_loop().create_server(Probe, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         _, writer = await asyncio.open_connection("127.0.0.1", port)
         for _ in range(200):

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from duck_prefork import build
+
 from .conftest import ROOT
 
 pytestmark = pytest.mark.timeout(60)
@@ -96,7 +98,8 @@ def test_malformed_headers_are_ignored_and_the_worker_keeps_serving(start_server
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DUCK_PREFORK_")}
+    full_env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("DUCK_PREFORK_") or k == build.PURE_ENV}  # the build stays
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "duck_prefork", *args, "--bind", "127.0.0.1:0"],
                           cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=30)

@@ -29,7 +29,7 @@ def request_data(version: bytes = b"1.1", headers=(), method: bytes = b"POST",
 
 def receive(data: Http1Stream):
     """The ASGI receive callable over `data`'s body channel (one call: one message)."""
-    return Request({}, data, None, None).receive()
+    return Request({}, data, None, ASGI()).receive()
 
 
 async def settle() -> None:

@@ -29,9 +29,10 @@ from duck_prefork.asgi.websocket import (
     WebSocketUpgrade,
     handshake_refusal,
 )
+from duck_prefork.http1.stream import Http1Stream
 from duck_prefork.net.stages import ConnectionFacts
 
-from .fakes import FakeTransport, StallingTransport, split_response
+from .fakes import FakeConnection, FakeTransport, StallingTransport, split_response
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -48,6 +49,14 @@ class Peer:
     def events(self, transport: FakeTransport) -> list:
         self.ws.receive_data(transport.take())
         return list(self.ws.events())
+
+
+def handshake_stream(method: bytes, target: bytes, headers: list, client) -> Http1Stream:
+    """The handshake request as the HTTP/1.1 connection offers it to the upgrade: a real
+    stream (the compiled build takes nothing else), over a stand-in connection of its own."""
+    stream = Http1Stream(FakeConnection(client), method, target, b"1.1", headers)
+    assert stream.upgrade == b"websocket"
+    return stream
 
 
 def make_session(app, upgrade: WebSocketUpgrade | None = None, pending: bytes = b"",
@@ -77,10 +86,7 @@ def make_session(app, upgrade: WebSocketUpgrade | None = None, pending: bytes = 
         facts=ConnectionFacts(("127.0.0.1", 5000), ("127.0.0.1", 8000)),
         hand_over=lambda: False, write_paused=False,
         write=transport.write, close=transport.close)  # a refusal before the session starts
-    request = SimpleNamespace(method="GET", target=b"/chat", http_version="1.1",
-                              headers=headers, chunked=False, content_length=None,
-                              upgrade=b"websocket", forwarded=False, client=connection.client,
-                              server=connection.server, scheme="http", start_time=0.0)
+    request = handshake_stream(b"GET", b"/chat", headers, connection.client)
     assert (upgrade or WebSocketUpgrade())(connection, request)
     return transport.protocol, transport, peer, state
 
@@ -132,7 +138,8 @@ def test_handshake_messages_and_close():
 def test_frames_sent_before_accept_are_kept():
     async def scenario():
         received: list = []
-        early = FrameProtocol(client=True, extensions=[]).send_data("early bird", True)
+        # (bytes, as the parsers give: wsproto makes a bytearray)
+        early = bytes(FrameProtocol(client=True, extensions=[]).send_data("early bird", True))
         make_session(accepting_app(received), pending=early)
         await settle()
         assert received[:1] == [{"type": "websocket.receive", "text": "early bird"}]
@@ -349,9 +356,7 @@ def test_a_post_asking_for_a_websocket_is_refused_without_the_app():
         state = SimpleNamespace(loop=loop, date_header=b"Date: X\r\n", handler=ASGI())
         connection = SimpleNamespace(state=state, transport=transport, client=None,
                                      write=transport.write, close=transport.close)
-        request = SimpleNamespace(method="POST", target=b"/", http_version="1.1",
-                                  headers=GOOD + [(b"content-length", b"2")], chunked=False,
-                                  content_length=2, upgrade=b"websocket", client=None)
+        request = handshake_stream(b"POST", b"/", GOOD + [(b"content-length", b"2")], None)
         assert WebSocketUpgrade()(connection, request)  # answered: not plain HTTP
         assert transport.take().startswith(b"HTTP/1.1 400 ") and transport.closed
         request.upgrade = b"h2c"  # a switch to something else: plain HTTP, for the app

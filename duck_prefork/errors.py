@@ -1,0 +1,30 @@
+"""The exceptions raised on the per-request path.
+
+They live apart from the modules that raise them because those are compiled by mypyc
+(build.py), which cannot compile subclasses of built-in exceptions; each is re-exported where
+it belongs (stream.py, http1/request_head.py).
+"""
+
+from __future__ import annotations
+
+
+class ClientDisconnected(OSError):
+    """Raised by a stream's sink (and so by the ASGI send()) once the client has gone."""
+
+
+class InvalidResponse(RuntimeError):
+    """A response the wire protocol cannot send as given (a header with CR, LF or NUL, a
+    malformed Content-Length, more body than the Content-Length said)."""
+
+
+class ParseError(Exception):
+    """The client sent something we refuse; `status` is the 4xx/5xx to answer with."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+
+
+class ParserStopped(Exception):
+    """Raised from an llhttp callback to stop it (http1/parser_httptools.py keeps the reason).
+    A new one each time: raising one instance again would grow its traceback without end."""
