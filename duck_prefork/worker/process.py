@@ -276,15 +276,17 @@ def response_middlewares(config: Config) -> list[ResponseHeaders]:
     return [ResponseHeaders(headers)]
 
 
-def build_pipeline(config: Config, **settings: Any) -> ASGI:
-    """The worker's ASGI pipeline: with --upstream, the one that also passes requests to the
-    upstreams (chosen once here, so that a worker without upstreams does no routing at all)."""
+def build_pipeline(config: Config, **settings: Any) -> ASGI | UpstreamASGI:
+    """The worker's request handler: the ASGI pipeline, wrapped with --upstream in the handler
+    that also passes requests to the upstreams (chosen once here, so that a worker without
+    upstreams does no routing at all)."""
+    pipeline = ASGI(**settings)
     if not config.upstream:
-        return ASGI(**settings)
-    return UpstreamASGI(RouteTable.parse(config.upstream),
+        return pipeline
+    return UpstreamASGI(pipeline, RouteTable.parse(config.upstream),
                         max_connections=config.upstream_max_connections,
                         timeout=config.upstream_timeout,
-                        tunnel_timeout=config.upstream_tunnel_timeout, **settings)
+                        tunnel_timeout=config.upstream_tunnel_timeout)
 
 
 def websocket_upgrade(config: Config) -> WebSocketUpgrade | None:
