@@ -8,7 +8,9 @@ keep-alive 200: the proxy is the bottleneck). One duck-prefork worker and one ng
 each pinned to CPU 1 (taskset -c 1), proxy the same two paths (/ to Django, /ok to the raw
 upstream; nginx keeps a keep-alive pool to the raw upstream, as duck-prefork does; both set
 X-Forwarded-For/-Proto). wrk runs on CPU 0 (taskset -c 0), and the upstreams run there too.
-Rounds alternate duck / nginx; medians and the ratio are printed. Every process is started
+Rounds alternate duck / nginx; medians and the ratio are printed, with each proxy worker's
+CPU time per request (user + system, from /proc: a figure that moves less than req/s when
+other processes share the machine). Every process is started
 here and stopped by its PID.
 """
 
@@ -97,16 +99,34 @@ def wait_http(port: int, path: str, timeout: float = 30.0) -> None:
     raise SystemExit(f"nothing answers 200 on :{port}{path}")
 
 
-def wrk(url: str, duration: int, connections: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def worker_of(master: int) -> int:
+    """The one worker process of a master (duck-prefork --workers 1, nginx worker_processes 1)."""
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    if len(children) != 1:
+        raise SystemExit(f"expected one worker under pid {master}, found {children}")
+    return int(children[0])
+
+
+def wrk(url: str, duration: int, connections: int, worker: int) -> tuple[float, float]:
+    """(requests per second, CPU microseconds of `worker` per request)."""
+    cpu = cpu_seconds(worker)
     out = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", f"-c{connections}",
                           f"-d{duration}s", url], capture_output=True, text=True).stdout
+    cpu = cpu_seconds(worker) - cpu
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    requests = re.search(r"(\d+) requests in", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: .*", out)
-    if match is None:
+    if match is None or requests is None:
         raise SystemExit(f"wrk failed:\n{out}")
     if errors:
         print(f"  ({url}: {errors.group(0)})")
-    return float(match.group(1))
+    return float(match.group(1)), cpu / int(requests.group(1)) * 1e6
 
 
 def main() -> None:
@@ -143,25 +163,30 @@ def main() -> None:
         for port in (duck_port, nginx_port):
             wait_http(port, "/")
             wait_http(port, "/ok")
+        workers = {"duck": worker_of(duck.pid), "nginx": worker_of(nginx.pid)}
+        ports = {"duck": duck_port, "nginx": nginx_port}
         for name, path, connections in (("Django under gunicorn (sync, 2 workers, unix)",
                                          "/", 16),
                                         ("trivial uvloop upstream", "/ok", 64)):
-            results: dict[str, list[float]] = {"duck": [], "nginx": []}
-            for port in (duck_port, nginx_port):
-                wrk(f"http://127.0.0.1:{port}{path}", 2, connections)  # warm-up
+            rates: dict[str, list[float]] = {"duck": [], "nginx": []}
+            costs: dict[str, list[float]] = {"duck": [], "nginx": []}
+            for proxy in ("duck", "nginx"):  # warm-up
+                wrk(f"http://127.0.0.1:{ports[proxy]}{path}", 2, connections, workers[proxy])
             for _ in range(args.rounds):
-                results["duck"].append(wrk(f"http://127.0.0.1:{duck_port}{path}",
-                                           args.duration, connections))
-                results["nginx"].append(wrk(f"http://127.0.0.1:{nginx_port}{path}",
-                                            args.duration, connections))
-            duck_median = statistics.median(results["duck"])
-            nginx_median = statistics.median(results["nginx"])
+                for proxy in ("duck", "nginx"):
+                    rate, cost = wrk(f"http://127.0.0.1:{ports[proxy]}{path}", args.duration,
+                                     connections, workers[proxy])
+                    rates[proxy].append(rate)
+                    costs[proxy].append(cost)
             print(f"{name}: wrk -t1 -c{connections} -d{args.duration}s, {args.rounds} rounds")
-            print(f"  duck-prefork --upstream: median {duck_median:,.0f} req/s "
-                  f"{[round(x) for x in results['duck']]}")
-            print(f"  nginx proxy_pass:        median {nginx_median:,.0f} req/s "
-                  f"{[round(x) for x in results['nginx']]}")
-            print(f"  ratio duck/nginx: {duck_median / nginx_median:.2f}x", flush=True)
+            for proxy, label in (("duck", "duck-prefork --upstream"),
+                                 ("nginx", "nginx proxy_pass       ")):
+                print(f"  {label}: median {statistics.median(rates[proxy]):,.0f} req/s "
+                      f"{[round(x) for x in rates[proxy]]}, its worker's CPU per request "
+                      f"{statistics.median(costs[proxy]):.0f} us")
+            print(f"  ratio duck/nginx: "
+                  f"{statistics.median(rates['duck']) / statistics.median(rates['nginx']):.2f}x "
+                  "req/s", flush=True)
     finally:
         for process in reversed(processes):
             if process.poll() is None:
