@@ -136,6 +136,11 @@ class Stream:
         """Send more of the body; more_body=False completes the response."""
         raise NotImplementedError
 
+    def release(self) -> None:
+        """The ASGI side is done with the stream: the coroutine serving it is returning (the
+        wire protocol's bookkeeping: HTTP/1.1 counts the request out of those the drain waits
+        for). Called once, last."""
+
     def close(self) -> None:
         """End the stream once what was sent has gone (a response that will not be sent)."""
         raise NotImplementedError

@@ -227,51 +227,54 @@ class ASGI:
         """Run `producer`; map what goes wrong to a response or a close, and never let an error
         escape. An exception before the response started is answered 500 (send_error); after
         it started, the stream is aborted so that the client cannot take a partial response
-        for a whole one. Returns `request`."""
+        for a whole one. Returns `request`, and releases the stream (Stream.release)."""
         stream = request.stream
         try:
-            await producer(request)
-        except ClientDisconnected:
-            return request  # the app noticed the client leave; nobody is left to answer
-        except asyncio.CancelledError:
+            try:
+                await producer(request)
+            except ClientDisconnected:
+                return request  # the app noticed the client leave; nobody is left to answer
+            except asyncio.CancelledError:
+                response = request.response
+                if response is None or not response.complete:
+                    stream.abort()  # cancelled at the end of the graceful timeout
+                raise
+            except Exception:
+                response = request.response
+                complete = response is not None and response.complete
+                if stream.disconnected:
+                    log.debug("ASGI app raised after its client disconnected", exc_info=True)
+                    if not complete:
+                        stream.close()
+                    return request
+                if complete:
+                    # e.g. a background task failing after the response: the client has it all.
+                    log.exception("exception in ASGI app after the response was complete")
+                    return request
+                if response is not None and response.started:
+                    log.exception("exception in ASGI app after the response started; "
+                                  "closing the connection")
+                    stream.abort()
+                    return request
+                log.exception("exception in ASGI app")
+                self.send_error(request, 500)
+                return request
             response = request.response
-            if response is None or not response.complete:
-                stream.abort()  # cancelled at the end of the graceful timeout
-            raise
-        except Exception:
-            response = request.response
-            complete = response is not None and response.complete
+            if response is not None and response.complete or stream.closed:
+                return request
             if stream.disconnected:
-                log.debug("ASGI app raised after its client disconnected", exc_info=True)
-                if not complete:
-                    stream.close()
+                stream.close()  # the client left and the app stopped: nobody to answer
                 return request
-            if complete:
-                # e.g. a background task failing after the response: the client has it all.
-                log.exception("exception in ASGI app after the response was complete")
-                return request
-            if response is not None and response.started:
-                log.exception("exception in ASGI app after the response started; "
-                              "closing the connection")
+            if response is None or not response.started:
+                log.error("ASGI app returned without sending a response")
+                self.send_error(request, 500)
+            else:
+                log.error("ASGI app returned before the response was complete; closing the "
+                          "connection")
                 stream.abort()
-                return request
-            log.exception("exception in ASGI app")
-            self.send_error(request, 500)
             return request
-        response = request.response
-        if response is not None and response.complete or stream.closed:
-            return request
-        if stream.disconnected:
-            stream.close()  # the client left and the app stopped: nobody to answer
-            return request
-        if response is None or not response.started:
-            log.error("ASGI app returned without sending a response")
-            self.send_error(request, 500)
-        else:
-            log.error("ASGI app returned before the response was complete; closing the "
-                      "connection")
-            stream.abort()
-        return request
+        finally:
+            stream.release()
 
     def send_error(self, request: Request, status: int) -> None:
         """Answer `request` with the server's own response for `status` (stream.error_response),

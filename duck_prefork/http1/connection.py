@@ -110,7 +110,7 @@ class ServerState:
         self.requests_served = 0
         self.refused_busy = 0  # 503s for --limit-concurrency since the last tick
         self.failures = FailureLog()  # what went wrong in tick(), logged once each
-        self.task_done = self._task_done  # bound once, not per request
+        self.task_done = self.task_finished  # bound once, not per request
 
     def refresh_date(self) -> None:
         """The one place the Date of responses comes from (every kind of response and stream
@@ -127,6 +127,10 @@ class ServerState:
             log.warning("--limit-concurrency %d reached: answered %d requests with 503",
                         self.concurrency, self.refused_busy)
             self.refused_busy = 0
+        for task in [task for task in self.tasks if task.done()]:
+            # A request's task counts itself out when its stream is released; one cancelled
+            # before its coroutine ever ran never does.
+            self.task_finished(task)
         for connection in [*self.staging, *self.connections, *self.websockets]:
             try:
                 connection.check_timeouts(now)
@@ -158,8 +162,13 @@ class ServerState:
             websocket.going_away()
         self.check_drained()
 
-    def start_task(self, coroutine: Coroutine[Any, Any, Any]) -> None:
-        """Run one request's (or WebSocket's) coroutine as a task the drain waits for."""
+    def start_task(self, coroutine: Coroutine[Any, Any, Any],
+                   stream: Http1Stream | None = None) -> None:
+        """Run one request's (or WebSocket's) coroutine as a task the drain waits for. A
+        request's stream is released by the ASGI side when its coroutine returns
+        (Stream.release), which ends the task's count here; any other task is counted out by a
+        done callback (scheduled by the loop: a second callback per request, which the stream
+        saves)."""
         loop = self.loop
         if loop.get_task_factory() is None:
             # What loop.create_task does, but named: without a name, Task() formats
@@ -168,9 +177,12 @@ class ServerState:
         else:  # an app installed its own task factory (in its lifespan startup, say)
             task = loop.create_task(coroutine, name=TASK_NAME)
         self.tasks.add(task)
-        task.add_done_callback(self.task_done)
+        if stream is None:
+            task.add_done_callback(self.task_done)
+        else:
+            stream.task = task
 
-    def _task_done(self, task: asyncio.Task) -> None:
+    def task_finished(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
         self.requests_served += 1
         if self.draining:
@@ -386,7 +398,7 @@ class HttpConnection(FlowControlledProtocol):
         self.served += 1
         if state.keep_alive <= 0:
             request.keep_alive = False  # --keep-alive 0: one request per connection
-        state.start_task(state.handler(state.app, request))
+        state.start_task(state.handler(state.app, request), request)
 
     def close(self) -> None:
         request = self.request

@@ -113,7 +113,9 @@ class Http1Stream(Stream):
         # the body channel
         "body_received", "body_complete", "_chunks", "_buffered", "_waiter",
         # the response
-        "response_started", "_length_out", "_chunked_out", "_body_out")
+        "response_started", "_length_out", "_chunked_out", "_body_out",
+        # the task serving it (ServerState.start_task), until release()
+        "task")
 
     def __init__(self, connection: HttpConnection, method: bytes, target: bytes,
                  http_version: bytes, headers: list[tuple[bytes, bytes]]):
@@ -139,6 +141,7 @@ class Http1Stream(Stream):
         self.disconnected = False
         self.closed = False  # set by the connection when it closes: nothing more can be sent
         self.response_started = False
+        self.task: asyncio.Task | None = None
         self.response_complete = False
 
     # --- the body channel: fed by the connection ----------------------------------------
@@ -314,6 +317,12 @@ class Http1Stream(Stream):
         log.error("a response ended after %d of the %d bytes its Content-Length announced; "
                   "closing the connection", self.bytes_sent, self._length_out)
         self.keep_alive = False
+
+    def release(self) -> None:
+        task = self.task
+        if task is not None:
+            self.task = None
+            self.connection.state.task_finished(task)
 
     def close(self) -> None:
         self.connection.close()
