@@ -93,13 +93,20 @@ class RedirectToHttps(Stage):
 
     def _answer(self, url: bytes | None) -> None:
         self.answered = True
+        self.head = b""
         transport = self.link.transport
         if url is None:
             transport.write(BAD_REQUEST)
         else:
             transport.write(b"HTTP/1.1 308 Permanent Redirect\r\nLocation: " + url +
                             b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        self.link.fail("redirected to https")
+        # Our side ends after the answer, and what the client still sends (a request body) is
+        # read and dropped until it closes or the timeout: closing with unread bytes would
+        # make the kernel reset the connection, and the client could lose the answer.
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:
+            self.link.fail("redirected to https")
 
     def eof_received(self) -> None:
         self.link.fail("the client closed its side")
