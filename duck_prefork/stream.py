@@ -118,7 +118,9 @@ class Stream:
 
     @property
     def tls(self) -> dict | None:
-        """Over TLS, scope["extensions"]["tls"] (the connection's, made once), else None."""
+        """Over TLS, scope["extensions"]["tls"] (the connection's, made once), else None. A
+        property, read only when the scheme is not "http": no cost to plain requests."""
+        raise NotImplementedError
 
     def read_body(self) -> bytes | None:
         """The body received since the last call (b"" at the end of an empty one), or None
