@@ -63,10 +63,9 @@ class CertificateKeeper:
             raise TlsError("the TLS listeners need a certificate: --certfile or --cert")
         changed = certificates is not self.current
         self.config = config
-        if changed:
-            self.current = certificates
-            if certificates is not None:
-                log_certificates(certificates, self.wall_clock())
+        self.current = certificates
+        if certificates is not None:  # at every reload, changed or not
+            log_certificates(certificates, self.wall_clock())
         self._watch(now)
         return changed
 

@@ -240,6 +240,8 @@ def test_watch_reloads_certbot_style_symlinks(start_server, certs, tmp_path):
         wait_for(lambda: load.served() >= served + 20, what="load after the renewal")
     assert load.failures == [], load.failures[:10]
     assert not old & set(server.worker_pids())
+    # four writes (two files, two symlinks), one reload
+    assert server.log().count("TLS: new certificates") == 1
     workers = set(server.worker_pids())
     # a broken renewal: garbage in the new archive file
     (archive / "cert3.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\ngarbage\n")
