@@ -46,6 +46,9 @@ from ..loader import AppLoadError, load_app
 from ..logs import log
 from ..net.listeners import Listener
 from ..net.stages import HTTP_1_1, ConnectionPlan
+from ..tls.context import Certificates
+from ..tls.handshake import TlsServer
+from ..tls.redirect import RedirectToHttps
 from ..upstream.exchange import UpstreamASGI
 from ..upstream.routes import RouteTable
 from . import channel
@@ -96,6 +99,8 @@ class Worker:
         self.channel = Sender(channel)  # to the master; never blocks the event loop
         self.title_name = title_name
         self.preloaded_app: Any = None  # the app imported by the master (--preload)
+        self.certificates: Certificates | None = None  # TLS: built by the master, inherited
+        self.tls: TlsServer | None = None
         # Whether the stop accepts what is queued on the listening sockets first: INT (they
         # are about to close) or TERM (they stay open for the other workers).
         self.sweep_on_stop = False
@@ -183,10 +188,10 @@ class Worker:
                             header_timeout=config.header_timeout,
                             send_timeout=config.send_timeout,
                             upgrade=upgrade)
-        # What each listener's connections go through before HTTP/1.1: no stage yet (later,
-        # by the listener's options: the PROXY header, the TLS handshake).
-        plan = ConnectionPlan((), {HTTP_1_1: lambda: HttpConnection(state)}, state)
-        acceptors = [Acceptor(listener.socket, plan.protocol_factory(), state)
+        # What each listener's connections go through before HTTP/1.1: a TLS listener's, the
+        # TLS handshake; with --redirect-https a plain one's, the redirect (and no HTTP/1.1).
+        plan_for = connection_plans(config, self.listeners, state, self._tls_server(loop))
+        acceptors = [Acceptor(listener.socket, plan_for(listener).protocol_factory(), state)
                      for listener in self.listeners]
         for acceptor in acceptors:
             acceptor.start()
@@ -224,6 +229,14 @@ class Worker:
         self._ticker.cancel()
         log.info("stopped after serving %d requests", state.requests_served)
 
+    def _tls_server(self, loop: asyncio.AbstractEventLoop) -> TlsServer | None:
+        if not any(listener.tls for listener in self.listeners):
+            return None
+        if self.certificates is None:  # never serve a TLS listener in plaintext
+            raise BootFailure("a TLS listener and no certificate: --certfile or --cert")
+        self.tls = TlsServer(self.certificates, self.config.tls_handshake_timeout, loop)
+        return self.tls
+
     def stop(self, sweep: bool) -> None:
         """TERM (sweep False) or INT (sweep True): stop gracefully. The first signal decides;
         a later one changes nothing (the listening sockets are closed by then)."""
@@ -245,10 +258,36 @@ class Worker:
             state.tick(loop.time())
         except Exception as exc:  # a bug: logged, and the worker goes on serving
             self.failures("the once-a-second tick failed", exc)
+        if self.tls is not None:
+            self.tls.failures.flush(loop.time())
         self.channel.beat()  # from inside the loop: a blocked loop stops beating
         if self.recycle_after and state.requests_served >= self.recycle_after:
             self.recycle_after = 0  # asked once; the master replaces us, then sends TERM
             self.channel.send(channel.RECYCLE)
+
+
+def connection_plans(config: Config, listeners: list[Listener], state: ServerState,
+                     tls: TlsServer | None) -> Callable[[Listener], ConnectionPlan]:
+    """Which ConnectionPlan a listener's connections follow: a TLS listener's starts with the
+    handshake; with --redirect-https a plain TCP listener's is the redirect alone; any other
+    goes straight to HTTP/1.1."""
+    protocols = {HTTP_1_1: lambda: HttpConnection(state)}
+    plain = ConnectionPlan((), protocols, state)
+    secure = ConnectionPlan((tls.stage,), protocols, state) if tls is not None else None
+    redirect = plain
+    tls_ports = [listener.socket.getsockname()[1] for listener in listeners
+                 if listener.tls and listener.address.kind == "tcp"]
+    if config.redirect_https and tls_ports:
+        stage = functools.partial(RedirectToHttps, tls_ports[0], config.header_timeout)
+        redirect = ConnectionPlan((stage,), protocols, state)
+
+    def plan_for(listener: Listener) -> ConnectionPlan:
+        if listener.tls:
+            assert secure is not None  # _tls_server() refused to boot without certificates
+            return secure
+        return redirect if listener.address.kind == "tcp" else plain
+
+    return plan_for
 
 
 def parser_class(choice: str) -> type:
