@@ -74,6 +74,7 @@ STOP_MARGIN = 1.0
 STOP_ALLOWANCE = (CANCEL_WAIT + LIFESPAN_SHUTDOWN_TIMEOUT + LIFESPAN_TASK_WAIT + EXIT_WAIT
                   + logs.ACCESS_LOG_CLOSE_WAIT + STOP_MARGIN)
 
+MALLOC_TRIM_EVERY = 30  # ticks (seconds) between two malloc_trim calls (_tick)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -107,6 +108,9 @@ class Worker:
         self.access_log: logs.AccessLog | None = None
         self.recycle_after = 0  # requests served before asking to be replaced; 0: never
         self.failures = logs.FailureLog()  # what went wrong in _tick(), logged once each
+        self._ticks = 0
+        # glibc's malloc_trim (None elsewhere, musl say): see _tick.
+        self._malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
 
     def run(self) -> NoReturn:
         master_pid = os.getppid()
@@ -261,6 +265,12 @@ class Worker:
         if self.tls is not None:
             self.tls.failures.flush(loop.time())
         self.channel.beat()  # from inside the loop: a blocked loop stops beating
+        self._ticks += 1
+        if self._malloc_trim is not None and self._ticks % MALLOC_TRIM_EVERY == 0:
+            # Give freed heap back to the system: a burst (TLS handshakes above all, OpenSSL's
+            # buffers) leaves glibc's arenas holding tens of MiB a worker no longer uses, which
+            # --max-worker-memory and the operator would count. A millisecond or so.
+            self._malloc_trim(0)
         if self.recycle_after and state.requests_served >= self.recycle_after:
             self.recycle_after = 0  # asked once; the master replaces us, then sends TERM
             self.channel.send(channel.RECYCLE)
