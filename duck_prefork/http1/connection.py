@@ -124,8 +124,9 @@ class ServerState:
         path."""
         self.refresh_date()
         if self.refused_busy:
-            log.warning("--limit-concurrency %d reached: answered %d requests with 503",
-                        self.concurrency, self.refused_busy)
+            log.warning("--limit-concurrency %d reached: answered %d %s with 503",
+                        self.concurrency, self.refused_busy,
+                        "request" if self.refused_busy == 1 else "requests")
             self.refused_busy = 0
         for task in [task for task in self.tasks if task.done()]:
             # A request's task counts itself out when its stream is released; one cancelled

@@ -5,6 +5,7 @@ systemd, or adopted after USR2); then the loop.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from collections.abc import Callable
@@ -25,6 +26,17 @@ def run_master(config: Config, reload_config: Callable[[], Config] | None = None
         logs.setup_error_log(config.error_logfile, config.log_level)
     except OSError as exc:
         print(f"duck-prefork: error: --error-logfile: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if config.log_config:
+        try:
+            logs.load_log_config(config.log_config)
+        except ValueError as exc:
+            print(f"duck-prefork: error: --log-config: {config.log_config}: {exc}",
+                  file=sys.stderr)
+            return EXIT_CONFIG
+    if config.reload and importlib.util.find_spec("watchfiles") is None:
+        print("duck-prefork: error: --reload needs watchfiles: pip install "
+              "'duck-prefork[reload]'", file=sys.stderr)
         return EXIT_CONFIG
     if config.access_logfile and config.access_logfile != "-":
         try:
