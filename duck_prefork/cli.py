@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
@@ -69,6 +70,15 @@ _SAME_LOOP = ("auto", "uvloop")  # --loop values that ask for what we do anyway
 class _Parser(argparse.ArgumentParser):
     # argparse exits 2 with the whole usage text; our contract is one line and exit code 1.
     def error(self, message: str) -> NoReturn:
+        unknown = message.partition("unrecognized arguments: ")[2].split()
+        flag = next((word.partition("=")[0] for word in unknown if word.startswith("-")), "")
+        if flag:
+            known = [name for action in self._actions for name in action.option_strings]
+            close = [name for name in known if name.startswith(flag) and len(flag) > 2] \
+                or difflib.get_close_matches(flag, known, 1, 0.6)
+            # A hint only: --grace is not taken for --graceful-timeout (no prefix matching).
+            hint = f"; did you mean {' or '.join(close[:3])}?" if close else ""
+            message = f"unrecognized option {flag}{hint} (see --help)"
         self.exit(EXIT_USAGE, f"duck-prefork: error: {message}\n")
 
 
@@ -147,8 +157,8 @@ def make_parser() -> argparse.ArgumentParser:
     for flag, (metavar, help_text) in BIND_ALIASES.items():
         habits.add_argument(flag, dest="alias_" + flag[2:], metavar=metavar, default=None,
                             help=help_text)
-    for flags, takes_value, why in REFUSED:
-        habits.add_argument(*flags, dest=flags[-1].lstrip("-").replace("-", "_"),
+    for refused, takes_value, why in REFUSED:
+        habits.add_argument(*refused, dest=refused[-1].lstrip("-").replace("-", "_"),
                             action=_Refuse, nargs=None if takes_value else 0,
                             help=f"not supported: {why}", default=argparse.SUPPRESS,
                             metavar=None if not takes_value else "X")

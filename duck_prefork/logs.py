@@ -22,7 +22,7 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import TextIO
 
 ERROR_LOGGER = "duck_prefork.error"
 ACCESS_LOGGER = "duck_prefork.access"
@@ -114,7 +114,7 @@ def load_log_config(path: str) -> None:
                 config = tomllib.load(file)
         elif path.endswith((".yaml", ".yml")):
             try:
-                import yaml  # type: ignore[import-untyped]
+                import yaml
             except ImportError:
                 raise ValueError("a YAML file needs PyYAML (pip install pyyaml)") from None
             with open(path, encoding="utf-8") as file:

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ..config import Config
 from .processes import Processes
@@ -62,7 +63,7 @@ def matches(path: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatch(name, glob) or fnmatch.fnmatch(path, glob) for glob in patterns)
 
 
-def watch(spec: dict) -> None:
+def watch(spec: dict[str, Any]) -> None:
     """The watcher's loop: HUP the master for every batch of changes to matching files."""
     import watchfiles
 

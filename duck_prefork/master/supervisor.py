@@ -35,9 +35,9 @@ from ..worker.process import (
     process_title,
 )
 from . import health, slots, upgrade
-from .reload import Watcher
 from .lifecycle import Event, WorkerProcess
 from .processes import Processes, signal_name
+from .reload import Watcher
 from .slots import Slot
 from .systemd import Notifier, status_line
 
