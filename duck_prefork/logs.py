@@ -43,6 +43,9 @@ class _RoleFilter(logging.Filter):
 
 
 _role_filter = _RoleFilter()
+# On the loggers, not a handler: the handlers of a --log-config see `role` too.
+log.addFilter(_role_filter)
+access_logger.addFilter(_role_filter)
 
 
 def _open(path: str, default: TextIO) -> TextIO:
@@ -61,9 +64,6 @@ def setup_error_log(path: str, level: str) -> None:
     handler = logging.StreamHandler(_open(path, sys.stderr))
     handler.setFormatter(error_formatter())
     log.handlers[:] = [handler]
-    # On the logger, not the handler: the handlers of a --log-config see `role` too.
-    if _role_filter not in log.filters:
-        log.addFilter(_role_filter)
     log.setLevel(level.upper())
     log.propagate = False
 
@@ -126,8 +126,9 @@ def load_log_config(path: str) -> None:
             raise ValueError("expected a dictConfig mapping (version = 1, handlers, loggers)")
         config.setdefault("disable_existing_loggers", False)
         logging.config.dictConfig(config)
-    except ValueError:
-        raise
+    except ValueError as exc:  # dictConfig's "Unable to configure handler 'h'" has a cause
+        cause = exc.__cause__
+        raise ValueError(f"{exc}: {cause}" if cause else str(exc)) from None
     except Exception as exc:  # OSError, decoding errors, and whatever logging.config raises
         raise ValueError(f"{type(exc).__name__}: {exc}") from None
 
@@ -288,11 +289,11 @@ def format_line(fmt: str) -> Callable[[Record], str]:
 
 def check_access_format(fmt: str) -> None:
     """Raises ValueError unless `fmt` formats a line (--access-logformat)."""
+    if not _ATOM_NAME.search(fmt):
+        raise ValueError("expected gunicorn's atoms, e.g. '%(h)s \"%(r)s\" %(s)s'")
     try:
         format_line(fmt)(_SAMPLE)
     except ValueError:
-        if "%(" not in fmt:
-            raise ValueError("expected gunicorn's atoms, e.g. '%(h)s \"%(r)s\" %(s)s'") from None
         raise
     except (TypeError, KeyError) as exc:
         raise ValueError(f"not a valid format ({exc})") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import fnmatch
+import importlib.util
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import Config
+from ..config import Config, ConfigError
 from .processes import Processes
 
 _PR_SET_PDEATHSIG = 1
@@ -28,6 +29,12 @@ DEFAULT_INCLUDE = ("*.py",)
 # The package's parent directory: the watcher imports this module from there, wherever
 # --chdir has taken the master.
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def check_available() -> None:
+    """Raises ConfigError unless watchfiles can be imported (it is an optional extra)."""
+    if importlib.util.find_spec("watchfiles") is None:
+        raise ConfigError("--reload needs watchfiles: pip install 'duck-prefork[reload]'")
 
 
 def watcher_argv(config: Config, master_pid: int) -> list[str]:

@@ -5,16 +5,15 @@ systemd, or adopted after USR2); then the loop.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from collections.abc import Callable
 
 from .. import logs
-from ..config import Config
+from ..config import Config, ConfigError
 from ..net.listeners import bind_all, from_systemd
 from ..worker.process import EXIT_BOOT_FAILED, BootFailure, load_application, resolve_user
-from . import upgrade
+from . import reload, upgrade
 from .pidfile import remove_pid_file, write_pid_file
 from .supervisor import EXIT_CONFIG, Master
 
@@ -34,10 +33,12 @@ def run_master(config: Config, reload_config: Callable[[], Config] | None = None
             print(f"duck-prefork: error: --log-config: {config.log_config}: {exc}",
                   file=sys.stderr)
             return EXIT_CONFIG
-    if config.reload and importlib.util.find_spec("watchfiles") is None:
-        print("duck-prefork: error: --reload needs watchfiles: pip install "
-              "'duck-prefork[reload]'", file=sys.stderr)
-        return EXIT_CONFIG
+    if config.reload:
+        try:
+            reload.check_available()
+        except ConfigError as exc:
+            print(f"duck-prefork: error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     if config.access_logfile and config.access_logfile != "-":
         try:
             open(config.access_logfile, "a").close()
