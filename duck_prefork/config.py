@@ -112,7 +112,8 @@ def access_log_format(value: str) -> str:
     """A gunicorn-style access log format (%(h)s %(t)s ...), checked against every atom."""
     from .logs import check_access_format
 
-    check_access_format(value)
+    if value:  # empty: the default format
+        check_access_format(value)
     return value
 
 
