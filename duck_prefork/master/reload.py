@@ -85,11 +85,15 @@ def watch(spec: dict[str, Any]) -> None:
     def wanted(change: watchfiles.Change, path: str) -> bool:
         return default(change, path) and matches(path, include) and not matches(path, exclude)
 
-    logs.log.info("--reload: watching %s for %s", ", ".join(spec["dirs"]), " ".join(include))
+    watching = False
     for changes in watchfiles.watch(*spec["dirs"], watch_filter=wanted, rust_timeout=1000,
                                     yield_on_timeout=True, raise_interrupt=False):
         if os.getppid() != master:
             return  # the master has gone
+        if not watching:  # said once the first wait has begun: the watches are in place
+            logs.log.info("--reload: watching %s for %s", ", ".join(spec["dirs"]),
+                          " ".join(include))
+            watching = True
         if not changes:
             continue
         paths = sorted({os.path.relpath(path) for _, path in changes})
