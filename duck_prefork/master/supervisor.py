@@ -264,6 +264,8 @@ class Master:
         while self.pending_signals:
             signum = self.pending_signals.pop(0)
             name = HANDLED_SIGNALS[signal.Signals(signum)]
+            if signum != signal.SIGCHLD:
+                log.debug("received SIG%s", name.upper())
             self.guarded(f"handling {name.upper()}", getattr(self, "handle_" + name))
 
     # --- signal handlers -------------------------------------------------------------------

@@ -192,7 +192,13 @@ class Worker:
         # walk what requests allocate. Measured: see the project's bench notes.
         gc.freeze()
         self.channel.send(channel.READY)
-        log.debug("serving (pid %d)", os.getpid())
+        log.debug("serving (pid %d): app %s, parser %s, websockets %s, lifespan %s, access log "
+                  "%s, listening on %s", os.getpid(), config.app or "demo",
+                  parser_class(config.http).__name__, config.ws,
+                  "on" if lifespan.supported else "off",
+                  "on" if access_log is not None else "off",
+                  ", ".join(listener.describe() for listener in self.listeners
+                            if listener.serves(self.number)))
 
         await self.stopping.wait()
         log.info("draining: %s open, %s in flight",
