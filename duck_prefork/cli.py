@@ -154,6 +154,11 @@ def make_parser() -> argparse.ArgumentParser:
                         const="false", default=None,
                         help="uvicorn's --proxy-headers: trusted proxies' headers are read by "
                              "default (see --forwarded-allow-ips); undoes --no-proxy-headers")
+    habits.add_argument("--access-log", dest="access_logfile", action="store_const", const="-",
+                        default=None, help="uvicorn's --access-log: same as --access-logfile -")
+    habits.add_argument("--no-access-log", dest="access_logfile", action="store_const", const="",
+                        default=None, help="uvicorn's --no-access-log: no access log (the "
+                                           "default here)")
     for flag, (metavar, help_text) in BIND_ALIASES.items():
         habits.add_argument(flag, dest="alias_" + flag[2:], metavar=metavar, default=None,
                             help=help_text)

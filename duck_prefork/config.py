@@ -435,7 +435,9 @@ def from_table(table: dict[str, Any], source: str) -> tuple[str | None, dict[str
     for key, value in table.items():
         option = OPTIONS_BY_NAME.get(key.replace("-", "_"))
         if option is None or option.name in ("config", "check_config"):
-            raise ConfigError(f"{source}: unknown key {key!r}")
+            guess = closest_option(key.replace("-", "_"))
+            hint = f"; did you mean {guess.replace('_', '-')!r}?" if guess else ""
+            raise ConfigError(f"{source}: unknown key {key!r}{hint}")
         where = f"{source}: {key}"
         if option.repeatable:
             items = value if isinstance(value, list) else [value]

@@ -49,6 +49,8 @@ def refused(capsys, *argv: str) -> str:
     (["--proxy-headers"], "no_proxy_headers", False),
     (["--no-proxy-headers", "--proxy-headers"], "no_proxy_headers", False),
     (["--proxy-headers", "--no-proxy-headers"], "no_proxy_headers", True),
+    (["--access-log"], "access_logfile", "-"),
+    (["--access-logfile", "a.log", "--no-access-log"], "access_logfile", ""),
     (["--loop", "uvloop"], "workers", None),  # accepted: it is what runs anyway
     (["--loop", "auto"], "workers", None),
 ])
@@ -162,6 +164,14 @@ def test_a_misspelled_variable_exits_1_with_one_line():
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "DUCK_PREFORK_WORKERS" in result.stderr
+
+
+def test_a_misspelled_toml_key_names_the_closest_option():
+    from duck_prefork.config import from_table
+
+    with pytest.raises(ConfigError, match="unknown key 'graceful-timout'; did you mean "
+                                          "'graceful-timeout'"):
+        from_table({"graceful-timout": 3}, "f.toml")
 
 
 # --- combinations -----------------------------------------------------------------------------
