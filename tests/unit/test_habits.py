@@ -431,3 +431,14 @@ def test_reload_without_watchfiles_names_the_extra(monkeypatch):
 def test_plural():
     assert (logs.plural(1, "worker"), logs.plural(0, "worker"), logs.plural(2, "request")) == \
         ("1 worker", "0 workers", "2 requests")
+
+
+def test_the_lifespan_message_says_what_the_app_did():
+    from duck_prefork.asgi.lifespan import _why_unsupported
+
+    assert _why_unsupported(None, None) == "it returned without answering lifespan.startup"
+    assert _why_unsupported(AssertionError(), None) == "it raised AssertionError"
+    assert _why_unsupported(ValueError("no lifespan"), None) == \
+        "it raised ValueError: no lifespan"
+    assert _why_unsupported({"type": "http.response.start"}, "http.response.start") == \
+        "it answered lifespan.startup with 'http.response.start'"
