@@ -442,3 +442,39 @@ def test_the_lifespan_message_says_what_the_app_did():
         "it raised ValueError: no lifespan"
     assert _why_unsupported({"type": "http.response.start"}, "http.response.start") == \
         "it answered lifespan.startup with 'http.response.start'"
+
+
+def test_debug_logs_a_line_per_connection_and_none_per_request(caplog):
+    import asyncio
+
+    from duck_prefork.http1.connection import HttpConnection, ServerState
+    from duck_prefork.http1.parser_h11 import H11Parser
+
+    from .fakes import FakeTransport
+
+    class Handler:
+        def __call__(self, app, stream):
+            async def serve():
+                stream.send_head(200, [], b"ok", False)
+            return serve()
+
+    async def run(level):
+        caplog.clear()
+        caplog.set_level(level, logger=logs.ERROR_LOGGER)
+        state = ServerState(None, Handler(), H11Parser, 5.0, timing=False)
+        connection = HttpConnection(state)
+        transport = FakeTransport()
+        transport.protocol = connection
+        connection.connection_made(transport)
+        for _ in range(2):
+            connection.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            for _ in range(5):
+                await asyncio.sleep(0)
+        connection.connection_lost(None)
+        return [record.getMessage() for record in caplog.records
+                if record.name == logs.ERROR_LOGGER]
+
+    assert asyncio.run(run(logging.DEBUG)) == [
+        "connection from 10.0.0.1:5555 to 127.0.0.1:8000",
+        "connection from 10.0.0.1:5555 closed after 2 requests"]
+    assert asyncio.run(run(logging.INFO)) == []
