@@ -265,7 +265,7 @@ ATOMS: dict[str, str] = {
     "M": "round(r[7] * 1000)",  # milliseconds
     "D": "round(r[7] * 1000) * 1000",  # microseconds (of a millisecond clock)
     "L": "'%.3f' % r[7]",  # seconds, to the millisecond
-    "p": "'<%d>' % getpid()",
+    "p": "PID",  # this process's, when the format is compiled (in the worker)
 }
 # The default line: the combined log format (what log tools parse), then the duration in ms.
 DEFAULT_ACCESS_FORMAT = '%(h)s - - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)s'
@@ -301,7 +301,7 @@ def format_line(fmt: str) -> Callable[[Record], str]:
                    "            ua = v.decode('latin-1')\n")
     source += f"    return FORMAT % ({', '.join(expressions)},)\n"
     namespace = {"FORMAT": positional, "clf": _SecondCache("[%d/%b/%Y:%H:%M:%S +0000]"),
-                 "header": _header, "getpid": os.getpid}
+                 "header": _header, "PID": f"<{os.getpid()}>"}
     exec(compile(source, f"<access log format {fmt!r}>", "exec"), namespace)  # noqa: S102
     return cast(Callable[[Record], str], namespace["line"])
 
@@ -318,39 +318,45 @@ def check_access_format(fmt: str) -> None:
         raise ValueError(f"not a valid format ({exc})") from None
 
 
-_iso_second = _SecondCache("%Y-%m-%dT%H:%M:%S")
 _json_text = json.encoder.encode_basestring  # (the C one)
 
 
-def format_json(record: Record) -> str:
-    """One JSON object: the fields a log shipper expects, named as most of them name them
-    (built as text: json.dumps of a dict per line would cost three times as much)."""
-    when, client, method, target, version, status, size, duration, headers = record
-    if type(target) is bytes:
-        target = target.decode("latin-1")
-    path, _, query = target.partition("?")
-    referrer = user_agent = "null"
-    for name, value in headers:
-        if name == b"referer":
-            referrer = _json_text(value.decode("latin-1"))
-        elif name == b"user-agent":
-            user_agent = _json_text(value.decode("latin-1"))
-    if client:
-        peer = f'"client": {_json_text(str(client[0]))}, "client_port": {int(client[1])}'
-    else:
-        peer = '"client": null, "client_port": null'
-    return (f'{{"time": "{_iso_second(when)}.{int(when * 1000) % 1000:03d}Z", {peer}, '
-            f'"method": {_json_text(method)}, "path": {_json_text(path)}, '
-            f'"query": {_json_text(query)}, "protocol": "HTTP/{version}", '
-            f'"status": {int(status)}, "bytes": {int(size)}, '
-            f'"duration_ms": {round(duration * 1000)}, "referrer": {referrer}, '
-            f'"user_agent": {user_agent}, "pid": {os.getpid()}, '
-            f'"worker": {_json_text(_role_filter.role)}}}')
+def json_formatter() -> Callable[[Record], str]:
+    """The --access-log-json formatter of this process: one JSON object a line, the fields a
+    log shipper expects, named as most of them name them. Built as text (json.dumps of a dict
+    per line would cost three times as much); the method is a token and the client an address,
+    which need no escaping, the rest goes through the C string encoder."""
+    tail = f'"pid": {os.getpid()}, "worker": {_json_text(_role_filter.role)}}}'
+    iso = _SecondCache("%Y-%m-%dT%H:%M:%S")
+    text = _json_text
+
+    def line(record: Record) -> str:
+        when, client, method, target, version, status, size, duration, headers = record
+        if type(target) is bytes:
+            target = target.decode("latin-1")
+        path, _, query = target.partition("?")
+        referrer = user_agent = "null"
+        for name, value in headers:
+            if name == b"referer":
+                referrer = text(value.decode("latin-1"))
+            elif name == b"user-agent":
+                user_agent = text(value.decode("latin-1"))
+        if client:
+            peer = f'"client": "{client[0]}", "client_port": {client[1]}'
+        else:
+            peer = '"client": null, "client_port": null'
+        return (f'{{"time": "{iso(when)}.{int(when * 1000) % 1000:03d}Z", {peer}, '
+                f'"method": "{method}", "path": {text(path)}, "query": {text(query)}, '
+                f'"protocol": "HTTP/{version}", "status": {status}, "bytes": {size}, '
+                f'"duration_ms": {round(duration * 1000)}, "referrer": {referrer}, '
+                f'"user_agent": {user_agent}, {tail}')
+
+    return line
 
 
 def access_formatter(fmt: str = "", as_json: bool = False) -> Callable[[Record], str]:
     """The line formatter for --access-logformat / --access-log-json (default: combined+ms)."""
-    return format_json if as_json else format_line(fmt or DEFAULT_ACCESS_FORMAT)
+    return json_formatter() if as_json else format_line(fmt or DEFAULT_ACCESS_FORMAT)
 
 
 class AccessLog:

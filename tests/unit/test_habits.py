@@ -234,14 +234,14 @@ def test_a_custom_format_from_the_command_line():
 
 
 def test_json_lines_parse_back():
-    entry = json.loads(logs.format_json(RECORD))
+    entry = json.loads(logs.json_formatter()(RECORD))
     assert entry == {
         "time": "2025-12-06T05:46:40.250Z", "client": "10.0.0.1", "client_port": 5555,
         "method": "GET", "path": "/p/a", "query": "x=1", "protocol": "HTTP/1.1",
         "status": 404, "bytes": 12, "duration_ms": 4, "referrer": "http://ref/",
         "user_agent": 'curl/8 "q"', "pid": os.getpid(), "worker": entry["worker"],
     }
-    empty = json.loads(logs.format_json((WHEN, None, "GET", "/", "1.1", 200, 0, 0.0, [])))
+    empty = json.loads(logs.json_formatter()((WHEN, None, "GET", "/", "1.1", 200, 0, 0.0, [])))
     assert empty["client"] is None and empty["referrer"] is None and empty["user_agent"] is None
 
 
