@@ -60,7 +60,7 @@ REFUSED: tuple[tuple[tuple[str, ...], bool, str], ...] = (
     (("--worker-connections",), True,
      "use --limit-concurrency N (requests in progress per worker, then 503)"),
     (("--loop",), True,
-     "workers always run uvloop: drop the option"),
+     "workers always run uvloop: drop the option (--loop uvloop or auto is accepted)"),
     (("-D", "--daemon"), False,
      "run it in the foreground under systemd (see systemd/) or another supervisor"),
 )
@@ -144,9 +144,8 @@ def make_parser() -> argparse.ArgumentParser:
                                 default=None, help=help_text)
     habits = parser.add_argument_group(
         "uvicorn and gunicorn habits", "other names for the options above (command line only)")
-    by_name = {option.name: option for option in OPTIONS}
     for flag, name in ALIASES.items():
-        option = by_name[name]
+        option = OPTIONS_BY_NAME[name]
         habits.add_argument(flag, dest=name, metavar=option.metavar, default=None,
                             action="append" if option.repeatable else "store",
                             help=f"same as {option.long}")
