@@ -18,6 +18,7 @@ import re
 import shlex
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -37,7 +38,11 @@ POST_BODY = b"x" * 4096  # what post4k.lua sends
 MODES = {  # mode -> (app module in bench/, wrk script, what it measures)
     "get": ("hello", None, "GET hello world"),
     "post": ("echo", HERE / "post4k.lua", "POST 4 KiB echo"),
+    "tls": ("hello", None, "GET hello world over TLS, keep-alive"),
+    "tls-close": ("hello", None, "GET hello world over TLS, `Connection: close`: one TLS "
+                                 "handshake per request"),
 }
+TLS_MODES = ("tls", "tls-close")
 DEFAULT_SERVERS = ("duck duck-h11 uvicorn-h11 uvicorn-httptools gunicorn-asgi gunicorn-asgi-h1c "
                    "granian")
 PEER_HELP = {
@@ -51,30 +56,48 @@ VERSIONS = ("duck-prefork", "uvloop", "h11", "httptools", "uvicorn", "gunicorn",
             "granian", "psutil")
 
 
-def server_argv(name: str, app: str, port: int) -> list[str]:
-    """The command line of server NAME serving bench/APP.py:app on 127.0.0.1:PORT, 1 worker."""
+def server_argv(name: str, app: str, port: int,
+                tls: tuple[str, str] | None = None) -> list[str]:
+    """The command line of server NAME serving bench/APP.py:app on 127.0.0.1:PORT, 1 worker;
+    with `tls` (certificate, key), over TLS with that certificate."""
     duck_args = shlex.split(os.environ.get("DUCK_ARGS", ""))
+    cert, key = tls or ("", "")
     if name == "duck":
         return [str(DUCK), f"{app}:app", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-                *duck_args]
+                *duck_args, *(["--certfile", cert, "--keyfile", key] if tls else [])]
     if name == "duck-h11":
-        return [*server_argv("duck", app, port), *shlex.split(os.environ.get("DUCK_H11_ARGS",
-                                                                             "--http h11"))]
+        return [*server_argv("duck", app, port, tls),
+                *shlex.split(os.environ.get("DUCK_H11_ARGS", "--http h11"))]
     if name.startswith("uvicorn-"):
         return [str(VENV_BIN / "uvicorn"), f"{app}:app", "--host", "127.0.0.1", "--port",
                 str(port), "--http", name.removeprefix("uvicorn-"), "--loop", "uvloop",
                 "--lifespan", "on", "--workers", "1", "--no-access-log", "--log-level",
-                "warning"]
+                "warning", *(["--ssl-certfile", cert, "--ssl-keyfile", key] if tls else [])]
     if name.startswith("gunicorn-asgi"):
         parser = "fast" if name.endswith("-h1c") else "python"
         return [str(VENV_BIN / "gunicorn"), "-k", "asgi", "--asgi-loop", "uvloop",
                 "--http-parser", parser, "-w", "1", "-b", f"127.0.0.1:{port}",
-                "--no-control-socket", "--log-level", "warning", f"{app}:app"]
+                "--no-control-socket", "--log-level", "warning",
+                *(["--certfile", cert, "--keyfile", key] if tls else []), f"{app}:app"]
     if name == "granian":
         return [str(VENV_BIN / "granian"), "--interface", "asgi", "--host", "127.0.0.1",
                 "--port", str(port), "--workers", "1", "--runtime-threads", "1", "--loop",
-                "uvloop", "--no-access-log", "--log-level", "warning", f"{app}:app"]
+                "uvloop", "--no-access-log", "--log-level", "warning",
+                *(["--ssl-certificate", cert, "--ssl-keyfile", key, "--ssl-protocol-min",
+                   "tls1.2"] if tls else []), f"{app}:app"]
     raise SystemExit(f"bench/run: unknown server {name!r} (known: {DEFAULT_SERVERS})")
+
+
+def certificate(work: Path) -> tuple[str, str]:
+    """A self-signed ECDSA P-256 certificate for 127.0.0.1 (made once per run, with openssl;
+    PKCS#8 key, which granian wants), for the TLS modes."""
+    cert, key = work / "cert.pem", work / "key.pem"
+    if not cert.exists():
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
+                        str(cert), "-days", "7", "-subj", "/CN=127.0.0.1", "-addext",
+                        "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return str(cert), str(key)
 
 
 # --- one run ---------------------------------------------------------------------------------
@@ -101,8 +124,9 @@ def answers(url: str, mode: str) -> bool:
     body = POST_BODY if mode == "post" else None
     request = urllib.request.Request(url, data=body, headers={
         "content-type": "application/octet-stream"} if body else {})
+    context = ssl._create_unverified_context() if url.startswith("https") else None
     try:
-        with urllib.request.urlopen(request, timeout=2) as response:
+        with urllib.request.urlopen(request, timeout=2, context=context) as response:
             data = response.read()
     except OSError:
         return False
@@ -144,10 +168,11 @@ def machine_busy() -> float:
     return (ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6]) / os.sysconf("SC_CLK_TCK")
 
 
-def wrk(url: str, duration: str, script: Path | None, log: Path) -> tuple[str, float]:
+def wrk(url: str, duration: str, script: Path | None, log: Path,
+        extra: tuple[str, ...] = ()) -> tuple[str, float]:
     """wrk pinned to its CPU; returns its report and the CPU seconds it used."""
     argv = ["taskset", "-c", str(WRK_CPU), "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}",
-            "--latency", *(["-s", str(script)] if script else []), url]
+            "--latency", *(["-s", str(script)] if script else []), *extra, url]
     with open(log, "w") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
         try:
@@ -190,8 +215,10 @@ def stop_tree(root: psutil.Process, timeout: float = 10.0) -> None:
 def run_once(server: str, mode: str, work: Path, tag: str) -> Run:
     app, script, _ = MODES[mode]
     port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    argv = ["taskset", "-c", str(SERVER_CPU), *server_argv(server, app, port)]
+    tls = certificate(work) if mode in TLS_MODES else None
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/"
+    extra = ("-H", "Connection: close") if mode == "tls-close" else ()
+    argv = ["taskset", "-c", str(SERVER_CPU), *server_argv(server, app, port, tls)]
     log = work / f"{tag}.log"
     with open(log, "w") as out:
         popen = subprocess.Popen(argv, cwd=HERE, stdin=subprocess.DEVNULL, stdout=out,
@@ -204,13 +231,13 @@ def run_once(server: str, mode: str, work: Path, tag: str) -> Run:
                 raise RuntimeError(f"{server} did not start (log: {log}):\n"
                                    f"{log.read_text()[-2000:]}")
             time.sleep(0.1)
-        wrk(url, os.environ.get("WARMUP", "2s"), script, work / f"{tag}.warmup")
+        wrk(url, os.environ.get("WARMUP", "2s"), script, work / f"{tag}.warmup", extra)
         time.sleep(1.0)
         uss = statistics.mean(p.memory_full_info().uss for p in worker_processes(root))
         busy0, server0 = machine_busy(), tree_cpu(root)
         start = time.monotonic()
         report, wrk_cpu = wrk(url, os.environ.get("DURATION", "10s"), script,
-                              work / f"{tag}.wrk")
+                              work / f"{tag}.wrk", extra)
         elapsed = time.monotonic() - start
         other = (machine_busy() - busy0) - (tree_cpu(root) - server0) - wrk_cpu
     finally:
@@ -294,6 +321,22 @@ def report(results: dict[tuple[str, str], Summary], servers: list[str], modes: l
     uss = results.get(("duck", "get")) or results.get(("duck", "post"))
     target("idle USS per duck worker <= 10 MiB", uss.median("uss_mib") if uss else None, 10.0,
            " MiB", higher_is_better=False)
+    if any(mode in TLS_MODES for mode in modes):
+        lines += ["", "### Targets (issue 15, TLS)", "", "| target | measured | met |",
+                  "|---|---:|---|"]
+        tls_over_plain = None
+        if ("duck", "tls") in results and ("duck", "get") in results:
+            tls_over_plain = results["duck", "tls"].median("rps") / \
+                results["duck", "get"].median("rps")
+        target("TLS keep-alive: duck >= 0.6x duck plaintext GET", tls_over_plain, 0.6)
+        target("TLS keep-alive: duck >= 1.2x uvicorn-httptools TLS",
+               ratio(results, "tls", "duck", "uvicorn-httptools"), 1.2)
+        target("TLS keep-alive: duck >= 1.0x granian TLS",
+               ratio(results, "tls", "duck", "granian"), 1.0)
+        for peer in ("uvicorn-httptools", "granian"):
+            value = ratio(results, "tls-close", "duck", peer)
+            lines.append(f"| TLS handshakes/s (Connection: close): duck / {peer} | "
+                         f"{'not measured' if value is None else f'{value:.2f}x'} | |")
     lines += ["", "A SIGKILLed worker replaced and accepting in < 100 ms: `bench/respawn`.", ""]
     return "\n".join(lines + notes) + "\n"
 

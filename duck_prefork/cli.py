@@ -21,6 +21,7 @@ from .config import (
     from_toml_text,
     parse_value,
 )
+from .tls.context import TlsError
 
 EXIT_USAGE = 1
 
@@ -36,8 +37,10 @@ ALIASES: dict[str, str] = {
     "-p": "pid",  # gunicorn
     "-n": "name",  # gunicorn
     "-t": "timeout",  # gunicorn
-    # TLS (issue 15), added with its options: --ssl-certfile -> certfile, --ssl-keyfile ->
-    # keyfile, --ssl-ca-certs -> ca_certs, --ssl-keyfile-password -> keyfile_password.
+    # TLS (issue 15), to be added by the lead: "--ssl-certfile": "certfile", "--ssl-keyfile":
+    # "keyfile", "--ssl-ca-certs": "ca_certs". uvicorn's --ssl-keyfile-password takes the
+    # password itself, ours --keyfile-password-file a file: not the same meaning (refuse it in
+    # REFUSED, pointing at --keyfile-password-file, or map it with care).
 }
 
 # uvicorn's ways of giving an address: each adds one address to the --bind list.
@@ -225,6 +228,25 @@ def describe(config: Config) -> str:
     return "\n".join(lines)
 
 
+def describe_certificates(config: Config) -> str:
+    """--check-config: the certificates, read and checked as the master would (USR2's check
+    refuses a new image whose certificates are broken), as TOML comments: subject, SANs,
+    serial, expiry. Raises TlsError."""
+    import time
+
+    from .tls.context import EXPIRY_WARNING_DAYS, load
+
+    certificates = load(config)
+    if certificates is None:
+        return ""
+    now = time.time()
+    lines = [f"# TLS certificate {info.describe(now)}" +
+             (" -- renew it" if info.days_left(now) < EXPIRY_WARNING_DAYS else "")
+             for info in certificates.infos]
+    lines += [f"# warning: {warning}" for warning in certificates.warnings]
+    return "\n" + "\n".join(lines)
+
+
 def check_app(config: Config) -> int:
     """--check-config also imports APP, as a worker would: USR2 runs the new image with
     --check-config before exec, and an app that no longer imports must stop the upgrade
@@ -282,7 +304,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         config = fallback
     os.environ.pop(CHECKED_CONFIG_ENV, None)
     if config.check_config:
-        print(describe(config), flush=True)
+        try:
+            certificates = describe_certificates(config)
+        except TlsError as exc:
+            print(f"duck-prefork: error: {exc}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+        print(describe(config) + certificates, flush=True)
         # From here on stdout is the app's, and goes to stderr: stdout is exactly the
         # configuration, which USR2's check hands to the new image.
         os.dup2(sys.stderr.fileno(), sys.stdout.fileno())

@@ -56,6 +56,11 @@ def directory(text: str) -> str:
     return os.path.abspath(text) if text else ""
 
 
+def file_path(text: str) -> str:
+    # Absolute, as for --chdir: the files are read again by HUP and by USR2's new image.
+    return os.path.abspath(text) if text else ""
+
+
 def hook_spec(text: str) -> str:
     if text and (":" not in text or text.startswith(":") or text.endswith(":")):
         raise ValueError("expected module:function")
@@ -147,6 +152,42 @@ def header_spec(value: str) -> str:
         raise ValueError(f"the value of {name} must be visible ASCII, spaces and tabs (no CR, "
                          "LF, NUL or other control character)")
     return f"{name}: {field_value}"
+
+
+def upstream_spec(value: str) -> str:
+    """PREFIX=URL for --upstream, checked (upstream/routes.py reads it)."""
+    from .upstream.routes import parse_upstream
+
+    parse_upstream(value)
+    return value.strip()
+
+
+def cert_spec(value: str) -> str:
+    """HOSTNAME=CERTFILE,KEYFILE for --cert (KEYFILE may be left out when CERTFILE holds the
+    key); HOSTNAME a DNS name, or *.NAME for every name one label below NAME."""
+    name, equals, files = value.partition("=")
+    name = name.strip().lower()
+    certfile, _, keyfile = files.partition(",")
+    if not equals or not name or not certfile.strip():
+        raise ValueError("expected HOSTNAME=CERTFILE,KEYFILE, e.g. "
+                         "shop.example.com=/etc/ssl/shop.pem,/etc/ssl/shop.key")
+    labels = name.split(".")
+    if labels[0] == "*":
+        labels = labels[1:]
+        if len(labels) < 2:
+            raise ValueError(f"{name}: a wildcard needs a domain under it, e.g. *.example.com")
+    allowed = set(string.ascii_lowercase + string.digits + "-_")
+    if not labels or not all(label and set(label) <= allowed for label in labels):
+        raise ValueError(f"{name!r} is not a host name (letters, digits, -, and *. in front)")
+    certfile, keyfile = file_path(certfile.strip()), file_path(keyfile.strip())
+    return f"{name}={certfile},{keyfile}" if keyfile else f"{name}={certfile}"
+
+
+def tls_version(value: str) -> str:
+    value = value.strip()
+    if value not in ("1.2", "1.3"):
+        raise ValueError("must be 1.2 or 1.3")
+    return value
 
 
 def path_prefix(value: str) -> str:
@@ -275,6 +316,22 @@ class Config:
              "500 (0: no limit)")
     ws_per_message_deflate: bool = option(boolean, True, metavar="true|false",
         help="compress WebSocket messages (permessage-deflate) when the client offers it")
+    upstream: list[str] = option(upstream_spec, [], metavar="PREFIX=URL", repeatable=True,
+        help="pass requests whose path is PREFIX or under it (whole segments; a PREFIX ending in "
+             "/ matches any path starting with it) to an upstream HTTP/1.1 server instead of the "
+             "app: URL is http://host:port, http://host:port/base (the base path replaces "
+             "PREFIX, as nginx's proxy_pass) or unix:/path/to.sock, or app for the ASGI app; the "
+             "longest matching prefix wins; repeat for several")
+    upstream_max_connections: int = option(non_negative_int, 100, metavar="N",
+        help="most connections a worker opens to one upstream; requests beyond wait for one (0: "
+             "no limit)")
+    upstream_timeout: float = option(non_negative_float, 60.0, metavar="S",
+        help="seconds an upstream may take to accept a connection, to send the response head, "
+             "and between reads after it: else 504, or the client connection closed mid-body "
+             "(0: no limit)")
+    upstream_tunnel_timeout: float = option(non_negative_float, 10.0, metavar="S",
+        help="seconds a tunnel (an upstream's 101 Switching Protocols, e.g. a WebSocket) may "
+             "carry nothing either way before both ends are closed (0: no limit)")
     forwarded_allow_ips: str = option(ip_list, "127.0.0.1,::1", metavar="LIST",
         help="peers (IPs or networks, comma separated; * for all) whose X-Forwarded-* and "
              "Forwarded headers are trusted")
@@ -349,6 +406,42 @@ class Config:
              "to the error log")
     chdir: str = option(directory, "", metavar="DIR",
         help="change to DIR before loading the app")
+    certfile: str = option(file_path, "", metavar="FILE",
+        help="TLS certificate chain (PEM, leaf first); makes every TCP --bind TLS unless some "
+             "--bind says https://, and is the certificate for names no --cert matches")
+    keyfile: str = option(file_path, "", metavar="FILE",
+        help="private key of --certfile (PEM; default: read from --certfile)")
+    keyfile_password_file: str = option(text, "", metavar="FILE",
+        help="file holding the password of an encrypted key (one trailing newline stripped); a "
+             "bare name is also looked up in $CREDENTIALS_DIRECTORY (systemd LoadCredential=)")
+    cert: list[str] = option(cert_spec, [], metavar="HOSTNAME=CERTFILE,KEYFILE", repeatable=True,
+        help="serve this certificate to clients asking for HOSTNAME by SNI (*.example.com: any "
+             "name one label below); repeat for several")
+    tls_reject_unknown_sni: bool = option(boolean, False, flag=True,
+        help="answer a TLS client asking for a name no certificate covers with the "
+             "unrecognized_name alert instead of the default certificate")
+    ca_certs: str = option(file_path, "", metavar="FILE",
+        help="CA certificates (PEM) that client certificates are verified against (with "
+             "--client-cert)")
+    client_cert: str = option(one_of("none", "optional", "required"), "none",
+        metavar="none|optional|required",
+        help="ask TLS clients for a certificate: optional verifies one if sent, required refuses "
+             "a client without one; needs --ca-certs")
+    crl_file: str = option(file_path, "", metavar="FILE",
+        help="certificate revocation list (PEM) checked against client certificates")
+    tls_min_version: str = option(tls_version, "1.2", metavar="1.2|1.3",
+        help="oldest TLS version accepted")
+    ciphers: str = option(text, "", metavar="LIST",
+        help="OpenSSL cipher list for TLS 1.2 (default: OpenSSL's); TLS 1.3 suites are always "
+             "OpenSSL's")
+    tls_handshake_timeout: float = option(non_negative_float, 10.0, metavar="S",
+        help="seconds a TLS client has, from connecting, to complete its handshake (0: no limit)")
+    tls_reload: str = option(one_of("hup", "watch"), "hup", metavar="hup|watch",
+        help="when certificates are reloaded: on HUP only, or also when their files change "
+             "(watch: checked every second, symlinks followed, applied once they are stable)")
+    redirect_https: bool = option(boolean, False, flag=True,
+        help="plain HTTP listeners answer every request with a 308 to the same URL on the TLS "
+             "listener")
 
 
 OPTIONS: tuple[Option, ...] = tuple(
@@ -458,7 +551,47 @@ def from_toml_text(text: str, source: str) -> Config:
         app, values = from_table(tomllib.loads(text), source)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    return Config(app=app or DEMO_APP, **values)
+    return check_combinations(Config(app=app or DEMO_APP, **values))
+
+
+def check_combinations(config: Config) -> Config:
+    """Options that only make sense together (TLS) or contradict each other; raises ConfigError
+    naming them."""
+    from .net.listeners import parse_bind
+
+    if config.reload and config.preload:
+        raise ConfigError("--reload cannot be combined with --preload: --preload keeps the "
+                          "master's copy of the app, which a reload would not re-import; drop "
+                          "--preload in development")
+    if config.access_log_json and config.access_logformat:
+        raise ConfigError("--access-log-json and --access-logformat exclude each other: pick "
+                          "one")
+
+    binds = [parse_bind(value) for value in config.bind]
+    has_certificate = bool(config.certfile or config.cert)
+    tls_binds = [value for value, address in zip(config.bind, binds, strict=True) if address.tls]
+    if tls_binds and not has_certificate:
+        raise ConfigError(f"--bind {tls_binds[0]}: a TLS listener needs --certfile (or --cert)")
+    if config.keyfile and not config.certfile:
+        raise ConfigError("--keyfile: needs --certfile")
+    if config.keyfile_password_file and not has_certificate:
+        raise ConfigError("--keyfile-password-file: needs --certfile (or --cert)")
+    if config.client_cert != "none" and not config.ca_certs:
+        raise ConfigError(f"--client-cert {config.client_cert}: needs --ca-certs, the CAs that "
+                          "client certificates are verified against")
+    if config.crl_file and config.client_cert == "none":
+        raise ConfigError("--crl-file: revocation is checked on client certificates: needs "
+                          "--client-cert optional or required")
+    if config.redirect_https:
+        tcp_tls = [address for address in binds if address.tls and address.kind == "tcp"]
+        if not tcp_tls and not (has_certificate and not tls_binds):
+            raise ConfigError("--redirect-https: needs a TLS TCP listener (--bind "
+                              "https://HOST:PORT) to redirect to")
+        if not tls_binds:
+            raise ConfigError("--redirect-https: every TCP listener speaks TLS (--certfile "
+                              "without https:// binds): say which are TLS with --bind "
+                              "https://HOST:PORT")
+    return config
 
 
 def _toml_text(value: Any) -> str:
@@ -483,17 +616,4 @@ def build_config(app: str | None, cli_values: Mapping[str, Any],
         app = environ.get(ENV_PREFIX + "APP", file_app or DEMO_APP)
     if app and ":" not in app:
         raise ConfigError(f"APP: expected module:attribute, got {app!r}")
-    config = Config(app=app, **values)
-    check_combinations(config)
-    return config
-
-
-def check_combinations(config: Config) -> None:
-    """Options that contradict each other; raises ConfigError."""
-    if config.reload and config.preload:
-        raise ConfigError("--reload cannot be combined with --preload: --preload keeps the "
-                          "master's copy of the app, which a reload would not re-import; drop "
-                          "--preload in development")
-    if config.access_log_json and config.access_logformat:
-        raise ConfigError("--access-log-json and --access-logformat exclude each other: pick "
-                          "one")
+    return check_combinations(Config(app=app, **values))

@@ -218,7 +218,8 @@ LINE_ESTIMATE = 160
 # so they are printed in whole milliseconds (or seconds to the millisecond). A format is
 # compiled once into one function (one `%` of a tuple of expressions), and the time's text is
 # made once a second: formatting a line costs about what the old fixed line did.
-Record = tuple  # (time, client, method, target, http_version, status, size, duration, headers)
+# (time, client, method, target, http_version, status, size, duration, headers, extra)
+Record = tuple
 
 
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str:
@@ -271,7 +272,7 @@ ATOMS: dict[str, str] = {
 DEFAULT_ACCESS_FORMAT = '%(h)s - - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)s'
 _ATOM = re.compile(r"%\(([^)]*)\)")
 _SAMPLE: Record = (0.0, ("127.0.0.1", 1), "GET", b"/?q", "1.1", 200, 1, 0.001,
-                   [(b"user-agent", b"x")])
+                   [(b"user-agent", b"x")], "")
 
 
 def _atom(key: str) -> str:
@@ -299,7 +300,7 @@ def format_line(fmt: str) -> Callable[[Record], str]:
                    "            ref = v.decode('latin-1')\n"
                    "        elif k == b'user-agent':\n"
                    "            ua = v.decode('latin-1')\n")
-    source += f"    return FORMAT % ({', '.join(expressions)},)\n"
+    source += f"    return FORMAT % ({', '.join(expressions)},) + r[9]\n"
     namespace = {"FORMAT": positional, "clf": _SecondCache("[%d/%b/%Y:%H:%M:%S +0000]"),
                  "header": _header, "PID": f"<{os.getpid()}>"}
     exec(compile(source, f"<access log format {fmt!r}>", "exec"), namespace)  # noqa: S102
@@ -331,7 +332,7 @@ def json_formatter() -> Callable[[Record], str]:
     text = _json_text
 
     def line(record: Record) -> str:
-        when, client, method, target, version, status, size, duration, headers = record
+        when, client, method, target, version, status, size, duration, headers, extra = record
         if type(target) is bytes:
             target = target.decode("latin-1")
         path, _, query = target.partition("?")
@@ -349,9 +350,15 @@ def json_formatter() -> Callable[[Record], str]:
                 f'"method": "{method}", "path": {text(path)}, "query": {text(query)}, '
                 f'"protocol": "HTTP/{version}", "status": {status}, "bytes": {size}, '
                 f'"duration_ms": {round(duration * 1000)}, "referrer": {referrer}, '
-                f'"user_agent": {user_agent}, {tail}')
+                f'"user_agent": {user_agent}, {_json_fields(extra) if extra else ""}{tail}')
 
     return line
+
+
+def _json_fields(extra: str) -> str:
+    """ key=value ... (a passed-through response's upstream) as JSON fields, each a string."""
+    fields = (item.partition("=") for item in extra.split())
+    return "".join(f'{_json_text(key)}: {_json_text(value)}, ' for key, _, value in fields)
 
 
 def access_formatter(fmt: str = "", as_json: bool = False) -> Callable[[Record], str]:
@@ -402,12 +409,14 @@ class AccessLog:
 
     def write(self, client: tuple | None, method: str, target: str | bytes, http_version: str,
               status: int, size: int, duration: float,
-              headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+              headers: Sequence[tuple[bytes, bytes]] = (), extra: str = "") -> None:
         """One response. The line is formatted by the writer thread: the loop only keeps the
-        facts (the request's headers by reference: they are not changed once parsed)."""
+        facts (the request's headers by reference: they are not changed once parsed). `extra`
+        (" key=value ...") goes at the end of a line, as fields of a JSON one: a passed-through
+        response's upstream and the time it took (upstream/exchange.py)."""
         record = (time.time(), client, method, target, http_version, status, size, duration,
-                  headers)
-        cost = LINE_ESTIMATE + len(target)
+                  headers, extra)
+        cost = LINE_ESTIMATE + len(target) + len(extra)
         self._room -= cost
         if self._room < 0 and not self._make_room(cost):
             return

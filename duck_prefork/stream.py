@@ -116,6 +116,12 @@ class Stream:
     bytes_sent: int  # response body bytes sent (as framed for the client: none for HEAD)
     body_read: bool  # the last of the body has been returned by read_body()
 
+    @property
+    def tls(self) -> dict | None:
+        """Over TLS, scope["extensions"]["tls"] (the connection's, made once), else None. A
+        property, read only when the scheme is not "http": no cost to plain requests."""
+        raise NotImplementedError
+
     def read_body(self) -> bytes | None:
         """The body received since the last call (b"" at the end of an empty one), or None
         when nothing is waiting (wait_body) or the whole body has been read (body_read)."""

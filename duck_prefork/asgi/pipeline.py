@@ -202,6 +202,8 @@ class ASGI:
             "headers": stream.headers,
             "state": self.state.copy(),
         }
+        if scope["scheme"] != "http":  # over TLS: the ASGI TLS extension, made once per connection
+            scope["extensions"] = {"tls": stream.tls}
         if stream.forwarded and self.proxy is not None and self.proxy.trusts(client):
             self.proxy.apply(scope)
         return Request(scope, stream, None, self)
@@ -214,7 +216,7 @@ class ASGI:
         scope["type"] = "websocket"
         scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"  # proxy headers apply
         scope["subprotocols"] = subprotocols
-        scope["extensions"] = {"websocket.http.response": {}}
+        scope.setdefault("extensions", {})["websocket.http.response"] = {}
         return scope
 
     def get_response(self, request: Request) -> Coroutine[Any, Any, Request]:

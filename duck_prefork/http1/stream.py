@@ -117,6 +117,11 @@ class Http1Stream(Stream):
         # the task serving it (ServerState.start_task), until release()
         "task")
 
+    @property
+    def tls(self) -> dict | None:
+        """scope["extensions"]["tls"] over TLS (the connection's), else None."""
+        return self.connection.facts.tls
+
     def __init__(self, connection: HttpConnection, method: bytes, target: bytes,
                  http_version: bytes, headers: list[tuple[bytes, bytes]]):
         """Raises ParseError for a head that must be refused (see request_head.py)."""

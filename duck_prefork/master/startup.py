@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 
 from .. import logs
 from ..config import Config, ConfigError
-from ..net.listeners import bind_all, from_systemd
+from ..net.listeners import bind_all, from_systemd, mark_tls, tls_by_default
+from ..tls.context import TlsError, tls_configured
+from ..tls.context import load as load_certificates
+from ..tls.keeper import CertificateKeeper, log_certificates
 from ..worker.process import EXIT_BOOT_FAILED, BootFailure, load_application, resolve_user
 from . import reload, upgrade
 from .pidfile import remove_pid_file, write_pid_file
@@ -61,6 +65,15 @@ def run_master(config: Config, reload_config: Callable[[], Config] | None = None
         print(f"duck-prefork: error: --user/--group: no such user or group: "
               f"{config.user or ''} {config.group or ''}".rstrip(), file=sys.stderr)
         return EXIT_CONFIG
+    # The certificates are read and checked here, as root if started as root (--user applies to
+    # the workers), before anything listens: a TLS listener is never served without them.
+    try:
+        certificates = load_certificates(config)
+    except TlsError as exc:
+        print(f"duck-prefork: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if certificates is not None:
+        log_certificates(certificates)
     preloaded_app = None
     if config.preload:
         try:
@@ -84,16 +97,26 @@ def run_master(config: Config, reload_config: Callable[[], Config] | None = None
             listeners, inherited = upgrade.adopt(inherit)
         elif activated:
             listeners = activated  # socket activation: systemd bound them, and keeps them
+            mark_tls(listeners, config.bind, tls_configured(config))
         else:
+            binds = tls_by_default(config.bind) if tls_configured(config) else config.bind
             try:
-                listeners = bind_all(config.bind, config.backlog,
+                listeners = bind_all(binds, config.backlog,
                                      slots=config.workers if config.reuse_port else 0)
             except OSError as exc:
                 print(f"duck-prefork: error: --bind: {exc.strerror or exc}", file=sys.stderr)
                 return EXIT_CONFIG
+        tls_listeners = any(listener.tls for listener in listeners)
+        if tls_listeners and certificates is None:
+            print("duck-prefork: error: the TLS listeners need a certificate: --certfile or "
+                  "--cert", file=sys.stderr)
+            for listener in listeners:
+                listener.close(unlink=not inherit)
+            return EXIT_CONFIG
+        keeper = CertificateKeeper(config, certificates, time.monotonic(), tls_listeners)
         return Master(config, listeners, reload_config=reload_config,
                       preloaded_app=preloaded_app, argv=argv, inherited=inherited,
-                      reexecuted=bool(inherit)).run()
+                      reexecuted=bool(inherit), certificates=keeper).run()
     finally:
         if config.pid:
             remove_pid_file(config.pid)

@@ -27,6 +27,8 @@ from ..config import Config, ConfigError
 from ..hooks import run_hook
 from ..logs import log
 from ..net.listeners import Listener, describe_all
+from ..tls.context import TlsError
+from ..tls.keeper import CertificateKeeper
 from ..worker import channel
 from ..worker.process import (
     EXIT_BOOT_FAILED,
@@ -116,6 +118,7 @@ class Master:
     watcher: Watcher | None = None  # --reload: the process that sends us HUP on a change
     last_failure: str = ""  # the last boot failure logged with its cause (logged once)
     bug_seen: bool = False  # a step of the loop raised since the last wait
+    certificates: CertificateKeeper | None = None  # TLS: what the workers are forked with
 
     @property
     def title_name(self) -> str:
@@ -186,6 +189,8 @@ class Master:
         self.guarded("reaping workers", self.reap_workers)
         self.guarded("checking deadlines", self.check_deadlines)
         if not self.stopping:
+            if self.certificates is not None:
+                self.guarded("watching the TLS certificates", self.watch_certificates)
             self.guarded("checking worker health", self.check_health)
             self.guarded("restarting workers", self.restart_missing_workers)
             self.notifier.pet_watchdog(self.processes.now())
@@ -319,19 +324,42 @@ class Master:
                                 name.replace("_", "-"), reason)
                     kept[name] = getattr(self.config, name)
             config = replace(config, **kept)
+            if self.certificates is not None:
+                try:
+                    self.certificates.reload(config, self.processes.now())
+                except TlsError as exc:
+                    log.error("HUP: %s; keeping the running certificates, configuration and "
+                              "workers", exc)
+                    self.notifier.reloading()
+                    self.notifier.ready(self.status_line())
+                    return
             run_hook("on-reload", config.on_reload, config)
             self.config = config
+        self.roll_workers("HUP")
+
+    def roll_workers(self, why: str) -> None:
+        """A new worker for every slot, each old one retired once its new one is ready (HUP,
+        and new TLS certificates)."""
         self.notifier.reloading()
         self.reloading = True
         while len(self.slots) > self.config.workers:
             self.remove_slot()
         current = [w for w in self.workers.values() if not w.retiring and w.replaces is None]
-        log.info("HUP: reloading %s (each old one stops once its new one is ready)",
-                 logs.plural(len(current), "worker"))
+        log.info("%s: reloading %s (each old one stops once its new one is ready)",
+                 why, logs.plural(len(current), "worker"))
         for worker in current:
             self.replace(worker)
         while len(self.slots) < self.config.workers and self.add_slot():
             pass
+
+    def watch_certificates(self) -> None:
+        """--tls-reload watch and the daily expiry check (see tls/keeper.py)."""
+        keeper = self.certificates
+        assert keeper is not None
+        now = self.processes.now()
+        keeper.check_expiry(now)
+        if keeper.poll(now):
+            self.roll_workers("TLS: new certificates")
 
     def handle_ttin(self) -> None:
         if not self.stopping and self.add_slot():
@@ -509,6 +537,8 @@ class Master:
         listeners = [listener for listener in self.listeners if listener.serves(number)]
         worker = Worker(self.config, listeners, number, write_end, self.title_name)
         worker.preloaded_app = self.preloaded_app
+        if self.certificates is not None:
+            worker.certificates = self.certificates.current
         worker.run()
 
     def replace(self, worker: WorkerProcess) -> None:

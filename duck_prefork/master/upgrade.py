@@ -5,7 +5,7 @@ in one environment variable; the new image (same pid, so the workers are still i
 systemd still tracks it) adopts them instead of binding, then replaces the workers as for HUP.
 
   DUCK_PREFORK_INHERIT="listeners=3:o,4:,5:o:1,6:o:2;workers=1234:1:7:r,1235:2:8:"
-  (per listener fd:flags[:slot], o = bound by us, slot = the worker number a --reuse-port
+  (per listener fd:flags[:slot], o = bound by us, s = TLS, slot = the worker number a --reuse-port
   socket is for; per worker pid:number:channel fd:flags, r = ready, t = retiring)
 """
 
@@ -16,7 +16,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..net.listeners import Listener, address_of
 from .processes import Processes
@@ -40,20 +40,21 @@ class InheritedWorker:
 def describe(listeners: Sequence[Listener], workers: Sequence[InheritedWorker]) -> str:
     return "listeners={};workers={}".format(
         ",".join(f"{listener.socket.fileno()}:{'o' if listener.owned else ''}"
+                 f"{'s' if listener.tls else ''}"
                  f"{f':{listener.slot}' if listener.slot else ''}" for listener in listeners),
         ",".join(f"{w.pid}:{w.number}:{w.channel}:{'r' if w.ready else ''}"
                  f"{'t' if w.retiring else ''}" for w in workers))
 
 
-def parse(text: str) -> tuple[list[tuple[int, bool, int]], list[InheritedWorker]]:
-    """(fd, owned, slot) per listener, and the workers."""
+def parse(text: str) -> tuple[list[tuple[int, bool, int, bool]], list[InheritedWorker]]:
+    """(fd, owned, slot, tls) per listener, and the workers."""
     parts = dict(part.split("=", 1) for part in text.split(";") if "=" in part)
     fds = []
     for item in parts.get("listeners", "").split(","):
         if item:
             fd, _, rest = item.partition(":")
             flags, _, slot = rest.partition(":")
-            fds.append((int(fd), "o" in flags, int(slot or 0)))
+            fds.append((int(fd), "o" in flags, int(slot or 0), "s" in flags))
     workers = []
     for item in parts.get("workers", "").split(","):
         if item:
@@ -135,11 +136,12 @@ def adopt(text: str) -> tuple[list[Listener], list[InheritedWorker]]:
     """In the new image: the inherited listeners (made close-on-exec again) and workers."""
     fds, workers = parse(text)
     listeners = []
-    for fd, owned, slot in fds:
+    for fd, owned, slot, tls in fds:
         sock = socket.socket(fileno=fd)
         sock.set_inheritable(False)
         sock.setblocking(False)
-        listeners.append(Listener(sock, address_of(sock), owned=owned, slot=slot))
+        listeners.append(Listener(sock, replace(address_of(sock), tls=tls), owned=owned,
+                                  slot=slot))
     for worker in workers:
         os.set_inheritable(worker.channel, False)
         os.set_blocking(worker.channel, False)

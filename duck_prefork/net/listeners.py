@@ -14,7 +14,7 @@ import socket
 import stat
 from collections import Counter
 from collections.abc import MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -26,10 +26,28 @@ class BindAddress:
     port: int = 0
     path: str = ""
     fd: int = -1
+    tls: bool = False  # https://HOST:PORT, https+unix:/path: the listener speaks TLS
+
+
+TLS_PREFIX = "https://"
+TLS_UNIX_PREFIX = "https+unix:"
 
 
 def parse_bind(value: str) -> BindAddress:
-    """Parse HOST:PORT, [IPv6]:PORT, unix:/path or fd://N; raises ValueError."""
+    """Parse HOST:PORT, [IPv6]:PORT, unix:/path or fd://N, each maybe prefixed: http://HOST:PORT
+    (the same as HOST:PORT), https://HOST:PORT and https+unix:/path (TLS); raises ValueError."""
+    if value.startswith(TLS_PREFIX):
+        rest = value[len(TLS_PREFIX):]
+        if rest.startswith(("unix:", "fd://")):
+            raise ValueError("for a TLS unix socket write https+unix:/path")
+        return replace(parse_bind(rest), tls=True)
+    if value.startswith(TLS_UNIX_PREFIX):
+        return replace(parse_bind("unix:" + value[len(TLS_UNIX_PREFIX):]), tls=True)
+    if value.startswith("http://"):
+        rest = value[len("http://"):]
+        if rest.startswith(("unix:", "fd://")):
+            raise ValueError("http:// takes HOST:PORT")
+        return parse_bind(rest)
     if value.startswith("unix:"):
         path = value[len("unix:"):]
         if not path:
@@ -69,18 +87,24 @@ class Listener:
         """Whether worker NUMBER accepts on this socket."""
         return self.slot in (0, number)
 
+    @property
+    def tls(self) -> bool:
+        """Whether this listener's connections speak TLS (see tls/plan.py)."""
+        return self.address.tls
+
     def describe(self) -> str:
         text = self._where()
         return f"{text} ({self.name})" if self.name else text
 
     def _where(self) -> str:
+        scheme = "https" if self.address.tls else "http"
         if self.address.kind == "unix":
-            return f"unix:{self.address.path}"
+            return f"{'https+' if self.address.tls else ''}unix:{self.address.path}"
         name = self.socket.getsockname()
         if self.socket.family == socket.AF_INET6:
-            return f"http://[{name[0]}]:{name[1]}"
+            return f"{scheme}://[{name[0]}]:{name[1]}"
         if self.socket.family == socket.AF_INET:
-            return f"http://{name[0]}:{name[1]}"
+            return f"{scheme}://{name[0]}:{name[1]}"
         return f"fd://{self.socket.fileno()}"
 
     def close(self, unlink: bool) -> None:
@@ -91,6 +115,32 @@ class Listener:
                 os.unlink(self.address.path)
             except FileNotFoundError:
                 pass
+
+
+def tls_by_default(binds: list[str]) -> list[str]:
+    """With a certificate and no bind that says https://: every TCP bind is TLS (gunicorn's
+    habit), unix sockets and fd:// stay plain."""
+    if any(parse_bind(value).tls for value in binds):
+        return binds
+    return [TLS_PREFIX + value.removeprefix("http://") if parse_bind(value).kind == "tcp"
+            else value for value in binds]
+
+
+def mark_tls(listeners: list[Listener], binds: list[str], certificate: bool) -> None:
+    """Sockets systemd passed: with a certificate and no bind that says https://, every TCP
+    socket is TLS (as for binds, tls_by_default); else a TCP socket on the port of an https://
+    bind and a unix socket at the path of an https+unix: bind."""
+    parsed = [parse_bind(value) for value in binds]
+    every_tcp = certificate and not any(address.tls for address in parsed)
+    tls_ports = {address.port for address in parsed if address.tls and address.kind == "tcp"}
+    tls_paths = {address.path for address in parsed if address.tls and address.kind == "unix"}
+    for listener in listeners:
+        address = listener.address
+        if address.kind == "unix":
+            tls = address.path in tls_paths
+        else:
+            tls = every_tcp or address.port in tls_ports
+        listener.address = replace(address, tls=tls)
 
 
 def _bind_tcp(address: BindAddress, backlog: int, reuse_port: bool = False) -> socket.socket:

@@ -25,7 +25,7 @@ import random
 import signal
 import sys
 import traceback
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
 import setproctitle
@@ -46,6 +46,11 @@ from ..loader import AppLoadError, load_app
 from ..logs import log
 from ..net.listeners import Listener
 from ..net.stages import HTTP_1_1, ConnectionPlan
+from ..tls.context import Certificates
+from ..tls.handshake import TlsServer
+from ..tls.redirect import RedirectToHttps
+from ..upstream.exchange import UpstreamASGI
+from ..upstream.routes import RouteTable
 from . import channel
 from .acceptor import Acceptor
 from .channel import Sender
@@ -94,6 +99,8 @@ class Worker:
         self.channel = Sender(channel)  # to the master; never blocks the event loop
         self.title_name = title_name
         self.preloaded_app: Any = None  # the app imported by the master (--preload)
+        self.certificates: Certificates | None = None  # TLS: built by the master, inherited
+        self.tls: TlsServer | None = None
         # Whether the stop accepts what is queued on the listening sockets first: INT (they
         # are about to close) or TERM (they stay open for the other workers).
         self.sweep_on_stop = False
@@ -165,8 +172,14 @@ class Worker:
         access_log = make_access_log(config)
         self.access_log = access_log
         proxy = None if config.no_proxy_headers else ProxyHeaders(config.forwarded_allow_ips)
-        pipeline = ASGI(root_path=config.root_path, state=lifespan_state, access_log=access_log,
-                        middlewares=response_middlewares(config), proxy=proxy)
+        pipeline = build_pipeline(config, root_path=config.root_path, state=lifespan_state,
+                                  access_log=access_log, middlewares=response_middlewares(config),
+                                  proxy=proxy)
+        upgrade: Callable[[Any, Any], bool] | None = websocket_upgrade(config)
+        if isinstance(pipeline, UpstreamASGI):
+            pipeline.start()
+            if upgrade is not None:
+                upgrade = pipeline.upgrade_hook(upgrade)
         limits = Limits(request_line=config.limit_request_line,
                         fields=config.limit_request_fields,
                         field_size=config.limit_request_field_size,
@@ -176,11 +189,11 @@ class Worker:
                             concurrency=config.limit_concurrency,
                             header_timeout=config.header_timeout,
                             send_timeout=config.send_timeout,
-                            upgrade=websocket_upgrade(config))
-        # What each listener's connections go through before HTTP/1.1: no stage yet (later,
-        # by the listener's options: the PROXY header, the TLS handshake).
-        plan = ConnectionPlan((), {HTTP_1_1: lambda: HttpConnection(state)}, state)
-        acceptors = [Acceptor(listener.socket, plan.protocol_factory(), state)
+                            upgrade=upgrade)
+        # What each listener's connections go through before HTTP/1.1: a TLS listener's, the
+        # TLS handshake; with --redirect-https a plain one's, the redirect (and no HTTP/1.1).
+        plan_for = connection_plans(config, self.listeners, state, self._tls_server(loop))
+        acceptors = [Acceptor(listener.socket, plan_for(listener).protocol_factory(), state)
                      for listener in self.listeners]
         for acceptor in acceptors:
             acceptor.start()
@@ -219,9 +232,19 @@ class Worker:
                 connection.abort()
             if state.tasks:
                 await asyncio.wait(list(state.tasks), timeout=CANCEL_WAIT)
+        if isinstance(pipeline, UpstreamASGI):
+            pipeline.close()
         await lifespan.shutdown(LIFESPAN_SHUTDOWN_TIMEOUT)
         self._ticker.cancel()
         log.info("stopped after serving %s", logs.plural(state.requests_served, "request"))
+
+    def _tls_server(self, loop: asyncio.AbstractEventLoop) -> TlsServer | None:
+        if not any(listener.tls for listener in self.listeners):
+            return None
+        if self.certificates is None:  # never serve a TLS listener in plaintext
+            raise BootFailure("a TLS listener and no certificate: --certfile or --cert")
+        self.tls = TlsServer(self.certificates, self.config.tls_handshake_timeout, loop)
+        return self.tls
 
     def stop(self, sweep: bool) -> None:
         """TERM (sweep False) or INT (sweep True): stop gracefully. The first signal decides;
@@ -244,6 +267,8 @@ class Worker:
             state.tick(loop.time())
         except Exception as exc:  # a bug: logged, and the worker goes on serving
             self.failures("the once-a-second tick failed", exc)
+        if self.tls is not None:
+            self.tls.failures.flush(loop.time())
         self.channel.beat()  # from inside the loop: a blocked loop stops beating
         if self.recycle_after and state.requests_served >= self.recycle_after:
             self.recycle_after = 0  # asked once; the master replaces us, then sends TERM
@@ -259,6 +284,30 @@ def make_access_log(config: Config) -> logs.AccessLog | None:
         return None
     formatter = logs.access_formatter(config.access_logformat, config.access_log_json)
     return logs.AccessLog(config.access_logfile, formatter=formatter, logger=logger)
+
+
+def connection_plans(config: Config, listeners: list[Listener], state: ServerState,
+                     tls: TlsServer | None) -> Callable[[Listener], ConnectionPlan]:
+    """Which ConnectionPlan a listener's connections follow: a TLS listener's starts with the
+    handshake; with --redirect-https a plain TCP listener's is the redirect alone; any other
+    goes straight to HTTP/1.1."""
+    protocols = {HTTP_1_1: lambda: HttpConnection(state)}
+    plain = ConnectionPlan((), protocols, state)
+    secure = ConnectionPlan((tls.stage,), protocols, state) if tls is not None else None
+    redirect = plain
+    tls_ports = [listener.socket.getsockname()[1] for listener in listeners
+                 if listener.tls and listener.address.kind == "tcp"]
+    if config.redirect_https and tls_ports:
+        stage = functools.partial(RedirectToHttps, tls_ports[0], config.header_timeout)
+        redirect = ConnectionPlan((stage,), protocols, state)
+
+    def plan_for(listener: Listener) -> ConnectionPlan:
+        if listener.tls:
+            assert secure is not None  # _tls_server() refused to boot without certificates
+            return secure
+        return redirect if listener.address.kind == "tcp" else plain
+
+    return plan_for
 
 
 def parser_class(choice: str) -> type:
@@ -284,6 +333,19 @@ def response_middlewares(config: Config) -> list[ResponseHeaders]:
         name, _, value = spec.partition(":")
         headers.append((name.strip().encode("ascii"), value.strip().encode("ascii")))
     return [ResponseHeaders(headers)]
+
+
+def build_pipeline(config: Config, **settings: Any) -> ASGI | UpstreamASGI:
+    """The worker's request handler: the ASGI pipeline, wrapped with --upstream in the handler
+    that also passes requests to the upstreams (chosen once here, so that a worker without
+    upstreams does no routing at all)."""
+    pipeline = ASGI(**settings)
+    if not config.upstream:
+        return pipeline
+    return UpstreamASGI(pipeline, RouteTable.parse(config.upstream),
+                        max_connections=config.upstream_max_connections,
+                        timeout=config.upstream_timeout,
+                        tunnel_timeout=config.upstream_tunnel_timeout)
 
 
 def websocket_upgrade(config: Config) -> WebSocketUpgrade | None:

@@ -32,6 +32,8 @@ async def app(scope, receive, send):
         info["raw_path"] = scope["raw_path"].decode("latin-1")
         info["query_string"] = scope["query_string"].decode("latin-1")
         info["state"] = scope.get("state", {})
+        if "tls" in scope.get("extensions", {}):
+            info["extensions"] = {"tls": scope["extensions"]["tls"]}
         info["body_length"] = len(body)
         info["pid"] = os.getpid()
         data = json.dumps(info).encode()

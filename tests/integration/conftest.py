@@ -305,3 +305,11 @@ def recv_all(sock: socket.socket, timeout: float = 10.0) -> bytes:
             break
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory):
+    """The TLS tests' CA and certificates (tls_certs.Certs), made once per session."""
+    from .tls_certs import Certs
+
+    return Certs(tmp_path_factory.mktemp("tls"))

@@ -191,7 +191,7 @@ def test_json_and_a_format_exclude_each_other():
 WHEN = 1_765_000_000.25  # 2025-12-06 05:46:40.250 UTC
 HEADERS = [(b"host", b"x"), (b"referer", b"http://ref/"), (b"user-agent", b"curl/8 \"q\""),
            (b"x-request-id", b"abc")]
-RECORD = (WHEN, ("10.0.0.1", 5555), "GET", b"/p/a?x=1", "1.1", 404, 12, 0.0042, HEADERS)
+RECORD = (WHEN, ("10.0.0.1", 5555), "GET", b"/p/a?x=1", "1.1", 404, 12, 0.0042, HEADERS, "")
 
 
 def test_the_default_line_is_the_combined_format_with_milliseconds():
@@ -211,8 +211,17 @@ def test_each_gunicorn_atom(atom, value):
     assert logs.format_line(f"%({atom})s")(RECORD) == value
 
 
+def test_a_passed_through_response_has_its_upstream_at_the_end_or_in_the_json():
+    record = (*RECORD[:9], " upstream=unix:/run/d.sock upstream_time=0.002")
+    assert logs.access_formatter()(record).endswith(
+        ' 4 upstream=unix:/run/d.sock upstream_time=0.002')
+    entry = json.loads(logs.json_formatter()(record))
+    assert entry["upstream"] == "unix:/run/d.sock" and entry["upstream_time"] == "0.002"
+    assert entry["status"] == 404
+
+
 def test_no_client_no_headers_no_bytes():
-    record = (WHEN, None, "POST", "/x", "1.0", 500, 0, 2.5, ())
+    record = (WHEN, None, "POST", "/x", "1.0", 500, 0, 2.5, (), "")
     assert logs.format_line('%(h)s %(b)s %(B)s "%(f)s" "%(a)s" %(M)s')(record) == \
         '- - 0 "-" "-" 2500'
 
@@ -241,7 +250,8 @@ def test_json_lines_parse_back():
         "status": 404, "bytes": 12, "duration_ms": 4, "referrer": "http://ref/",
         "user_agent": 'curl/8 "q"', "pid": os.getpid(), "worker": entry["worker"],
     }
-    empty = json.loads(logs.json_formatter()((WHEN, None, "GET", "/", "1.1", 200, 0, 0.0, [])))
+    empty = json.loads(logs.json_formatter()((WHEN, None, "GET", "/", "1.1", 200, 0, 0.0, [],
+                                              "")))
     assert empty["client"] is None and empty["referrer"] is None and empty["user_agent"] is None
 
 

@@ -45,11 +45,11 @@ def logged(monkeypatch) -> list[tuple]:
             self.also = also
 
         def write(self, client, method, target, version, status, size, duration,
-                  headers=()) -> None:
+                  headers=(), extra="") -> None:
             calls.append((method, target, client, status, size))
             if self.also is not None:
                 self.also.write(client, method, target, version, status, size, duration,
-                                headers)
+                                headers, extra)
 
     def pipeline(**options) -> ASGI:
         return ASGI(**{**options, "access_log": Recorder(options.get("access_log"))})

@@ -57,6 +57,16 @@ def test_slots_survive_the_inherit_variable(opened):
     opened += bind_all(["127.0.0.1:0"], 16, slots=2)
     text = upgrade.describe(opened, [])
     fds, workers = upgrade.parse(text)
-    assert fds == [(opened[0].socket.fileno(), True, 1), (opened[1].socket.fileno(), True, 2)]
+    assert fds == [(opened[0].socket.fileno(), True, 1, False),
+                   (opened[1].socket.fileno(), True, 2, False)]
     # What a master without --reuse-port support wrote: fd:flags
-    assert upgrade.parse("listeners=3:o,4:;workers=")[0] == [(3, True, 0), (4, False, 0)]
+    assert upgrade.parse("listeners=3:o,4:;workers=")[0] == [(3, True, 0, False),
+                                                              (4, False, 0, False)]
+
+
+def test_tls_survives_the_inherit_variable(opened):
+    opened += bind_all(["https://127.0.0.1:0", "127.0.0.1:0"], 16, slots=2)
+    fds, _ = upgrade.parse(upgrade.describe(opened, []))
+    assert [(slot, tls) for _, _, slot, tls in fds] == [(1, True), (1, False), (2, True),
+                                                        (2, False)]
+    assert [listener.tls for listener in opened] == [True, False, True, False]
