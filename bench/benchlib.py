@@ -49,7 +49,7 @@ class DuckServer:
         try:
             port = self.wait_log(r"listening on .*?http://127\.0\.0\.1:(\d+)", ready_timeout)
             self.port = int(port)
-            self.wait_log(r"ready: \d+ workers serving", ready_timeout)
+            self.wait_log(r"ready: \d+ workers? serving", ready_timeout)
         except BaseException:
             self.stop()
             raise

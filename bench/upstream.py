@@ -159,7 +159,7 @@ def main() -> None:
                        "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "nginx-error.log")],
                       tmp / "nginx.log")
         processes.append(nginx)
-        wait_log(tmp / "duck.log", r"ready: 1 workers serving")
+        wait_log(tmp / "duck.log", r"ready: 1 workers? serving")
         for port in (duck_port, nginx_port):
             wait_http(port, "/")
             wait_http(port, "/ok")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
@@ -12,6 +13,7 @@ from typing import Any, NoReturn
 from . import __version__, build
 from .config import (
     OPTIONS,
+    OPTIONS_BY_NAME,
     Config,
     ConfigError,
     Option,
@@ -23,10 +25,63 @@ from .tls.context import TlsError
 
 EXIT_USAGE = 1
 
+# Habit flags: uvicorn's and gunicorn's names for options that mean the same here. Each is
+# another name for the option it maps to (same value, same parsing); the TOML file and the
+# environment know only our own names.
+ALIASES: dict[str, str] = {
+    "--timeout-keep-alive": "keep_alive",  # uvicorn
+    "--timeout-graceful-shutdown": "graceful_timeout",  # uvicorn
+    "--limit-max-requests": "max_requests",  # uvicorn
+    "--header": "response_header",  # uvicorn: --header NAME:VALUE
+    "--log-file": "error_logfile",  # gunicorn
+    "-p": "pid",  # gunicorn
+    "-n": "name",  # gunicorn
+    "-t": "timeout",  # gunicorn
+    # TLS (issue 15), to be added by the lead: "--ssl-certfile": "certfile", "--ssl-keyfile":
+    # "keyfile", "--ssl-ca-certs": "ca_certs". uvicorn's --ssl-keyfile-password takes the
+    # password itself, ours --keyfile-password-file a file: not the same meaning (refuse it in
+    # REFUSED, pointing at --keyfile-password-file, or map it with care).
+}
+
+# uvicorn's ways of giving an address: each adds one address to the --bind list.
+BIND_ALIASES = {
+    "--uds": ("PATH", "listen on the unix socket PATH (uvicorn's --uds): same as --bind unix:PATH"),
+    "--fd": ("N", "serve the inherited socket N (uvicorn's --fd): same as --bind fd://N"),
+    "--host": ("HOST", "uvicorn's --host: with --port, one more --bind HOST:PORT (default host "
+                       "127.0.0.1)"),
+    "--port": ("PORT", "uvicorn's --port: with --host, one more --bind HOST:PORT (default port "
+                       "8000)"),
+}
+
+# Habit flags with no equivalent: refused with what to do instead. (flags, takes a value, why)
+REFUSED: tuple[tuple[tuple[str, ...], bool, str], ...] = (
+    (("-k", "--worker-class"), True,
+     "every worker runs the ASGI app on a uvloop event loop; there is no other worker class: drop"
+     " the option"),
+    (("--threads",), True,
+     "a worker is one event loop, not a thread pool: use --workers for more processes"),
+    (("--worker-connections",), True,
+     "use --limit-concurrency N (requests in progress per worker, then 503)"),
+    (("--loop",), True,
+     "workers always run uvloop: drop the option (--loop uvloop or auto is accepted)"),
+    (("-D", "--daemon"), False,
+     "run it in the foreground under systemd (see systemd/) or another supervisor"),
+)
+_SAME_LOOP = ("auto", "uvloop")  # --loop values that ask for what we do anyway
+
 
 class _Parser(argparse.ArgumentParser):
     # argparse exits 2 with the whole usage text; our contract is one line and exit code 1.
     def error(self, message: str) -> NoReturn:
+        unknown = message.partition("unrecognized arguments: ")[2].split()
+        flag = next((word.partition("=")[0] for word in unknown if word.startswith("-")), "")
+        if flag:
+            known = [name for action in self._actions for name in action.option_strings]
+            close = [name for name in known if name.startswith(flag) and len(flag) > 2] \
+                or difflib.get_close_matches(flag, known, 1, 0.6)
+            # A hint only: --grace is not taken for --graceful-timeout (no prefix matching).
+            hint = f"; did you mean {' or '.join(close[:3])}?" if close else ""
+            message = f"unrecognized option {flag}{hint} (see --help)"
         self.exit(EXIT_USAGE, f"duck-prefork: error: {message}\n")
 
 
@@ -51,9 +106,22 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+class _Refuse(argparse.Action):
+    """A habit flag that has no equivalent here: one line saying what to use instead."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        if self.dest == "loop" and isinstance(values, str) and values.lower() in _SAME_LOOP:
+            return  # --loop uvloop: what every worker runs anyway
+        given = f"{option_string} {values}" if isinstance(values, str) else option_string
+        parser.error(f"{given}: {self.help}")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="duck-prefork",
+        # No prefix matching: --grace must not quietly mean --graceful-timeout.
+        allow_abbrev=False,
         description="Serve an ASGI application with a prefork master and uvloop workers. "
         "Every option can also be set as DUCK_PREFORK_<OPTION> in the environment "
         "(e.g. DUCK_PREFORK_WORKERS=8); the command line wins.",
@@ -77,14 +145,62 @@ def make_parser() -> argparse.ArgumentParser:
             parser.add_argument(*flags, dest=option.name, metavar=option.metavar,
                                 action="append" if option.repeatable else "store",
                                 default=None, help=help_text)
+    habits = parser.add_argument_group(
+        "uvicorn and gunicorn habits", "other names for the options above (command line only)")
+    for flag, name in ALIASES.items():
+        option = OPTIONS_BY_NAME[name]
+        habits.add_argument(flag, dest=name, metavar=option.metavar, default=None,
+                            action="append" if option.repeatable else "store",
+                            help=f"same as {option.long}")
+    habits.add_argument("--proxy-headers", dest="no_proxy_headers", action="store_const",
+                        const="false", default=None,
+                        help="uvicorn's --proxy-headers: trusted proxies' headers are read by "
+                             "default (see --forwarded-allow-ips); undoes --no-proxy-headers")
+    habits.add_argument("--access-log", dest="access_logfile", action="store_const", const="-",
+                        default=None, help="uvicorn's --access-log: same as --access-logfile -")
+    habits.add_argument("--no-access-log", dest="access_logfile", action="store_const", const="",
+                        default=None, help="uvicorn's --no-access-log: no access log (the "
+                                           "default here)")
+    for flag, (metavar, help_text) in BIND_ALIASES.items():
+        habits.add_argument(flag, dest="alias_" + flag[2:], metavar=metavar, default=None,
+                            help=help_text)
+    for refused, takes_value, why in REFUSED:
+        habits.add_argument(*refused, dest=refused[-1].lstrip("-").replace("-", "_"),
+                            action=_Refuse, nargs=None if takes_value else 0,
+                            help=f"not supported: {why}", default=argparse.SUPPRESS,
+                            metavar=None if not takes_value else "X")
     return parser
+
+
+def alias_binds(namespace: argparse.Namespace) -> list[tuple[str, str]]:
+    """The addresses given with uvicorn's --host/--port, --uds and --fd: (address, flag)."""
+    binds = []
+    host, port = namespace.alias_host, namespace.alias_port
+    if host is not None or port is not None:
+        host = host or "127.0.0.1"
+        port = port or "8000"
+        address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else \
+            f"{host}:{port}"
+        binds.append((address, "--host/--port"))
+    if namespace.alias_uds is not None:
+        binds.append(("unix:" + namespace.alias_uds, "--uds"))
+    if namespace.alias_fd is not None:
+        binds.append(("fd://" + namespace.alias_fd, "--fd"))
+    return binds
 
 
 def parse_args(argv: Sequence[str], environ: dict[str, str] | None = None) -> Config:
     """Parse argv (without the program name) into a Config; raises ConfigError."""
     namespace = make_parser().parse_args(list(argv))
     cli_values: dict[str, Any] = {}
+    binds = alias_binds(namespace)
+    if binds:
+        bind = OPTIONS_BY_NAME["bind"]
+        cli_values["bind"] = [parse_value(bind, item, bind.long) for item in namespace.bind or []]
+        cli_values["bind"] += [parse_value(bind, address, flag) for address, flag in binds]
     for option in OPTIONS:
+        if option.name in cli_values:
+            continue
         raw = getattr(namespace, option.name)
         if raw is None:
             continue

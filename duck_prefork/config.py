@@ -7,6 +7,7 @@ so a new option is one row here. Precedence: command line > `DUCK_PREFORK_<NAME>
 
 from __future__ import annotations
 
+import difflib
 import os
 import string
 import tomllib
@@ -98,11 +99,35 @@ def text(value: str) -> str:
 
 
 def bind_address(value: str) -> str:
-    # Imported here: sockets.py is the one place that knows address syntax.
+    """An address to listen on, in its canonical form: gunicorn's short forms are accepted
+    (`:8000` is every IPv4 interface, `HOST` alone is port 8000)."""
+    # Imported here: listeners.py is the one place that knows address syntax.
     from .net.listeners import parse_bind
 
+    value = value.strip()
+    if value.startswith(":") and value[1:].isdigit():
+        value = "0.0.0.0" + value
+    elif value and not value.startswith(("unix:", "fd://", "[")) and ":" not in value:
+        value += ":8000"
     parse_bind(value)
     return value
+
+
+def access_log_format(value: str) -> str:
+    """A gunicorn-style access log format (%(h)s %(t)s ...), checked against every atom."""
+    from .logs import check_access_format
+
+    if value:  # empty: the default format
+        check_access_format(value)
+    return value
+
+
+def log_config_file(value: str) -> str:
+    """A logging configuration file (.json, .toml, .yaml dictConfig; else an INI fileConfig):
+    checked to exist here, applied by logs.apply_log_config."""
+    if value and not os.path.isfile(value):
+        raise ValueError("no such file")
+    return os.path.abspath(value) if value else ""
 
 
 # RFC 9110 5.6.2: a field name is a token.
@@ -327,7 +352,19 @@ class Config:
              " MiB; checked every few seconds (0: off)")
     preload: bool = option(boolean, False, flag=True,
         help="import the app in the master before forking (shared memory, faster boots); HUP then"
-             " restarts workers without importing it again")
+             " restarts workers without importing it again (not with --reload)")
+    reload: bool = option(boolean, False, flag=True,
+        help="development: watch the source files (watchfiles, pip install 'duck-prefork[reload]')"
+             " and on a change reload the workers as HUP does; a change that breaks the app keeps"
+             " the old workers serving")
+    reload_dir: list[str] = option(directory, [], metavar="DIR", repeatable=True,
+        help="with --reload, watch DIR instead of the working directory; repeat for several")
+    reload_include: list[str] = option(text, [], metavar="GLOB", repeatable=True,
+        help="with --reload, also watch file names matching GLOB (*.py always is); repeat for "
+             "several")
+    reload_exclude: list[str] = option(text, [], metavar="GLOB", repeatable=True,
+        help="with --reload, ignore paths matching GLOB (as well as .git, __pycache__, .venv and "
+             "editor files); repeat for several")
     user: str = option(text, "", metavar="USER",
         help="run workers as USER (name or uid), after the master has bound its sockets")
     group: str = option(text, "", metavar="GROUP",
@@ -350,11 +387,23 @@ class Config:
         help="name shown in process titles")
     access_logfile: str = option(text, "", metavar="PATH|-",
         help="write one access log line per response to PATH, or - for stdout")
+    access_logformat: str = option(access_log_format, "", metavar="FORMAT",
+        help="access log line format with gunicorn's atoms, e.g. '%%(h)s %%(t)s \"%%(r)s\" "
+             "%%(s)s %%(b)s %%(M)s' (default: the combined log format and the duration in ms)")
+    access_log_json: bool = option(boolean, False, flag=True,
+        help="write the access log as one JSON object a line (time, client, method, path, "
+             "status, bytes, duration_ms, referrer, user_agent, ...)")
     error_logfile: str = option(text, "-", metavar="PATH|-",
         help="write the error log to PATH, or - for stderr")
     log_level: str = option(
         one_of("critical", "error", "warning", "info", "debug"), "info", metavar="LEVEL",
         help="error log level: critical, error, warning, info, debug")
+    log_config: str = option(log_config_file, "", metavar="FILE",
+        help="configure Python logging from FILE: a dictConfig in .json, .toml or .yaml, or an "
+             "INI fileConfig; the loggers are duck_prefork.error and duck_prefork.access")
+    capture_output: bool = option(boolean, False, flag=True,
+        help="send the workers' stdout and stderr (the app's print() and unconfigured logging) "
+             "to the error log")
     chdir: str = option(directory, "", metavar="DIR",
         help="change to DIR before loading the app")
     certfile: str = option(file_path, "", metavar="FILE",
@@ -414,7 +463,32 @@ def parse_value(option: Option, raw: str, source: str) -> Any:
         raise ConfigError(f"{source}: {reason}, got {raw!r}") from None
 
 
+# DUCK_PREFORK_* variables that are ours but not options: the pure-Python build's switch
+# (build.PURE_ENV) and what USR2 hands the new image (master/upgrade.py).
+OTHER_ENV = ("DUCK_PREFORK_APP", "DUCK_PREFORK_NO_EXTENSIONS", "DUCK_PREFORK_INHERIT",
+             "DUCK_PREFORK_CHECKED_CONFIG")
+
+
+def closest_option(name: str) -> str | None:
+    """The option whose name is closest to `name` (lowercase, underscores), if any is close."""
+    match = difflib.get_close_matches(name, [option.name for option in OPTIONS] + ["app"], 1,
+                                      0.6)
+    return match[0] if match else None
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """A DUCK_PREFORK_* variable that is no option is a typo: an error naming the closest."""
+    known = {option.env for option in OPTIONS}.union(OTHER_ENV)
+    for key in sorted(environ):
+        if key.startswith(ENV_PREFIX) and key not in known:
+            guess = closest_option(key[len(ENV_PREFIX):].lower())
+            hint = f"; did you mean {ENV_PREFIX}{guess.upper()}?" if guess else ""
+            raise ConfigError(f"{key}: no such option{hint} (every option is "
+                              f"{ENV_PREFIX}<OPTION>, see --help)")
+
+
 def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    check_environment(environ)
     values: dict[str, Any] = {}
     for option in OPTIONS:
         raw = environ.get(option.env)
@@ -454,7 +528,9 @@ def from_table(table: dict[str, Any], source: str) -> tuple[str | None, dict[str
     for key, value in table.items():
         option = OPTIONS_BY_NAME.get(key.replace("-", "_"))
         if option is None or option.name in ("config", "check_config"):
-            raise ConfigError(f"{source}: unknown key {key!r}")
+            guess = closest_option(key.replace("-", "_"))
+            hint = f"; did you mean {guess.replace('_', '-')!r}?" if guess else ""
+            raise ConfigError(f"{source}: unknown key {key!r}{hint}")
         where = f"{source}: {key}"
         if option.repeatable:
             items = value if isinstance(value, list) else [value]
@@ -479,8 +555,17 @@ def from_toml_text(text: str, source: str) -> Config:
 
 
 def check_combinations(config: Config) -> Config:
-    """Options that only make sense together (TLS); raises ConfigError naming them."""
+    """Options that only make sense together (TLS) or contradict each other; raises ConfigError
+    naming them."""
     from .net.listeners import parse_bind
+
+    if config.reload and config.preload:
+        raise ConfigError("--reload cannot be combined with --preload: --preload keeps the "
+                          "master's copy of the app, which a reload would not re-import; drop "
+                          "--preload in development")
+    if config.access_log_json and config.access_logformat:
+        raise ConfigError("--access-log-json and --access-logformat exclude each other: pick "
+                          "one")
 
     binds = [parse_bind(value) for value in config.bind]
     has_certificate = bool(config.certfile or config.cert)

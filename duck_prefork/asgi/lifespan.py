@@ -58,8 +58,9 @@ class Lifespan:
         if self.mode == "auto":
             # An app without lifespan support raises on the unknown scope type, returns, or
             # answers as if it were an HTTP request.
-            log.info("ASGI lifespan not supported by the app (%r); continuing without it",
-                     reply if kind is None else kind)
+            log.info("the app does not support the ASGI lifespan protocol (%s); serving "
+                     "without lifespan startup and shutdown (--lifespan auto)",
+                     _why_unsupported(reply, kind))
             return
         if kind is not None:
             raise LifespanFailure(f"lifespan startup failed: unexpected message {kind!r}")
@@ -84,3 +85,13 @@ class Lifespan:
         elif isinstance(reply, BaseException):
             log.error("lifespan shutdown raised %s: %s", type(reply).__name__, reply)
         await asyncio.wait([self._task], timeout=1.0)
+
+
+def _why_unsupported(reply: object, kind: object) -> str:
+    """What the app did with the lifespan scope, for the log line of --lifespan auto."""
+    if isinstance(reply, BaseException):
+        return f"it raised {type(reply).__name__}: {reply}" if str(reply) else \
+            f"it raised {type(reply).__name__}"
+    if reply is None:
+        return "it returned without answering lifespan.startup"
+    return f"it answered lifespan.startup with {kind!r}"

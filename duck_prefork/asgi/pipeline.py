@@ -331,6 +331,7 @@ class ASGI:
         """The one access log path: one line per response, HTTP and WebSocket handshakes alike.
         `client` is the client as the app saw it (after trusted proxy headers)."""
         if self.access_log is not None:
+            # The facts only: the writer thread formats the line (logs.AccessLog).
             self.access_log.write(
-                client, stream.method, stream.target.decode("latin-1"), stream.http_version,
-                status, size, asyncio.get_running_loop().time() - stream.start_time)
+                client, stream.method, stream.target, stream.http_version, status, size,
+                asyncio.get_running_loop().time() - stream.start_time, stream.headers)

@@ -31,12 +31,13 @@ Parser contract, as used by HttpConnection.handle_events:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
 
-from ..logs import FailureLog, log
+from ..logs import FailureLog, log, plural
 from ..net.stages import ConnectionFacts, StagedConnection, TransportProtocol
 from ..stream import StreamHandler, Waiter, http_date
 from .request_head import DEFAULT_LIMITS, Limits, ParseError
@@ -94,6 +95,8 @@ class ServerState:
         self.header_timeout = header_timeout
         self.send_timeout = send_timeout
         self.timing = timing  # record request start times (only the access log needs them)
+        # --log-level debug: a line per connection opened and closed (never per request).
+        self.debug = log.isEnabledFor(logging.DEBUG)
         # Offered each request that asks for a protocol switch: takes the connection over and
         # returns True, or returns False to serve it as plain HTTP (websocket.py; None: --ws none).
         self.upgrade = upgrade
@@ -124,8 +127,9 @@ class ServerState:
         path."""
         self.refresh_date()
         if self.refused_busy:
-            log.warning("--limit-concurrency %d reached: answered %d requests with 503",
-                        self.concurrency, self.refused_busy)
+            log.warning("--limit-concurrency %d reached: answered %d %s with 503",
+                        self.concurrency, self.refused_busy,
+                        "request" if self.refused_busy == 1 else "requests")
             self.refused_busy = 0
         for task in [task for task in self.tasks if task.done()]:
             # A request's task counts itself out when its stream is released; one cancelled
@@ -298,6 +302,8 @@ class HttpConnection(FlowControlledProtocol):
             transport.resume_reading()  # paused by a stage: the first request head is wanted
         self.state.connections.add(self)
         self.idle_since = self.state.loop.time()
+        if self.state.debug:
+            log.debug("connection from %s to %s", _peer(self.client), _peer(self.server))
 
     def data_received(self, data: bytes) -> None:
         if self.input_done:
@@ -317,6 +323,9 @@ class HttpConnection(FlowControlledProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.state.connections.discard(self)
+        if self.state.debug:
+            log.debug("connection from %s closed after %s%s", _peer(self.client),
+                      plural(self.served, "request"), f" ({exc})" if exc else "")
         request = self.request
         if request is not None:
             request.closed = True
@@ -484,3 +493,10 @@ class HttpConnection(FlowControlledProtocol):
             if self.served == 0 and not state.draining:
                 self.write(encode_error(408, state.date_header))
             self.close()
+
+
+def _peer(address: Any) -> str:
+    """host:port of a TCP peer, the path of a unix socket's, for debug lines."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address or "-")

@@ -5,7 +5,8 @@ state and a table of transitions (lifecycle.py); health verdicts and memory read
 (health.py); worker slots, their crash back-off and --reuse-port sockets (slots.py); every
 system call it makes, through one narrow interface (processes.py); USR2's upgrade in place
 (upgrade.py); systemd's notify protocol and status line (systemd.py); the pid file
-(pidfile.py); what runs before the loop (startup.py).
+(pidfile.py); what runs before the loop (startup.py); --reload's watcher, a process of its own
+that sends HUP (reload.py).
 May import: config, logs, hooks, net (listeners), and worker (to run a worker after fork and
 read its channel). Never an event loop, never a thread: see supervisor.py.
 """

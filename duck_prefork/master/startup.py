@@ -11,13 +11,13 @@ import time
 from collections.abc import Callable
 
 from .. import logs
-from ..config import Config
+from ..config import Config, ConfigError
 from ..net.listeners import bind_all, from_systemd, mark_tls, tls_by_default
 from ..tls.context import TlsError, tls_configured
 from ..tls.context import load as load_certificates
 from ..tls.keeper import CertificateKeeper, log_certificates
 from ..worker.process import EXIT_BOOT_FAILED, BootFailure, load_application, resolve_user
-from . import upgrade
+from . import reload, upgrade
 from .pidfile import remove_pid_file, write_pid_file
 from .supervisor import EXIT_CONFIG, Master
 
@@ -30,6 +30,19 @@ def run_master(config: Config, reload_config: Callable[[], Config] | None = None
     except OSError as exc:
         print(f"duck-prefork: error: --error-logfile: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if config.log_config:
+        try:
+            logs.load_log_config(config.log_config)
+        except ValueError as exc:
+            print(f"duck-prefork: error: --log-config: {config.log_config}: {exc}",
+                  file=sys.stderr)
+            return EXIT_CONFIG
+    if config.reload:
+        try:
+            reload.check_available()
+        except ConfigError as exc:
+            print(f"duck-prefork: error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     if config.access_logfile and config.access_logfile != "-":
         try:
             open(config.access_logfile, "a").close()

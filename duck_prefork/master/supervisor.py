@@ -39,6 +39,7 @@ from ..worker.process import (
 from . import health, slots, upgrade
 from .lifecycle import Event, WorkerProcess
 from .processes import Processes, signal_name
+from .reload import Watcher
 from .slots import Slot
 from .systemd import Notifier, status_line
 
@@ -67,6 +68,7 @@ AFTER_A_BUG = 0.5
 # Options a HUP cannot apply, and what does: they shape the master itself or its listeners,
 # which live across reloads. Everything else reaches the new workers.
 _LISTENERS = "the listeners are kept across HUP and USR2: it takes a restart"
+_WATCHER = "the --reload watcher is started once: it takes USR2 or a restart"
 RESTART_ONLY = {
     "bind": _LISTENERS,
     "backlog": _LISTENERS,
@@ -79,6 +81,11 @@ RESTART_ONLY = {
     "log_level": "the master's error log is kept: it takes USR2 or a restart",
     "user": "the master checked the user at start: it takes USR2 or a restart",
     "group": "the master checked the group at start: it takes USR2 or a restart",
+    "log_config": "the logging configuration is applied once: it takes USR2 or a restart",
+    "reload": _WATCHER,
+    "reload_dir": _WATCHER,
+    "reload_include": _WATCHER,
+    "reload_exclude": _WATCHER,
 }
 
 
@@ -108,6 +115,8 @@ class Master:
     last_reload: str = ""  # when the last reload finished, for STATUS=
     processes: Processes = field(default_factory=Processes)
     image_check: upgrade.ImageCheck | None = None  # USR2: the new image being tried
+    watcher: Watcher | None = None  # --reload: the process that sends us HUP on a change
+    last_failure: str = ""  # the last boot failure logged with its cause (logged once)
     bug_seen: bool = False  # a step of the loop raised since the last wait
     certificates: CertificateKeeper | None = None  # TLS: what the workers are forked with
 
@@ -141,6 +150,7 @@ class Master:
             if self.image_check is not None:
                 self._signal(self.image_check.pid, signal.SIGKILL)
                 self.processes.wait(self.image_check.pid)
+            self.stop_watcher()
             for listener in self.listeners:
                 listener.close(unlink=True)
             signal.set_wakeup_fd(-1)
@@ -158,6 +168,16 @@ class Master:
             run_hook("on-starting", self.config.on_starting, self.config)
             for number in self.slots:
                 self.guarded(f"starting worker {number}", self.spawn, number)
+        if self.config.reload:
+            self.guarded("starting the --reload watcher", self.start_watcher)
+
+    def start_watcher(self) -> None:
+        self.watcher = Watcher(self.config, self.processes, logs.error_stream().fileno())
+
+    def stop_watcher(self) -> None:
+        watcher, self.watcher = self.watcher, None
+        if watcher is not None:
+            watcher.stop()
 
     def step(self) -> None:
         """One round of the loop: wait, then act on what happened and on what is due."""
@@ -249,6 +269,8 @@ class Master:
         while self.pending_signals:
             signum = self.pending_signals.pop(0)
             name = HANDLED_SIGNALS[signal.Signals(signum)]
+            if signum != signal.SIGCHLD:
+                log.debug("received SIG%s", name.upper())
             self.guarded(f"handling {name.upper()}", getattr(self, "handle_" + name))
 
     # --- signal handlers -------------------------------------------------------------------
@@ -279,6 +301,7 @@ class Master:
         A bad configuration or new workers that cannot boot leave the old ones serving."""
         if self.stopping:
             return
+        self.last_failure = ""
         if self.reload_config is not None:
             try:
                 config = self.reload_config()
@@ -322,8 +345,8 @@ class Master:
         while len(self.slots) > self.config.workers:
             self.remove_slot()
         current = [w for w in self.workers.values() if not w.retiring and w.replaces is None]
-        log.info("%s: reloading %d workers (each old one stops once its new one is ready)",
-                 why, len(current))
+        log.info("%s: reloading %s (each old one stops once its new one is ready)",
+                 why, logs.plural(len(current), "worker"))
         for worker in current:
             self.replace(worker)
         while len(self.slots) < self.config.workers and self.add_slot():
@@ -414,9 +437,10 @@ class Master:
             return
         workers = [upgrade.InheritedWorker(w.pid, w.number, w.channel, w.ever_ready, w.retiring)
                    for w in self.workers.values()]
-        log.info("USR2: re-executing the master (pid %d) with %d workers serving",
-                 os.getpid(), len(workers))
+        log.info("USR2: re-executing the master (pid %d) with %s serving",
+                 os.getpid(), logs.plural(len(workers), "worker"))
         self.notifier.reloading()  # READY=1 comes from the new image once its workers serve
+        self.stop_watcher()  # the new image starts its own
         try:
             upgrade.exec_new_image(self.argv, self.listeners, workers, self.processes,
                                   HANDLED_SIGNALS, self._take_pending_signals,
@@ -568,13 +592,20 @@ class Master:
         if not self.booted and all(w.ever_ready for w in self.workers.values()) \
                 and len(self.workers) == len(self.slots):
             self.booted = True
-            log.info("ready: %d workers serving", len(self.workers))
+            log.info("ready: %s serving", logs.plural(len(self.workers), "worker"))
             self.notifier.ready(self.status_line())
 
     def reap_workers(self) -> None:
         for pid, code in self.processes.reap():
             if self.image_check is not None and pid == self.image_check.pid:
                 self.guarded("finishing USR2", self.on_image_checked, code)
+                continue
+            if self.watcher is not None and pid == self.watcher.pid:
+                self.watcher = None
+                if not self.stopping:
+                    log.error("the --reload watcher exited (%s); changes are not watched any "
+                              "more (HUP still reloads)", f"code {code}" if code >= 0
+                              else f"killed by {signal_name(-code)}")
                 continue
             worker = self.workers.pop(pid, None)
             if worker is None:
@@ -599,9 +630,16 @@ class Master:
             return
         if worker.replaces is not None:
             # A replacement (reload, recycle) that could not boot: its predecessor serves on.
+            # The same failure in every new worker (a syntax error under --reload): its
+            # traceback is logged once.
+            failure = worker.failure
+            if failure and failure == self.last_failure:
+                failure = "the same failure as above"
+            elif failure:
+                self.last_failure = failure
             log.error("new worker %d (pid %d) %s before it was ready; pid %d keeps serving%s",
                       worker.number, worker.pid, how, worker.replaces,
-                      f": {worker.failure}" if worker.failure else "")
+                      f": {failure}" if failure else "")
             self.report_state()
             return
         if worker.retiring:
@@ -736,7 +774,8 @@ class Master:
             self._signal(check.pid, signal.SIGKILL)
         if self.stopping and self.workers and now >= self.stop_deadline:
             if self.graceful:
-                log.warning("graceful stop took too long: killing %d workers", len(self.workers))
+                log.warning("graceful stop took too long: killing %s",
+                            logs.plural(len(self.workers), "worker"))
                 self.graceful = False
             self.kill_all(signal.SIGKILL)
             self.stop_deadline = now + 1.0

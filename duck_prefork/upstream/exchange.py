@@ -366,6 +366,7 @@ class Exchange:
         taken = self.upstream_time
         extra = f" upstream={self.pool.upstream.name} upstream_time=" + \
             (f"{taken:.6f}" if taken is not None else "-")
-        access_log.write(self.request.scope["client"], stream.method,
-                         stream.target.decode("latin-1"), stream.http_version, status, size,
-                         asyncio.get_running_loop().time() - stream.start_time, extra)
+        access_log.write(self.request.scope["client"], stream.method, stream.target,
+                         stream.http_version, status, size,
+                         asyncio.get_running_loop().time() - stream.start_time, stream.headers,
+                         extra)

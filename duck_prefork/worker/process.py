@@ -131,6 +131,8 @@ class Worker:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGINT)
         if os.getppid() != master_pid:
             os._exit(0)
+        if self.config.capture_output:
+            logs.capture_output()
         run_hook("post-fork", self.config.post_fork, self.config, self.number)
         code = 0
         try:
@@ -171,7 +173,7 @@ class Worker:
             detail = "".join(traceback.format_exception(cause)).rstrip() if cause else ""
             raise BootFailure(f"{exc}\n{detail}".rstrip()) from None
 
-        access_log = logs.AccessLog(config.access_logfile) if config.access_logfile else None
+        access_log = make_access_log(config)
         self.access_log = access_log
         proxy = None if config.no_proxy_headers else ProxyHeaders(config.forwarded_allow_ips)
         pipeline = build_pipeline(config, root_path=config.root_path, state=lifespan_state,
@@ -207,20 +209,27 @@ class Worker:
         # walk what requests allocate. Measured: see the project's bench notes.
         gc.freeze()
         self.channel.send(channel.READY)
-        log.debug("serving (pid %d)", os.getpid())
+        log.debug("serving (pid %d): app %s, parser %s, websockets %s, lifespan %s, access log "
+                  "%s, listening on %s", os.getpid(), config.app or "demo",
+                  parser_class(config.http).__name__, config.ws,
+                  "on" if lifespan.supported else "off",
+                  "on" if access_log is not None else "off",
+                  ", ".join(listener.describe() for listener in self.listeners
+                            if listener.serves(self.number)))
 
         await self.stopping.wait()
-        log.info("draining: %d open connections, %d requests in flight",
-                 len(state.connections) + len(state.staging), len(state.tasks))
+        log.info("draining: %s open, %s in flight",
+                 logs.plural(len(state.connections) + len(state.staging), "connection"),
+                 logs.plural(len(state.tasks), "request"))
         for acceptor in acceptors:
             acceptor.stop(sweep=self.sweep_on_stop)
         state.start_draining()
         try:
             await asyncio.wait_for(state.drained.wait(), config.graceful_timeout)
         except TimeoutError:
-            log.warning("graceful timeout (%.0f s): cancelling %d requests, closing %d "
-                        "connections", config.graceful_timeout, len(state.tasks),
-                        len(state.connections) + len(state.staging))
+            log.warning("graceful timeout (%.0f s): cancelling %s, closing %s",
+                        config.graceful_timeout, logs.plural(len(state.tasks), "request"),
+                        logs.plural(len(state.connections) + len(state.staging), "connection"))
             for task in list(state.tasks):
                 task.cancel()
             for connection in [*state.staging, *state.connections, *state.websockets]:
@@ -231,7 +240,7 @@ class Worker:
             pipeline.close()
         await lifespan.shutdown(LIFESPAN_SHUTDOWN_TIMEOUT)
         self._ticker.cancel()
-        log.info("stopped after serving %d requests", state.requests_served)
+        log.info("stopped after serving %s", logs.plural(state.requests_served, "request"))
 
     def _tls_server(self, loop: asyncio.AbstractEventLoop) -> TlsServer | None:
         if not any(listener.tls for listener in self.listeners):
@@ -274,6 +283,17 @@ class Worker:
         if self.recycle_after and state.requests_served >= self.recycle_after:
             self.recycle_after = 0  # asked once; the master replaces us, then sends TERM
             self.channel.send(channel.RECYCLE)
+
+
+def make_access_log(config: Config) -> logs.AccessLog | None:
+    """The access log, when --access-logfile is set or a --log-config gives duck_prefork.access
+    a handler (the lines then go through that logger); None (the default) costs nothing per
+    request."""
+    logger = logs.access_logger if logs.access_logger_configured() else None
+    if not config.access_logfile and logger is None:
+        return None
+    formatter = logs.access_formatter(config.access_logformat, config.access_log_json)
+    return logs.AccessLog(config.access_logfile, formatter=formatter, logger=logger)
 
 
 def connection_plans(config: Config, listeners: list[Listener], state: ServerState,

@@ -86,7 +86,7 @@ class Server:
         return wait_for(found, timeout, f"log line {pattern!r}")
 
     def wait_ready(self, timeout: float = 20.0) -> Server:
-        self.wait_log(r"ready: \d+ workers serving", timeout=timeout)
+        self.wait_log(r"ready: \d+ workers? serving", timeout=timeout)
         self.worker_pids()
         return self
 

@@ -313,7 +313,7 @@ def django(tmp_path_factory):
 def test_django_starts_without_lifespan(django):
     # Django's handler rejects the lifespan scope; in auto mode that is not an error.
     django.wait_log(r"ready: 2 workers serving")
-    assert "lifespan not supported" in django.log()
+    assert "does not support the ASGI lifespan protocol" in django.log()
     status, _, body = django.request("GET", "/")
     assert (status, body) == (200, b"hello from django")
 

@@ -114,7 +114,8 @@ def test_lifespan_on_and_app_raising_exits_3_with_the_traceback(start_server):
 
 def test_lifespan_auto_tolerates_an_app_without_lifespan(start_server):
     server = start_server("tests.apps.broken:lifespan_raises", "--lifespan", "auto")
-    assert "lifespan not supported" in server.log()
+    assert "the app does not support the ASGI lifespan protocol (it raised RuntimeError: " \
+        "lifespan exploded)" in server.log()
 
 
 def test_factory_and_dotted_attributes(start_server):

@@ -480,7 +480,7 @@ def test_websocket_upgrade_is_tunnelled(front):
         assert closed.value.rcvd.code == 1000
     still_serving(front)
     log = front.log_path.parent / "access.log"
-    wait_for(lambda: re.search(r'"GET /ws/chat HTTP/1.1" 101 0 \S+ upstream=http://',
+    wait_for(lambda: re.search(r'"GET /ws/chat HTTP/1.1" 101 - "[^"]*" "[^"]*" \d+ upstream=http://',
                                log.read_text()), what="the 101's access log line")
 
 

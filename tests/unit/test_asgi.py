@@ -589,6 +589,7 @@ def test_access_log_gets_one_line_per_response():
 
     connection, _ = serve(responder(), access_log=Log(), target=b"/p?q=1")
     assert len(lines) == 1
-    client, method, target, version, status, size, duration = lines[0]
+    client, method, target, version, status, size, duration, headers = lines[0]
     assert (client, method, target, version, status, size) == \
-        (CLIENT, "GET", "/p?q=1", "1.1", 200, 5)
+        (CLIENT, "GET", b"/p?q=1", "1.1", 200, 5)
+    assert isinstance(headers, list)  # the request's, by reference: formatted by the thread

@@ -167,12 +167,12 @@ def test_environment_flag_can_be_false():
     ([], {"DUCK_PREFORK_HTTP": "fast"}, "DUCK_PREFORK_HTTP"),
     (["--log-level", "loud"], {}, "--log-level"),
     (["--root-path", "api"], {}, "--root-path"),
-    (["--bind", "nonsense"], {}, "--bind"),
+    (["--bind", "nonsense:port"], {}, "--bind"),
     ([], {"DUCK_PREFORK_WORKERS": "0"}, "DUCK_PREFORK_WORKERS"),
     ([], {"DUCK_PREFORK_WORKERS": "x"}, "DUCK_PREFORK_WORKERS"),
     ([], {"DUCK_PREFORK_KEEP_ALIVE": "soon"}, "DUCK_PREFORK_KEEP_ALIVE"),
     ([], {"DUCK_PREFORK_FACTORY": "maybe"}, "DUCK_PREFORK_FACTORY"),
-    ([], {"DUCK_PREFORK_BIND": "127.0.0.1:1,nonsense"}, "DUCK_PREFORK_BIND"),
+    ([], {"DUCK_PREFORK_BIND": "127.0.0.1:1,nonsense:port"}, "DUCK_PREFORK_BIND"),
 ])
 def test_config_error_names_the_option(argv, environ, name):
     with pytest.raises(ConfigError) as info:

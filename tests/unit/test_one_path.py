@@ -44,10 +44,12 @@ def logged(monkeypatch) -> list[tuple]:
         def __init__(self, also) -> None:
             self.also = also
 
-        def write(self, client, method, target, version, status, size, duration) -> None:
-            calls.append((method, target.encode("latin-1"), client, status, size))
+        def write(self, client, method, target, version, status, size, duration,
+                  headers=(), extra="") -> None:
+            calls.append((method, target, client, status, size))
             if self.also is not None:
-                self.also.write(client, method, target, version, status, size, duration)
+                self.also.write(client, method, target, version, status, size, duration,
+                                headers, extra)
 
     def pipeline(**options) -> ASGI:
         return ASGI(**{**options, "access_log": Recorder(options.get("access_log"))})
@@ -64,7 +66,7 @@ def test_http_responses_are_logged_through_the_one_path(logged):
     log = Log()
     serve(responder(), access_log=log, target=b"/p?q=1")
     assert logged == [("GET", b"/p?q=1", CLIENT, 200, 5)]
-    assert [line[:6] for line in log.lines] == [(CLIENT, "GET", "/p?q=1", "1.1", 200, 5)]
+    assert [line[:6] for line in log.lines] == [(CLIENT, "GET", b"/p?q=1", "1.1", 200, 5)]
 
 
 def test_the_500_of_a_failing_app_is_logged_through_the_one_path(logged):
