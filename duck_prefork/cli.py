@@ -37,10 +37,11 @@ ALIASES: dict[str, str] = {
     "-p": "pid",  # gunicorn
     "-n": "name",  # gunicorn
     "-t": "timeout",  # gunicorn
-    # TLS (issue 15), to be added by the lead: "--ssl-certfile": "certfile", "--ssl-keyfile":
-    # "keyfile", "--ssl-ca-certs": "ca_certs". uvicorn's --ssl-keyfile-password takes the
-    # password itself, ours --keyfile-password-file a file: not the same meaning (refuse it in
-    # REFUSED, pointing at --keyfile-password-file, or map it with care).
+    "--ssl-certfile": "certfile",  # uvicorn (gunicorn's --certfile is ours)
+    "--ssl-keyfile": "keyfile",  # uvicorn (gunicorn's --keyfile is ours)
+    "--ssl-ca-certs": "ca_certs",  # uvicorn (gunicorn's --ca-certs is ours)
+    "--ssl-ciphers": "ciphers",  # uvicorn (gunicorn's --ciphers is ours)
+    # uvicorn's --ssl-keyfile-password takes the password itself, ours a file: refused below.
 }
 
 # uvicorn's ways of giving an address: each adds one address to the --bind list.
@@ -66,6 +67,12 @@ REFUSED: tuple[tuple[tuple[str, ...], bool, str], ...] = (
      "workers always run uvloop: drop the option (--loop uvloop or auto is accepted)"),
     (("-D", "--daemon"), False,
      "run it in the foreground under systemd (see systemd/) or another supervisor"),
+    (("--ssl-keyfile-password",), True,
+     "put the password in a file and give --keyfile-password-file FILE (not on the command "
+     "line, where ps shows it)"),
+    (("--ssl-cert-reqs", "--cert-reqs"), True,
+     "use --client-cert none|optional|required (with --ca-certs)"),
+    (("--ssl-version",), True, "use --tls-min-version 1.2|1.3"),
 )
 _SAME_LOOP = ("auto", "uvloop")  # --loop values that ask for what we do anyway
 

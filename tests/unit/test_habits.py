@@ -46,6 +46,11 @@ def refused(capsys, *argv: str) -> str:
     (["-p", "/tmp/x.pid"], "pid", "/tmp/x.pid"),
     (["-n", "shop"], "name", "shop"),
     (["-t", "12"], "timeout", 12.0),
+    (["--ssl-certfile", "/etc/ssl/a.pem"], "certfile", "/etc/ssl/a.pem"),
+    (["--ssl-keyfile", "/etc/ssl/a.key", "--certfile", "/etc/ssl/a.pem"], "keyfile",
+     "/etc/ssl/a.key"),
+    (["--ssl-ca-certs", "/etc/ssl/ca.pem"], "ca_certs", "/etc/ssl/ca.pem"),
+    (["--ssl-ciphers", "ECDHE+AESGCM"], "ciphers", "ECDHE+AESGCM"),
     (["--proxy-headers"], "no_proxy_headers", False),
     (["--no-proxy-headers", "--proxy-headers"], "no_proxy_headers", False),
     (["--proxy-headers", "--no-proxy-headers"], "no_proxy_headers", True),
@@ -108,6 +113,10 @@ def test_a_bad_port_names_the_flag():
     (["--loop", "asyncio"], "uvloop"),
     (["-D"], "systemd"),
     (["--daemon"], "systemd"),
+    (["--ssl-keyfile-password", "secret"], "--keyfile-password-file"),
+    (["--ssl-cert-reqs", "2"], "--client-cert"),
+    (["--cert-reqs", "2"], "--client-cert"),
+    (["--ssl-version", "17"], "--tls-min-version"),
 ])
 def test_habit_flags_without_an_equivalent_are_refused_with_advice(capsys, argv, advice):
     err = refused(capsys, *argv)
