@@ -462,6 +462,7 @@ def _closes(port: int, data: bytes, reset: bool = False) -> bytes:
         return received
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1 is deprecated:DeprecationWarning")
 def test_hostile_clients_are_closed_and_summarized(start_server, certs):
     server = start_server(BASIC, "--workers", "1", *tls_args(certs), "--tls-handshake-timeout",
                           "1", bind="https://127.0.0.1:0")
