@@ -32,6 +32,7 @@ from typing import Any
 import h11
 
 from ..logs import log
+from ..net.stages import TransportProtocol
 from ..stream import Waiter
 from .routes import Upstream
 
@@ -74,19 +75,18 @@ class UpstreamFailure(Exception):
         self.status = status
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(TransportProtocol):
     """One connection to an upstream: h11 client side, events queued for the exchange, flow
-    control both ways; once a 101 is answered, the upstream end of a tunnel (tunnel.py)."""
-
-    transport: asyncio.Transport
+    control both ways; once a 101 is answered, the upstream end of a tunnel (tunnel.py).
+    Pausing, resuming, closing and aborting are TransportProtocol's."""
 
     def __init__(self, pool: Pool) -> None:
+        super().__init__()
         self.pool = pool
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self.events: deque[Any] = deque()
         self.buffered = 0  # body bytes in self.events
         self.waiter = Waiter()  # the exchange, waiting for an event or for drain
-        self.closed = False  # the connection is closing or gone
         self.failure: UpstreamFailure | None = None  # why the exchange cannot go on
         self.reused = False  # lent before: it may have been closed by the upstream meanwhile
         self.received_any = False  # bytes came back during the current exchange
@@ -96,8 +96,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_checked = 0  # where the next head starts in raw_head
         self.waiting_since: float | None = None  # the exchange waits on the upstream since
         self.idle_since = 0.0
-        self.read_paused = False
-        self.write_paused = False
         self.tunnel: Any = None  # the Tunnel, once this connection carries one
 
     # --- asyncio callbacks --------------------------------------------------------------
@@ -183,9 +181,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.failure = UpstreamFailure(
                 502, f"upstream {self.pool.upstream.name}: invalid response: {exc}")
             self.abort()
-        if self.buffered > HIGH_WATER and not self.read_paused and not self.closed:
-            self.read_paused = True
-            self.transport.pause_reading()
+        if self.buffered > HIGH_WATER:
+            self.pause_reading()
         self.waiter.wake()
 
     def _check_head(self, event: Any, final: bool) -> None:
@@ -232,9 +229,8 @@ class UpstreamConnection(asyncio.Protocol):
         event = events.popleft()
         if type(event) is h11.Data:
             self.buffered -= len(event.data)
-            if self.read_paused and self.buffered <= HIGH_WATER // 2 and not self.closed:
-                self.read_paused = False
-                self.transport.resume_reading()
+            if self.buffered <= HIGH_WATER // 2:
+                self.resume_reading()
         return event
 
     async def drain(self) -> None:
@@ -266,16 +262,6 @@ class UpstreamConnection(asyncio.Protocol):
         conn = self.h11
         return (not self.closed and self.failure is None and conn.our_state is h11.DONE
                 and conn.their_state is h11.DONE and not self.events)
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.transport.close()
-
-    def abort(self) -> None:
-        self.closed = True
-        self.transport.abort()
-
 
 class Pool:
     """The connections of one worker to one upstream (see the module docstring)."""
