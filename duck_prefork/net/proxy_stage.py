@@ -108,11 +108,12 @@ class ProxyHeaderStage(Stage):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done:
+            # Closed by the sweep (its ticks are a second apart), or by the client.
             link = self.link
             timed_out = link.plan.registry.loop.time() - link.stage_started >= \
                 self.timeout - 1.0
             self.done = True
-            self.server.failed("timed out" if timed_out and link.closed else "connection lost")
+            self.server.failed("timed out" if timed_out else "connection lost")
 
     def _fail(self, reason: str) -> None:
         if not self.done:
