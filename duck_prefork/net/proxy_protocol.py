@@ -122,7 +122,7 @@ def parse(buffer: bytes, accept: str = "any") -> tuple[ProxyHeader, int] | None:
     first = buffer[0]
     if first == V1_PREFIX[0]:
         if accept == "v2":
-            raise ProxyProtocolError("a v1 header where v2 is required")
+            raise ProxyProtocolError("v1 header where v2 is required")
         return _parse_v1(buffer)
     if first == V2_SIGNATURE[0]:
         if accept == "v1":
@@ -130,7 +130,7 @@ def parse(buffer: bytes, accept: str = "any") -> tuple[ProxyHeader, int] | None:
             if V2_SIGNATURE.startswith(buffer[:12]):
                 if len(buffer) < 12:
                     return None
-                raise ProxyProtocolError("a v2 header where v1 is required")
+                raise ProxyProtocolError("v2 header where v1 is required")
             raise ProxyProtocolError("no PROXY header")
         return _parse_v2(buffer)
     raise ProxyProtocolError("no PROXY header")
