@@ -133,12 +133,12 @@ def test_v2_local_uses_the_sockets_own_addresses(servers):
         assert scope["proxy_protocol"]["command"] == "LOCAL"
 
 
-def test_unknown_client_is_none_and_the_server_the_sockets_own(servers):
-    for header in (b"PROXY UNKNOWN\r\n", v2(family=UNSPEC, transport=0)):
-        outcomes = on_each(servers, lambda server: (scopes_after(server.port, header),
-                                                    server.port))
-        for (scope,), port in outcomes.values():
-            assert scope["client"] is None and scope["server"] == ["127.0.0.1", port]
+@pytest.mark.parametrize("header", [b"PROXY UNKNOWN\r\n", v2(family=UNSPEC, transport=0)],
+                         ids=["v1", "v2"])
+def test_unknown_client_is_none_and_the_server_the_sockets_own(servers, header):
+    outcomes = on_each(servers, lambda server: (scopes_after(server.port, header), server.port))
+    for (scope,), port in outcomes.values():
+        assert scope["client"] is None and scope["server"] == ["127.0.0.1", port]
 
 
 def test_pipelined_requests_after_the_header_all_carry_it(servers):
