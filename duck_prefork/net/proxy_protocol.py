@@ -12,7 +12,8 @@ header is refused at once, not after the timeout). It never reads past the heade
         PROXY TCP4 192.0.2.1 198.51.100.1 56324 443\\r\\n      (TCP6 likewise)
         PROXY UNKNOWN[ anything]\\r\\n                          (the client is unknown)
       single spaces, addresses as the family writes them (IPv4 dotted quad, no leading zeros;
-      IPv6 per RFC 4291, no zone), ports 0..65535 in decimal with no leading zeros.
+      IPv6 per RFC 4291, no zone), ports 0..65535 in decimal with no leading zeros. Addresses
+      are given in their canonical text form (inet_ntop: 2001:db8::7, ::ffff:192.0.2.1).
   v2  binary: the 12-byte signature, version 2 and the command (LOCAL 0, PROXY 1), the family
       and transport, the length of what follows (the addresses, then TLVs). LOCAL (the
       balancer's own connection: health checks) ignores everything after the length. PROXY
@@ -29,8 +30,8 @@ is refused as soon as its length is read, so a peer cannot make a connection buf
 
 from __future__ import annotations
 
-import ipaddress
 import re
+import socket
 from typing import Any, Final
 
 from ..errors import ProxyProtocolError
@@ -70,8 +71,7 @@ _SSL_SUBTYPES: Final = {0x21: "version", 0x22: "cn", 0x23: "cipher", 0x24: "sig_
                         0x25: "key_alg"}
 
 _PORT = re.compile(rb"0|[1-9][0-9]{0,4}")
-_IPV4 = re.compile(rb"(?:0|[1-9][0-9]{0,2})(?:\.(?:0|[1-9][0-9]{0,2})){3}")
-_IPV6 = re.compile(rb"[0-9A-Fa-f:.]{2,45}")
+_V1_FAMILIES: Final = {b"TCP4": socket.AF_INET, b"TCP6": socket.AF_INET6}
 
 
 class ProxyHeader:
@@ -158,36 +158,26 @@ def _parse_v1(buffer: bytes) -> tuple[ProxyHeader, int] | None:
     if len(parts) != 5:
         raise ProxyProtocolError("v1 header: expected TCP4|TCP6 SRC DST SPORT DPORT")
     family, source, destination, source_port, destination_port = parts
-    if family == b"TCP4":
-        client_host = _v1_ipv4(source)
-        server_host = _v1_ipv4(destination)
-    elif family == b"TCP6":
-        client_host = _v1_ipv6(source)
-        server_host = _v1_ipv6(destination)
-    else:
+    address_family = _V1_FAMILIES.get(family)
+    if address_family is None:
         raise ProxyProtocolError(f"v1 header: unknown protocol {family[:16]!r}")
+    client_host = _v1_address(address_family, source)
+    server_host = _v1_address(address_family, destination)
     header = ProxyHeader(1, PROXY, family.decode("ascii"),
                          (client_host, _v1_port(source_port)),
                          (server_host, _v1_port(destination_port)))
     return header, end + 2
 
 
-def _v1_ipv4(text: bytes) -> str:
-    if _IPV4.fullmatch(text) is None:
-        raise ProxyProtocolError(f"v1 header: bad IPv4 address {text[:40]!r}")
+def _v1_address(family: int, text: bytes) -> str:
+    """An address as v1 writes it, in its canonical text form. glibc's inet_pton is strict:
+    an IPv4 dotted quad of four decimal parts with no leading zeros, an IPv6 address with no
+    zone or brackets."""
     try:
-        return str(ipaddress.IPv4Address(text.decode("ascii")))
-    except ValueError:
-        raise ProxyProtocolError(f"v1 header: bad IPv4 address {text[:40]!r}") from None
-
-
-def _v1_ipv6(text: bytes) -> str:
-    if _IPV6.fullmatch(text) is None:  # (also keeps out a %zone, which ipaddress would take)
-        raise ProxyProtocolError(f"v1 header: bad IPv6 address {text[:46]!r}")
-    try:
-        return str(ipaddress.IPv6Address(text.decode("ascii")))
-    except ValueError:
-        raise ProxyProtocolError(f"v1 header: bad IPv6 address {text[:46]!r}") from None
+        return socket.inet_ntop(family, socket.inet_pton(family, text.decode("ascii")))
+    except (OSError, UnicodeDecodeError, ValueError):
+        name = "IPv4" if family == socket.AF_INET else "IPv6"
+        raise ProxyProtocolError(f"v1 header: bad {name} address {text[:46]!r}") from None
 
 
 def _v1_port(text: bytes) -> int:
@@ -235,11 +225,15 @@ def _parse_v2(buffer: bytes) -> tuple[ProxyHeader, int] | None:
     block = buffer[V2_HEADER:total]
     header = ProxyHeader(2, PROXY, family)
     if family == "INET":
-        header.client = (str(ipaddress.IPv4Address(block[0:4])), int.from_bytes(block[8:10]))
-        header.server = (str(ipaddress.IPv4Address(block[4:8])), int.from_bytes(block[10:12]))
+        header.client = (socket.inet_ntop(socket.AF_INET, block[0:4]),
+                         int.from_bytes(block[8:10], "big"))
+        header.server = (socket.inet_ntop(socket.AF_INET, block[4:8]),
+                         int.from_bytes(block[10:12], "big"))
     elif family == "INET6":
-        header.client = (str(ipaddress.IPv6Address(block[0:16])), int.from_bytes(block[32:34]))
-        header.server = (str(ipaddress.IPv6Address(block[16:32])), int.from_bytes(block[34:36]))
+        header.client = (socket.inet_ntop(socket.AF_INET6, block[0:16]),
+                         int.from_bytes(block[32:34], "big"))
+        header.server = (socket.inet_ntop(socket.AF_INET6, block[16:32]),
+                         int.from_bytes(block[34:36], "big"))
     elif family == "UNIX":
         header.server = (_unix_path(block[108:216]), None)
     _read_tlvs(header, buffer[:total], V2_HEADER + address_size)

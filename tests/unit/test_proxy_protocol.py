@@ -59,7 +59,7 @@ def refused(data: bytes, accept: str = "any", match: str | None = None) -> str:
     ("TCP4", "0.0.0.0", "255.255.255.255", "0.0.0.0", "255.255.255.255"),
     ("TCP6", "2001:db8::7", "::1", "2001:db8::7", "::1"),
     ("TCP6", "2001:0DB8:0000:0000:0000:0000:0000:0007", "::ffff:192.0.2.1", "2001:db8::7",
-     "::ffff:c000:201"),
+     "::ffff:192.0.2.1"),
 ])
 def test_v1_tcp(family, source, destination, client, server):
     header = parsed(v1(family, source, destination, 56324, 443))
