@@ -9,7 +9,9 @@ import logging
 
 import pytest
 
+from duck_prefork import cli
 from duck_prefork.asgi.forwarded import ProxyHeaders
+from duck_prefork.config import ConfigError
 from duck_prefork.logs import log
 from duck_prefork.net.proxy_stage import HEADER_TIMEOUT, ProxyProtocol
 from tests.proxy_wire import INET6, LOCAL, UNIX, UNSPEC, ssl_tlv, tlv, v1, v2
@@ -181,3 +183,27 @@ def test_failures_are_summarized_once_per_interval(caplog):
     lines = [r.getMessage() for r in caplog.records if "PROXY protocol" in r.getMessage()]
     assert lines == ["PROXY protocol: 3 connections closed (2 untrusted peer, 1 no PROXY "
                      "header); next summary in 60 s at the earliest"]
+
+
+# --- the option -----------------------------------------------------------------------------
+
+def test_the_option_from_the_command_line_the_environment_and_its_default():
+    assert cli.parse_args([], environ={}).proxy_protocol == "off"
+    assert cli.parse_args(["--proxy-protocol", "V2"], environ={}).proxy_protocol == "v2"
+    assert cli.parse_args([], environ={"DUCK_PREFORK_PROXY_PROTOCOL": "any"}).proxy_protocol \
+        == "any"
+    config = cli.parse_args(["--proxy-protocol", "v1", "--bind", "unix:/run/a.sock", "--bind",
+                             "127.0.0.1:0"], environ={})
+    assert config.proxy_protocol == "v1"  # the unix socket stays plain
+
+
+@pytest.mark.parametrize(("argv", "environ", "message"), [
+    (["--proxy-protocol", "v3"], {}, "--proxy-protocol: must be one of off, v1, v2, any"),
+    ([], {"DUCK_PREFORK_PROXY_PROTOCOL": "on"}, "DUCK_PREFORK_PROXY_PROTOCOL: must be one of"),
+    (["--proxy-protocol", "any", "--bind", "unix:/run/a.sock"], {},
+     "--proxy-protocol any: applies to TCP listeners, and every --bind is a unix socket"),
+])
+def test_bad_values_are_one_line_naming_the_option(argv, environ, message):
+    with pytest.raises(ConfigError) as info:
+        cli.parse_args(argv, environ=environ)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
