@@ -38,8 +38,8 @@ class DuckServer:
         self.log_file = tempfile.NamedTemporaryFile(prefix="duck-bench-", suffix=".log",
                                                     delete=False)
         self.log_path = Path(self.log_file.name)
-        self.argv = [*(command or [str(DUCK)]), app, "--bind", "127.0.0.1:0", "--workers", str(workers),
-                     "--log-level", "info", *(args or [])]
+        self.argv = [*(command or [str(DUCK)]), app, "--bind", "127.0.0.1:0", "--workers",
+                     str(workers), "--log-level", "info", *(args or [])]
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("DUCK_PREFORK_")}
         full_env.update(env or {})
         self.proc = subprocess.Popen(self.argv, cwd=HERE, env=full_env, stdin=subprocess.DEVNULL,

@@ -24,6 +24,7 @@ current, see README, Builds).
 from __future__ import annotations
 
 import asyncio
+import functools
 import multiprocessing
 import os
 import shlex
@@ -61,9 +62,10 @@ class _Exchange(asyncio.Protocol):
 async def _client(port: int, payload: bytes, until: float, counts: list[int]) -> None:
     loop = asyncio.get_running_loop()
     while loop.time() < until:
-        done = loop.create_future()
+        done: asyncio.Future = loop.create_future()
         try:
-            transport, _ = await loop.create_connection(lambda: _Exchange(done), "127.0.0.1", port)
+            transport, _ = await loop.create_connection(functools.partial(_Exchange, done),
+                                                        "127.0.0.1", port)
         except OSError:
             counts[1] += 1
             continue

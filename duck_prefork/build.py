@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from types import ModuleType
 
 # The per-request path: the stream interface, the connection stages (and the PROXY header, one
-# per connection on a --proxy-protocol listener), the HTTP/1.1 codec and the ASGI pipeline. (Exceptions raised on it live in errors.py, not compiled: mypyc cannot
-# compile subclasses of built-in exceptions.)
+# per connection on a --proxy-protocol listener), the HTTP/1.1 codec and the ASGI pipeline.
+# (Exceptions raised on it live in errors.py, not compiled: mypyc cannot compile subclasses of
+# built-in exceptions.)
 COMPILED = (
     "duck_prefork.stream",
     "duck_prefork.net.stages",
