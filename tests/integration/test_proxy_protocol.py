@@ -342,3 +342,17 @@ def test_bad_option_is_one_line_and_exit_1(args, says):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], result.stderr
+
+
+def test_unix_socket_listeners_stay_plain(start_server, tmp_path):
+    path = tmp_path / "plain.sock"
+    server = start_server(APP, "--workers", "1", "--proxy-protocol", "v1", "--bind",
+                          f"unix:{path}")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        sock.sendall(get("/unix", close=True))
+        status, _, body = read_response(sock)
+    assert status == 200 and json.loads(body)["proxy_protocol"] is None
+    assert closed_silently(server.port, get())  # the TCP listener requires the header
+    assert scopes_after(server.port, v1())[0]["client"] == ["203.0.113.7", 56324]
