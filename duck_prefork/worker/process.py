@@ -197,8 +197,9 @@ class Worker:
                             header_timeout=config.header_timeout,
                             send_timeout=config.send_timeout,
                             upgrade=upgrade)
-        # What each listener's connections go through before HTTP/1.1: a TLS listener's, the
-        # TLS handshake; with --redirect-https a plain one's, the redirect (and no HTTP/1.1).
+        # What each listener's connections go through before HTTP/1.1: with --proxy-protocol a
+        # TCP listener's, the PROXY header first; a TLS listener's, the TLS handshake; with
+        # --redirect-https a plain one's, the redirect (and no HTTP/1.1).
         if config.proxy_protocol != "off":
             # One allow-list for the PROXY header and for the forwarded headers.
             self.proxy_protocol = ProxyProtocol(
