@@ -28,3 +28,16 @@ class ParseError(Exception):
 class ParserStopped(Exception):
     """Raised from an llhttp callback to stop it (http1/parser_httptools.py keeps the reason).
     A new one each time: raising one instance again would grow its traceback without end."""
+
+
+class UpstreamResponseError(Exception):
+    """An upstream's response breaks HTTP/1.1 (upstream/codec.py): the exchange fails, 502."""
+
+
+class UpstreamFailure(Exception):
+    """An exchange with an upstream that cannot give a response: `status` is what the client
+    is answered if nothing was sent yet (502 Bad Gateway, 504 Gateway Timeout)."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status

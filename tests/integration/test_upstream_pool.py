@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
-import h11
 import pytest
 
+from duck_prefork.upstream.codec import END_OF_MESSAGE
 from duck_prefork.upstream.pool import IDLE_TIMEOUT, Pool, UpstreamFailure
 from duck_prefork.upstream.routes import Upstream
 
@@ -35,15 +35,16 @@ class Responder(asyncio.Protocol):
 async def exchange(pool: Pool, path: str = "/") -> tuple[int, bytes]:
     connection = await pool.acquire()
     try:
-        connection.send(h11.Request(method="GET", target=path, headers=[("Host", "u")]))
-        connection.send(h11.EndOfMessage())
+        codec = connection.codec
+        connection.write(codec.request(b"GET", path.encode(), [(b"host", b"u")], False, None))
+        codec.end()
         response = await connection.next_event()
         body = b""
         while True:
             event = await connection.next_event()
-            if type(event) is h11.EndOfMessage:
-                return response.status_code, body
-            body += event.data
+            if event is END_OF_MESSAGE:
+                return response.status, body
+            body += event
     finally:
         pool.release(connection)
 

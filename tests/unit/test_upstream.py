@@ -221,7 +221,7 @@ def test_a_worker_without_upstreams_builds_the_plain_pipeline():
 
 
 def test_response_heads_are_held_to_the_codecs_rules():
-    from duck_prefork.upstream.pool import head_refusal
+    from duck_prefork.upstream.codec import head_refusal
 
     good = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nA: 1\r\n\r\nbody\n\nmore"
     end, why = head_refusal(good, 0)
