@@ -2,10 +2,10 @@
 
 An UpstreamConnection is an asyncio protocol over one connection to an upstream, speaking
 HTTP/1.1 through the client codec (codec.py): what the upstream answers is held to h11's rules
-(a response that breaks them is an UpstreamFailure, 502). Response events are parsed as they arrive and wait in a queue for the exchange; past
-HIGH_WATER bytes of body the socket is not read until the exchange has taken them, so a slow
-client slows the upstream down and a worker never holds more than about that much per
-exchange.
+(a response that breaks them is an UpstreamFailure, 502). Response events are parsed as they
+arrive and wait in a queue for the exchange; past HIGH_WATER bytes of body the socket is not
+read until the exchange has taken them, so a slow client slows the upstream down and a worker
+never holds more than about that much per exchange.
 
 A Pool lends connections to exchanges and takes them back: kept for the next request when both
 sides of the exchange are done and the upstream keeps the connection alive, else closed. At
