@@ -236,11 +236,12 @@ class Pool:
                 continue
             waiter = self.loop.create_future()
             self.waiters.append(waiter)
+            handed: UpstreamConnection | None  # (None: the right to open one)
             try:
                 if self.timeout:
-                    connection = await asyncio.wait_for(waiter, self.timeout)
+                    handed = await asyncio.wait_for(waiter, self.timeout)
                 else:
-                    connection = await waiter
+                    handed = await waiter
             except TimeoutError:
                 raise UpstreamFailure(504, f"upstream {self.upstream.name}: no connection "
                                            f"free within --upstream-timeout {self.timeout:g} s "
@@ -251,11 +252,11 @@ class Pool:
                 if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
                     self._give_back(waiter.result())
                 raise
-            if connection is not None:
-                if not connection.closed and not fresh:
-                    connection.reused = True
-                    return self._lend(connection)
-                self._give_back(connection)  # (fresh wanted: make room on the next turn)
+            if handed is not None:
+                if not handed.closed and not fresh:
+                    handed.reused = True
+                    return self._lend(handed)
+                self._give_back(handed)  # (fresh wanted: make room on the next turn)
 
     def _lend(self, connection: UpstreamConnection) -> UpstreamConnection:
         self.busy.add(connection)
