@@ -25,8 +25,8 @@ from types import ModuleType
 
 # The per-request path: the stream interface, the connection stages, the HTTP/1.1 codec, the
 # ASGI pipeline and the upstream pass-through (its client codec, header rules, pool and
-# exchange; not its tunnel, whose bytes are not parsed). (Exceptions raised on it live in errors.py, not compiled: mypyc cannot
-# compile subclasses of built-in exceptions.)
+# exchange; not its tunnel, whose bytes are not parsed). (Exceptions raised on it live in
+# errors.py, not compiled: mypyc cannot compile subclasses of built-in exceptions.)
 COMPILED = (
     "duck_prefork.stream",
     "duck_prefork.net.stages",
