@@ -38,15 +38,17 @@ from ..errors import UpstreamResponseError
 MAX_HEAD: Final = 64 * 1024
 _CONTENT_LENGTH_MAX_DIGITS: Final = 20  # h11's
 
-# h11's grammar (h11/_abnf.py) narrowed to what the fast path takes: vchar_or_obs_text is
-# [^\x00\s]; the reason phrase is any of those, SP or HTAB.
-_FIELD_VALUE: Final = rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"
-_FIELD_NAME: Final = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
-_HEAD: Final = re.compile(
-    rb"HTTP/1\.1 [2-5][0-9][0-9](?: [^\x00\n\r\x0b\x0c]*)?\r\n"
-    rb"(?:" + _FIELD_NAME + rb":[ \t]*" + _FIELD_VALUE + rb"[ \t]*\r\n)*\r\n")
-_FIELD: Final = re.compile(
-    rb"(" + _FIELD_NAME + rb"):[ \t]*(" + _FIELD_VALUE + rb")[ \t]*\r\n")
+# h11's grammar (h11/_abnf.py): a field name is a token; a field value, and the reason phrase,
+# is bytes that are not NUL or whitespace (vchar_or_obs_text, [^\x00\s]) with SP and HTAB
+# between them. With CR and LF only in CRLF pairs and none of NUL, VT, FF in a head, every line
+# but the status line is a valid field once its name is a token (a line folded onto the one
+# before starts with SP or HTAB: not a token).
+_TOKEN: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+# Field names as sent -> lowercased, for the names that are tokens: upstreams send the same few
+# with every response, so one lookup replaces a check and a lower() (bounded: made-up names
+# stop adding).
+_NAMES: Final[dict[bytes, bytes]] = {}
+_NAMES_MAX: Final = 4096
 _STATUS_START: Final = b"HTTP/1.1 "
 # The end of a response head, as h11 finds it (it also takes bare LFs).
 _H11_HEAD_END: Final = re.compile(rb"\r?\n\r?\n")
@@ -171,8 +173,10 @@ class ClientCodec:
             self._read_head(data)
         elif state == _H11_STATE:
             self._h11_receive(data)
-        else:  # _DONE_STATE: bytes after the response (or the close): not reused
+        else:  # _DONE_STATE: bytes after the response, or the close: not reused
             self.keep_alive = False
+            if not data:
+                self._events.append(CONNECTION_CLOSED)
 
     def next_event(self) -> Any:
         events = self._events
@@ -242,12 +246,11 @@ class ClientCodec:
                 self._raw = raw
             return
         end += 4
-        if _HEAD.fullmatch(raw, 0, end) is None:
+        headers = self._fields(raw, end - 2)
+        if headers is None:
             self._to_h11(raw)
             return
         status = int(raw[9:12])
-        headers = [(name.lower(), value)
-                   for name, value in _FIELD.findall(raw, raw.find(b"\r\n") + 2, end)]
         length = -1
         for name, value in headers:
             if name == b"content-length":
@@ -274,6 +277,38 @@ class ClientCodec:
         self._state = _BODY_STATE
         if length == 0 or len(raw) > end:
             self._read_body(raw[end:])
+
+    @staticmethod
+    def _fields(raw: bytes, end: int) -> list[tuple[bytes, bytes]] | None:
+        """The header fields of the head raw[:end] (its last CRLF excluded), names lowercased,
+        values stripped as h11 strips them; None when the fast path does not take the head
+        (see the module docstring)."""
+        if raw.count(b"\n", 0, end) != raw.count(b"\r\n", 0, end) \
+                or raw.count(b"\r", 0, end) != raw.count(b"\n", 0, end) \
+                or raw.find(b"\x00", 0, end) >= 0 or raw.find(b"\x0b", 0, end) >= 0 \
+                or raw.find(b"\x0c", 0, end) >= 0:
+            return None
+        # "HTTP/1.1 " three digits, then the end of the line or SP and the reason phrase
+        if raw[:9] != _STATUS_START or not raw[9:12].isdigit() or not 50 <= raw[9] <= 53 \
+                or raw[12] != 13 and raw[12] != 32:
+            return None
+        lines = raw[raw.find(b"\r\n") + 2:end].split(b"\r\n")
+        if lines[-1] == b"":  # (no header fields: the split of nothing)
+            lines.pop()
+        headers = []
+        for line in lines:
+            name, colon, value = line.partition(b":")
+            lowered = _NAMES.get(name)
+            if lowered is None:
+                if not colon or _TOKEN.fullmatch(name) is None:
+                    return None
+                lowered = name.lower()
+                if len(_NAMES) < _NAMES_MAX:
+                    _NAMES[name] = lowered
+            elif not colon:
+                return None
+            headers.append((lowered, value.strip(b" \t")))
+        return headers
 
     def _read_body(self, data: bytes) -> None:
         remaining = self._remaining
