@@ -36,6 +36,11 @@ _REQUEST_DROPPED = HOP_BY_HOP | {b"expect", b"x-forwarded-for", b"x-forwarded-pr
                                  b"x-forwarded-host", b"forwarded"}
 _RESPONSE_DROPPED = HOP_BY_HOP | {b"server", b"date"}
 _TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")  # RFC 9110 5.6.2
+# (peer address, scheme, host) -> the peer's X-Forwarded-For node, X-Forwarded-Proto and
+# Forwarded element: the same few with every request from a client (bounded: new ones stop
+# adding).
+_ELEMENTS: dict[tuple[str | None, str, bytes | None], tuple[bytes, bytes, bytes]] = {}
+_ELEMENTS_MAX = 4096
 
 
 def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -98,15 +103,24 @@ def request_headers(headers: Iterable[tuple[bytes, bytes]], peer: tuple | None,
         out = [(name, value) for name, value in out if name not in dropped]
     if not any(name == b"host" for name, _ in out):
         out.append((b"host", authority))
-    peer_node = node(peer).encode("latin-1")
+    key = (str(peer[0]) if peer else None, scheme, host)
+    known = _ELEMENTS.get(key)
+    if known is None:
+        element = f"for={forwarded_node(peer)};proto={scheme}"
+        if host:
+            element += ";host=" + quoted(host.decode("latin-1"))
+        known = (node(peer).encode("latin-1"), scheme.encode("ascii"),
+                 element.encode("latin-1"))
+        if len(_ELEMENTS) < _ELEMENTS_MAX:
+            _ELEMENTS[key] = known
+    peer_node, proto, element_bytes = known
     out.append((b"x-forwarded-for", b", ".join((*previous_for, peer_node))
                 if previous_for else peer_node))
-    out.append((b"x-forwarded-proto", scheme.encode("ascii")))
-    element = f"for={forwarded_node(peer)};proto={scheme}"
+    out.append((b"x-forwarded-proto", proto))
     if host:
         out.append((b"x-forwarded-host", host))
-        element += ";host=" + quoted(host.decode("latin-1"))
-    out.append((b"forwarded", b", ".join((*previous_forwarded, element.encode("latin-1")))))
+    out.append((b"forwarded", b", ".join((*previous_forwarded, element_bytes))
+                if previous_forwarded else element_bytes))
     if upgrade is not None:
         out.append((b"connection", b"upgrade"))
         out.append((b"upgrade", upgrade))
@@ -115,13 +129,13 @@ def request_headers(headers: Iterable[tuple[bytes, bytes]], peer: tuple | None,
 
 def response_headers(headers: Iterable[tuple[bytes, bytes]],
                      keep_upgrade: bool = False) -> list[tuple[bytes, bytes]]:
-    """The upstream's response headers as the client gets them (names lowercased).
-    `keep_upgrade`: a 101, whose Upgrade and `Connection: upgrade` the client needs."""
+    """The upstream's response headers (lowercase names, as codec.py gives them) as the
+    client gets them. `keep_upgrade`: a 101, whose Upgrade and `Connection: upgrade` the
+    client needs."""
     out: list[tuple[bytes, bytes]] = []
     upgrades: list[tuple[bytes, bytes]] = []
     listed: list[bytes] = []  # the Connection headers' values
     for name, value in headers:
-        name = name.lower()
         if name in _RESPONSE_DROPPED:
             if name == b"connection":
                 listed.append(value)
