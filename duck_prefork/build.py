@@ -36,6 +36,7 @@ COMPILED = (
     "duck_prefork.http1.parser_httptools",
     "duck_prefork.http1.parser_h11",
     "duck_prefork.asgi.pipeline",
+    "duck_prefork.upstream.routes",
     "duck_prefork.upstream.codec",
     "duck_prefork.upstream.headers",
     "duck_prefork.upstream.pool",
