@@ -280,10 +280,9 @@ class ClientCodec:
 
     @staticmethod
     def _fields(raw: bytes, end: int) -> list[tuple[bytes, bytes]] | None:
-        """The header fields of the head whose lines are raw[:end] (without the CRLF CRLF
-        that ends it), names lowercased,
-        values stripped as h11 strips them; None when the fast path does not take the head
-        (see the module docstring)."""
+        """The header fields of the head whose lines are raw[:end] (the CRLF CRLF that ends
+        it excluded), names lowercased, values stripped as h11 strips them; None when the fast
+        path does not take the head (see the module docstring)."""
         # (Bytes looked for as ints: a plain memchr. `b"\x00" in head` first tries the bytes
         # as an int and clears the error; count() and find() with bounds parse them slowly.)
         head = raw[:end]
