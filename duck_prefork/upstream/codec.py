@@ -293,14 +293,11 @@ class ClientCodec:
                 or raw[12] != 13 and raw[12] != 32:
             return None
         lines = head.split(b"\r\n")
-        if 13 in lines[0] or 10 in lines[0]:
-            return None
+        if head.count(b"\r") >= len(lines) or head.count(b"\n") >= len(lines):
+            return None  # a bare CR or LF
         headers = []
         for i in range(1, len(lines)):
-            line = lines[i]
-            if 13 in line or 10 in line:  # a bare CR or LF
-                return None
-            name, colon, value = line.partition(b":")
+            name, colon, value = lines[i].partition(b":")
             lowered = _NAMES.get(name)
             if lowered is None:
                 if not colon or _TOKEN.fullmatch(name) is None:

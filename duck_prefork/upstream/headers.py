@@ -53,6 +53,21 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes
     return frozenset(tokens)
 
 
+def _listed_fields(values: list[bytes]) -> set[bytes]:
+    """The fields Connection header values name that are still to be dropped from a response
+    (not `close` and `keep-alive`, what nearly every upstream sends)."""
+    fields: set[bytes] = set()
+    for value in values:
+        lowered = value.lower()
+        if lowered == b"close" or lowered == b"keep-alive":
+            continue
+        for token in lowered.split(b","):
+            token = token.strip()
+            if token and token not in _RESPONSE_DROPPED:
+                fields.add(token)
+    return fields
+
+
 def node(client: tuple | None) -> str:
     """A peer as X-Forwarded-For writes it: the address, or `unknown` (a unix socket)."""
     return str(client[0]) if client else "unknown"
@@ -144,8 +159,9 @@ def response_headers(headers: Iterable[tuple[bytes, bytes]],
             continue
         out.append((name, value))
     if listed:
-        dropped = connection_tokens([(b"connection", value) for value in listed])
-        out = [(name, value) for name, value in out if name not in dropped]
+        dropped = _listed_fields(listed)
+        if dropped:
+            out = [(name, value) for name, value in out if name not in dropped]
     if keep_upgrade:
         out += upgrades
         out.append((b"connection", b"upgrade"))
