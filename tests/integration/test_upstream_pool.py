@@ -16,7 +16,8 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
 class Responder(asyncio.Protocol):
-    """Answers each request head with OK, except /silent (never) and /bye (OK, then closes)."""
+    """Answers each request head with OK, except /silent (never), /bye (OK, then closes) and
+    /more (OK and bytes past its Content-Length)."""
 
     opened = 0
 
@@ -27,7 +28,7 @@ class Responder(asyncio.Protocol):
     def data_received(self, data):
         if b"/silent" in data:
             return
-        self.transport.write(OK)
+        self.transport.write(OK + b"X" if b"/more" in data else OK)
         if b"/bye" in data:
             self.transport.close()
 
@@ -93,6 +94,18 @@ def test_a_connection_the_upstream_closed_is_never_reused():
             if not pool.idle:
                 break
             await asyncio.sleep(0.01)
+        assert not pool.idle
+        assert await exchange(pool) == (200, b"ok")
+        assert pool.opened == 2
+
+    run(test)
+
+
+def test_a_connection_with_bytes_past_its_response_is_not_reused():
+    """An upstream out of step (more than its Content-Length): the bytes are not taken as the
+    next response; the connection is closed and the next exchange gets a new one."""
+    async def test(pool):
+        assert await exchange(pool, "/more") == (200, b"ok")
         assert not pool.idle
         assert await exchange(pool) == (200, b"ok")
         assert pool.opened == 2
