@@ -11,8 +11,8 @@ limits, timeouts, Server/Date, --response-header and the access log apply unchan
   -> produce_final_response_failsafe(request, exchange.run): UpstreamFailure -> 502 / 504 when
      nothing was sent yet, else the client connection is aborted (never a short response that
      looks complete); any other exception is a bug and goes the app's way (500, logged)
-  -> Exchange.run: a connection from the pool (pool.py), the request head (headers.py) and
-     body streamed up with backpressure, the response head
+  -> Exchange.run: a connection from the pool (pool.py), the request head (headers.py,
+     written by codec.py) and body streamed up with backpressure, the response head
      -> 101: handle_django_connection_upgrade: the client connection becomes a byte tunnel
      -> else: django_apply_middlewares_to_response (the upstream's headers made the client's),
         then each body piece through send_response -> start_response -> finalize_response
@@ -23,9 +23,9 @@ A request that fails on a reused keep-alive connection before any byte came back
 closed it as it was lent) is sent again, once, on a new connection when its method is
 idempotent (RFC 9110 9.2.2) and its body, if any, is still in hand (REPLAY_LIMIT).
 
-It wraps the pipeline rather than subclassing it: the pipeline is compiled (build.py), and this
-path is not the hot one. A worker without --upstream builds the plain pipeline and never runs
-this module.
+It wraps the pipeline rather than subclassing it (both are compiled, build.py; the pipeline's
+stages are called, not overridden). A worker without --upstream builds the plain pipeline and
+never runs this module.
 """
 
 from __future__ import annotations
