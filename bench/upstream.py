@@ -1,6 +1,7 @@
 """--upstream against nginx proxy_pass, same upstreams, same run.
 
     PYTHONPATH=. .venv/bin/python bench/upstream.py [--duration 10] [--rounds 3]
+        [--compare OTHER_CHECKOUT]
 
 Two upstreams: the test suite's legacy Django project under gunicorn (2 sync workers on a
 unix socket: the upstream is the bottleneck), and tests/apps/raw_upstream.py (uvloop, a fixed
@@ -10,8 +11,10 @@ upstream; nginx keeps a keep-alive pool to the raw upstream, as duck-prefork doe
 X-Forwarded-For/-Proto). wrk runs on CPU 0 (taskset -c 0), and the upstreams run there too.
 Rounds alternate duck / nginx; medians and the ratio are printed, with each proxy worker's
 CPU time per request (user + system, from /proc: a figure that moves less than req/s when
-other processes share the machine). Every process is started
-here and stopped by its PID.
+other processes share the machine). With --compare, the duck-prefork of another checkout (an
+earlier commit, built as it would be: `setup.py build_ext --inplace` there for its compiled
+build) runs beside this one in every round, the same way, so before and after come from the
+same run. Every process is started here and stopped by its PID.
 """
 
 from __future__ import annotations
@@ -66,11 +69,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(argv: list[str], log: Path, **kwargs) -> subprocess.Popen:
+def start(argv: list[str], log: Path, root: Path = ROOT, **kwargs) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DUCK_PREFORK_")}
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = str(root)
     env["DJANGO_SETTINGS_MODULE"] = "tests.apps.legacy_django.settings"
-    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=open(log, "wb"),
+    return subprocess.Popen(argv, cwd=root, env=env, stdout=open(log, "wb"),
                             stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
 
 
@@ -133,6 +136,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compare", type=Path, metavar="CHECKOUT",
+                        help="another duck-prefork checkout to measure beside this one")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="duck-upstream-bench-"))
     tmp.chmod(0o755)  # nginx workers run as another user, and connect to the socket here
@@ -147,46 +152,61 @@ def main() -> None:
                      "--port", "0"], tmp / "raw.log")
         processes.append(raw)
         raw_port = int(wait_log(tmp / "raw.log", r"ready (\d+)").group(1))
-        duck_port, nginx_port = free_port(), free_port()
-        duck = start(["taskset", "-c", "1", sys.executable, "-m", "duck_prefork",
-                      "tests.apps.new_api:app", "--workers", "1", "--bind",
-                      f"127.0.0.1:{duck_port}", "--upstream", f"/=unix:{sock}",
-                      "--upstream", f"/ok=http://127.0.0.1:{raw_port}"], tmp / "duck.log")
-        processes.append(duck)
+        ducks = {"duck": ROOT}
+        if args.compare:
+            ducks["duck-compared"] = args.compare.resolve()
+        ports = {name: free_port() for name in (*ducks, "nginx")}
+        masters = {}
+        for name, root in ducks.items():
+            masters[name] = start(["taskset", "-c", "1", sys.executable, "-m", "duck_prefork",
+                                   "tests.apps.new_api:app", "--workers", "1", "--bind",
+                                   f"127.0.0.1:{ports[name]}", "--upstream", f"/=unix:{sock}",
+                                   "--upstream", f"/ok=http://127.0.0.1:{raw_port}"],
+                                  tmp / f"{name}.log", root)
+            processes.append(masters[name])
+        nginx_port = ports["nginx"]
         (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=nginx_port,
                                                           raw_port=raw_port, sock=sock))
         nginx = start(["taskset", "-c", "1", shutil.which("nginx") or "/usr/sbin/nginx",
                        "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "nginx-error.log")],
                       tmp / "nginx.log")
         processes.append(nginx)
-        wait_log(tmp / "duck.log", r"ready: 1 workers? serving")
-        for port in (duck_port, nginx_port):
+        masters["nginx"] = nginx
+        for name in ducks:
+            wait_log(tmp / f"{name}.log", r"ready: 1 workers? serving")
+            build = subprocess.run([sys.executable, "-c", "import duck_prefork.build as b; "
+                                    "print(b.DESCRIPTION)"], capture_output=True, text=True,
+                                   env={**os.environ, "PYTHONPATH": str(ducks[name])},
+                                   cwd=ducks[name]).stdout.strip()
+            print(f"{name}: {ducks[name]} ({build})", flush=True)
+        for port in ports.values():
             wait_http(port, "/")
             wait_http(port, "/ok")
-        workers = {"duck": worker_of(duck.pid), "nginx": worker_of(nginx.pid)}
-        ports = {"duck": duck_port, "nginx": nginx_port}
+        workers = {name: worker_of(master.pid) for name, master in masters.items()}
+        proxies = (*ducks, "nginx")
         for name, path, connections in (("Django under gunicorn (sync, 2 workers, unix)",
                                          "/", 16),
                                         ("trivial uvloop upstream", "/ok", 64)):
-            rates: dict[str, list[float]] = {"duck": [], "nginx": []}
-            costs: dict[str, list[float]] = {"duck": [], "nginx": []}
-            for proxy in ("duck", "nginx"):  # warm-up
+            rates: dict[str, list[float]] = {proxy: [] for proxy in proxies}
+            costs: dict[str, list[float]] = {proxy: [] for proxy in proxies}
+            for proxy in proxies:  # warm-up
                 wrk(f"http://127.0.0.1:{ports[proxy]}{path}", 2, connections, workers[proxy])
             for _ in range(args.rounds):
-                for proxy in ("duck", "nginx"):
+                for proxy in proxies:
                     rate, cost = wrk(f"http://127.0.0.1:{ports[proxy]}{path}", args.duration,
                                      connections, workers[proxy])
                     rates[proxy].append(rate)
                     costs[proxy].append(cost)
             print(f"{name}: wrk -t1 -c{connections} -d{args.duration}s, {args.rounds} rounds")
-            for proxy, label in (("duck", "duck-prefork --upstream"),
-                                 ("nginx", "nginx proxy_pass       ")):
-                print(f"  {label}: median {statistics.median(rates[proxy]):,.0f} req/s "
+            for proxy in proxies:
+                label = "nginx proxy_pass" if proxy == "nginx" else f"{proxy} --upstream"
+                print(f"  {label:28}: median {statistics.median(rates[proxy]):,.0f} req/s "
                       f"{[round(x) for x in rates[proxy]]}, its worker's CPU per request "
                       f"{statistics.median(costs[proxy]):.0f} us")
-            print(f"  ratio duck/nginx: "
-                  f"{statistics.median(rates['duck']) / statistics.median(rates['nginx']):.2f}x "
-                  "req/s", flush=True)
+            nginx_rate = statistics.median(rates["nginx"])
+            for proxy in ducks:
+                print(f"  ratio {proxy}/nginx: "
+                      f"{statistics.median(rates[proxy]) / nginx_rate:.2f}x req/s", flush=True)
     finally:
         for process in reversed(processes):
             if process.poll() is None:

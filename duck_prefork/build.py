@@ -24,9 +24,10 @@ from collections.abc import Sequence
 from types import ModuleType
 
 # The per-request path: the stream interface, the connection stages (and the PROXY header, one
-# per connection on a --proxy-protocol listener), the HTTP/1.1 codec and the ASGI pipeline.
-# (Exceptions raised on it live in errors.py, not compiled: mypyc cannot compile subclasses of
-# built-in exceptions.)
+# per connection on a --proxy-protocol listener), the HTTP/1.1 codec, the ASGI pipeline and the
+# upstream pass-through (its client codec, header rules, pool and exchange; not its tunnel,
+# whose bytes are not parsed). (Exceptions raised on it live in errors.py, not compiled: mypyc
+# cannot compile subclasses of built-in exceptions.)
 COMPILED = (
     "duck_prefork.stream",
     "duck_prefork.net.stages",
@@ -38,6 +39,11 @@ COMPILED = (
     "duck_prefork.http1.parser_httptools",
     "duck_prefork.http1.parser_h11",
     "duck_prefork.asgi.pipeline",
+    "duck_prefork.upstream.routes",
+    "duck_prefork.upstream.codec",
+    "duck_prefork.upstream.headers",
+    "duck_prefork.upstream.pool",
+    "duck_prefork.upstream.exchange",
 )
 PURE_ENV = "DUCK_PREFORK_NO_EXTENSIONS"
 # Written by setup.py next to the compiled modules: the SHA-256 of each source they were

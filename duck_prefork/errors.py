@@ -33,3 +33,16 @@ class ParserStopped(Exception):
 class ProxyProtocolError(ValueError):
     """A PROXY protocol header the specification does not allow (net/proxy_protocol.py); the
     connection is closed with no response."""
+
+
+class UpstreamResponseError(Exception):
+    """An upstream's response breaks HTTP/1.1 (upstream/codec.py): the exchange fails, 502."""
+
+
+class UpstreamFailure(Exception):
+    """An exchange with an upstream that cannot give a response: `status` is what the client
+    is answered if nothing was sent yet (502 Bad Gateway, 504 Gateway Timeout)."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status

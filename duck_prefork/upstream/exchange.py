@@ -11,8 +11,8 @@ limits, timeouts, Server/Date, --response-header and the access log apply unchan
   -> produce_final_response_failsafe(request, exchange.run): UpstreamFailure -> 502 / 504 when
      nothing was sent yet, else the client connection is aborted (never a short response that
      looks complete); any other exception is a bug and goes the app's way (500, logged)
-  -> Exchange.run: a connection from the pool (pool.py), the request head (headers.py) and
-     body streamed up with backpressure, the response head
+  -> Exchange.run: a connection from the pool (pool.py), the request head (headers.py,
+     written by codec.py) and body streamed up with backpressure, the response head
      -> 101: handle_django_connection_upgrade: the client connection becomes a byte tunnel
      -> else: django_apply_middlewares_to_response (the upstream's headers made the client's),
         then each body piece through send_response -> start_response -> finalize_response
@@ -23,9 +23,9 @@ A request that fails on a reused keep-alive connection before any byte came back
 closed it as it was lent) is sent again, once, on a new connection when its method is
 idempotent (RFC 9110 9.2.2) and its body, if any, is still in hand (REPLAY_LIMIT).
 
-It wraps the pipeline rather than subclassing it: the pipeline is compiled (build.py), and this
-path is not the hot one. A worker without --upstream builds the plain pipeline and never runs
-this module.
+It wraps the pipeline rather than subclassing it (both are compiled, build.py; the pipeline's
+stages are called, not overridden). A worker without --upstream builds the plain pipeline and
+never runs this module.
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-import h11
-
 from ..asgi.pipeline import ASGI, Request, Response
+from ..errors import UpstreamFailure
 from ..logs import log
 from ..stream import ClientDisconnected, Stream, error_response
+from .codec import CONNECTION_CLOSED, END_OF_MESSAGE, Head
 from .headers import request_headers, response_headers
-from .pool import Pool, Pools, UpstreamConnection, UpstreamFailure
+from .pool import Pool, Pools, UpstreamConnection
 from .routes import Route, RouteTable
 from .tunnel import Tunnel
 
@@ -115,7 +115,7 @@ class UpstreamASGI:
         response.headers = response_headers(response.headers)
 
     def handle_django_connection_upgrade(self, upgrade_request: Exchange,
-                                         upgrade_response: h11.InformationalResponse,
+                                         upgrade_response: Head,
                                          protocol_receive_timeout: float = 10.0,
                                          protocol_receive_buffer: int = 64 * 1024) -> None:
         """The seed's stage for an upstream's 101: the 101 goes to the client (the upstream's
@@ -132,7 +132,7 @@ class UpstreamASGI:
         http = stream.connection
         if http.closed:
             raise ClientDisconnected("client disconnected")
-        headers = response_headers(upgrade_response.headers.raw_items(), keep_upgrade=True)
+        headers = response_headers(upgrade_response.headers, keep_upgrade=True)
         state = http.state
         lines = [b"HTTP/1.1 101 Switching Protocols\r\n"]
         if not any(name == b"server" for name, _ in headers):
@@ -140,7 +140,7 @@ class UpstreamASGI:
         lines.append(state.date_header)
         lines += [b"%s: %s\r\n" % (name, value) for name, value in headers]
         lines.append(b"\r\n")
-        upstream_data = bytes(connection.h11.trailing_data[0])
+        upstream_data = connection.codec.upgrade_data()
         client_data = http.parser.take_upgrade_data()
         tunnel = Tunnel(state, connection, protocol_receive_timeout, protocol_receive_buffer,
                         exchange.pool.upstream.name)
@@ -215,19 +215,18 @@ class Exchange:
         loop = asyncio.get_running_loop()
         self.started = loop.time()
         upgrade = getattr(stream, "upgrade", None)  # an HTTP/1.1 request asking for a switch
-        try:
-            head = h11.Request(method=stream.method, target=self.target,
-                               headers=self.upstream_headers(upgrade))
-        except h11.LocalProtocolError as exc:
-            raise UpstreamFailure(400, f"request cannot be passed to upstream "
-                                       f"{upstream.name}: {exc}") from None
-        has_body = bool(getattr(stream, "chunked", False)
-                        or getattr(stream, "content_length", 0))
+        chunked = bool(getattr(stream, "chunked", False))
+        has_body = chunked or bool(getattr(stream, "content_length", 0))
+        # (What goes into the head was held to h11's rules by the server's request parser.)
+        method = stream.method.encode("ascii")
+        headers = self.upstream_headers(upgrade, chunked)
         fresh = False
         while True:
             connection = self.connection = await pool.acquire(fresh)
             try:
-                event = await self.send_request(connection, head, has_body)
+                connection.write(connection.codec.request(method, self.target, headers,
+                                                          chunked, upgrade))
+                event = await self.send_request(connection, has_body)
                 break
             except UpstreamFailure as failure:
                 pool.release(connection)
@@ -241,21 +240,22 @@ class Exchange:
                 pool.release(connection)
                 raise
         try:
-            if type(event) is h11.InformationalResponse:  # a 101: send_request lets no other 1xx
+            if type(event) is not Head:
+                raise UpstreamFailure(502, f"upstream {upstream.name}: no response")
+            if event.status == 101:  # (send_request lets no other 1xx through)
                 if upgrade is None:
                     raise UpstreamFailure(502, f"upstream {upstream.name} answered 101 to a "
                                                "request that asked for no protocol switch")
                 self.handler.handle_django_connection_upgrade(
                     self, event, self.handler.tunnel_timeout)
                 return
-            if type(event) is not h11.Response:
-                raise UpstreamFailure(502, f"upstream {upstream.name}: no response")
             await self.pass_response(event, connection)
         finally:
             if connection.tunnel is None:
                 pool.release(connection)
 
-    def upstream_headers(self, upgrade: bytes | None) -> list[tuple[bytes, bytes]]:
+    def upstream_headers(self, upgrade: bytes | None,
+                         chunked: bool) -> list[tuple[bytes, bytes]]:
         request = self.request
         stream = request.stream
         scope = request.scope
@@ -268,21 +268,21 @@ class Exchange:
         trusted = stream.forwarded and proxy is not None and proxy.trusts(stream.client)
         headers = request_headers(stream.headers, stream.client, trusted, scope["scheme"],
                                   host, self.pool.upstream.authority, upgrade)
-        if getattr(stream, "chunked", False):
-            headers.append((b"transfer-encoding", b"chunked"))  # h11 frames it again
+        if chunked:
+            headers.append((b"transfer-encoding", b"chunked"))  # the codec frames it again
         return headers
 
-    async def send_request(self, connection: UpstreamConnection, head: h11.Request,
-                           has_body: bool) -> Any:
-        """Send the request head and body (the body as the client sends it, paced by the
-        upstream) and return the response's first event that is not a 100 or 103."""
-        connection.send(head)
+    async def send_request(self, connection: UpstreamConnection, has_body: bool) -> Any:
+        """Send the request body (as the client sends it, paced by the upstream) after the
+        head the caller wrote, and return the response's first event that is not a 100 or
+        103."""
+        codec = connection.codec
         if has_body:
             stream = self.request.stream
             replay = self.replay
             complete = True
             for chunk in replay or ():  # a retry: what the first attempt read
-                connection.send(h11.Data(data=chunk))
+                connection.write(codec.body(chunk))
             while not stream.body_read:
                 body = stream.read_body()
                 if body is None:
@@ -296,45 +296,44 @@ class Exchange:
                     replay.append(body)
                     if sum(map(len, replay)) > REPLAY_LIMIT:
                         replay = self.replay = None
-                connection.send(h11.Data(data=body))
+                connection.write(codec.body(body))
                 if connection.write_paused:
                     await connection.drain()
                 if connection.closed or connection.failure is not None \
-                        or connection.h11.their_state is not h11.SEND_RESPONSE:
+                        or not codec.awaiting_head:
                     complete = False  # the upstream's answer (or failure) says the rest
                     break
             if complete:
-                connection.send(h11.EndOfMessage())
+                connection.write(codec.end())
         else:
-            connection.send(h11.EndOfMessage())
+            codec.end()
         while True:
             event = await connection.next_event()
-            if type(event) is not h11.InformationalResponse or event.status_code == 101:
+            if type(event) is not Head or event.status >= 200 or event.status == 101:
                 return event
 
-    async def pass_response(self, event: h11.Response, connection: UpstreamConnection) -> None:
+    async def pass_response(self, event: Head, connection: UpstreamConnection) -> None:
         """The upstream's response to the client: the head with the first body bytes, then the
         body as it comes (what is already parsed goes out in one piece), each piece awaited
         when the client is behind. The upstream connection is back in the pool before the
         last piece is sent."""
         request = self.request
-        response = request.response = Response(event.status_code, event.headers.raw_items())
+        response = request.response = Response(event.status, event.headers)
         self.handler.django_apply_middlewares_to_response(response, request)
         events = connection.events
         parts: list[bytes] = []
         while True:
             piece: Any = await connection.next_event()
-            kind = type(piece)
-            if kind is h11.Data:
-                parts.append(piece.data)
-                if events and type(events[0]) is not h11.ConnectionClosed:
+            if type(piece) is bytes:
+                parts.append(piece)
+                if events and events[0] is not CONNECTION_CLOSED:
                     continue  # more is parsed already: one piece
                 body = parts[0] if len(parts) == 1 else b"".join(parts)
                 parts = []
-                drained = self.send(response, bytes(body), True)
+                drained = self.send(response, body, True)
                 if drained is not None:
                     await drained
-            elif kind is h11.EndOfMessage:
+            elif piece is END_OF_MESSAGE:
                 self.upstream_time = asyncio.get_running_loop().time() - self.started
                 self.pool.release(connection)  # before the client has it all
                 self.send(response, b"".join(parts), False)

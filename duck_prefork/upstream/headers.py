@@ -25,6 +25,7 @@ nginx hides them), so that the server's own apply like on every response, as do 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 # RFC 9110 7.6.1 (and the pre-standard Keep-Alive and Proxy-Connection it names).
@@ -34,6 +35,12 @@ HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te"
 _REQUEST_DROPPED = HOP_BY_HOP | {b"expect", b"x-forwarded-for", b"x-forwarded-proto",
                                  b"x-forwarded-host", b"forwarded"}
 _RESPONSE_DROPPED = HOP_BY_HOP | {b"server", b"date"}
+_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")  # RFC 9110 5.6.2
+# (peer address, scheme, host) -> the peer's X-Forwarded-For node, X-Forwarded-Proto and
+# Forwarded element: the same few with every request from a client (bounded: new ones stop
+# adding).
+_ELEMENTS: dict[tuple[str | None, str, bytes | None], tuple[bytes, bytes, bytes]] = {}
+_ELEMENTS_MAX = 4096
 
 
 def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -44,6 +51,21 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes
             tokens.update(token.strip().lower() for token in value.split(b","))
     tokens.discard(b"")
     return frozenset(tokens)
+
+
+def _listed_fields(values: list[bytes]) -> set[bytes]:
+    """The fields Connection header values name that are still to be dropped from a response
+    (not `close` and `keep-alive`, what nearly every upstream sends)."""
+    fields: set[bytes] = set()
+    for value in values:
+        lowered = value.lower()
+        if lowered == b"close" or lowered == b"keep-alive":
+            continue
+        for token in lowered.split(b","):
+            token = token.strip()
+            if token and token not in _RESPONSE_DROPPED:
+                fields.add(token)
+    return fields
 
 
 def node(client: tuple | None) -> str:
@@ -61,7 +83,7 @@ def forwarded_node(client: tuple | None) -> str:
 
 def quoted(value: str) -> str:
     """A Forwarded parameter value: a token as is, anything else as a quoted-string."""
-    if value and all(char.isalnum() or char in "!#$%&'*+-.^_`|~" for char in value):
+    if _TOKEN.fullmatch(value):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -76,33 +98,44 @@ def request_headers(headers: Iterable[tuple[bytes, bytes]], peer: tuple | None,
     appended to); `scheme` and `host`: as the ASGI scope has them (after trust); `authority`:
     the upstream's, for a request without Host; `upgrade`: the Upgrade value of a request
     that asks for a protocol switch (kept, with Connection: upgrade)."""
-    headers = list(headers)
-    dropped = _REQUEST_DROPPED | connection_tokens(headers)
     out: list[tuple[bytes, bytes]] = []
     previous_for: list[bytes] = []
     previous_forwarded: list[bytes] = []
-    has_host = False
+    listed = False  # a Connection header names more fields to drop
     for name, value in headers:
-        if name in dropped:
-            if trusted:
+        if name in _REQUEST_DROPPED:
+            if name == b"connection":
+                listed = True
+            elif trusted:
                 if name == b"x-forwarded-for":
                     previous_for.append(value)
                 elif name == b"forwarded":
                     previous_forwarded.append(value)
             continue
-        if name == b"host":
-            has_host = True
         out.append((name, value))
-    if not has_host:
+    if listed:
+        dropped = connection_tokens(headers)
+        out = [(name, value) for name, value in out if name not in dropped]
+    if not any(name == b"host" for name, _ in out):
         out.append((b"host", authority))
-    peer_node = node(peer).encode("latin-1")
-    out.append((b"x-forwarded-for", b", ".join((*previous_for, peer_node))))
-    out.append((b"x-forwarded-proto", scheme.encode("ascii")))
-    element = f"for={forwarded_node(peer)};proto={scheme}"
+    key = (str(peer[0]) if peer else None, scheme, host)
+    known = _ELEMENTS.get(key)
+    if known is None:
+        element = f"for={forwarded_node(peer)};proto={scheme}"
+        if host:
+            element += ";host=" + quoted(host.decode("latin-1"))
+        known = (node(peer).encode("latin-1"), scheme.encode("ascii"),
+                 element.encode("latin-1"))
+        if len(_ELEMENTS) < _ELEMENTS_MAX:
+            _ELEMENTS[key] = known
+    peer_node, proto, element_bytes = known
+    out.append((b"x-forwarded-for", b", ".join((*previous_for, peer_node))
+                if previous_for else peer_node))
+    out.append((b"x-forwarded-proto", proto))
     if host:
         out.append((b"x-forwarded-host", host))
-        element += ";host=" + quoted(host.decode("latin-1"))
-    out.append((b"forwarded", b", ".join((*previous_forwarded, element.encode("latin-1")))))
+    out.append((b"forwarded", b", ".join((*previous_forwarded, element_bytes))
+                if previous_forwarded else element_bytes))
     if upgrade is not None:
         out.append((b"connection", b"upgrade"))
         out.append((b"upgrade", upgrade))
@@ -111,12 +144,25 @@ def request_headers(headers: Iterable[tuple[bytes, bytes]], peer: tuple | None,
 
 def response_headers(headers: Iterable[tuple[bytes, bytes]],
                      keep_upgrade: bool = False) -> list[tuple[bytes, bytes]]:
-    """The upstream's response headers as the client gets them (names lowercased).
-    `keep_upgrade`: a 101, whose Upgrade and `Connection: upgrade` the client needs."""
-    headers = [(name.lower(), value) for name, value in headers]
-    dropped = _RESPONSE_DROPPED | connection_tokens(headers)
-    out = [(name, value) for name, value in headers if name not in dropped]
+    """The upstream's response headers (lowercase names, as codec.py gives them) as the
+    client gets them. `keep_upgrade`: a 101, whose Upgrade and `Connection: upgrade` the
+    client needs."""
+    out: list[tuple[bytes, bytes]] = []
+    upgrades: list[tuple[bytes, bytes]] = []
+    listed: list[bytes] = []  # the Connection headers' values
+    for name, value in headers:
+        if name in _RESPONSE_DROPPED:
+            if name == b"connection":
+                listed.append(value)
+            elif name == b"upgrade":
+                upgrades.append((name, value))
+            continue
+        out.append((name, value))
+    if listed:
+        dropped = _listed_fields(listed)
+        if dropped:
+            out = [(name, value) for name, value in out if name not in dropped]
     if keep_upgrade:
-        out += [(name, value) for name, value in headers if name == b"upgrade"]
+        out += upgrades
         out.append((b"connection", b"upgrade"))
     return out

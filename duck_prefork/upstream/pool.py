@@ -1,12 +1,11 @@
-"""A worker's connections to its upstreams: one Pool per upstream, h11 as the client codec.
+"""A worker's connections to its upstreams: one Pool per upstream.
 
 An UpstreamConnection is an asyncio protocol over one connection to an upstream, speaking
-HTTP/1.1 through an h11.Connection in the client role: what it sends is framed by h11, and what
-the upstream answers is held to h11's rules (a response that breaks them is an UpstreamFailure,
-502). Response events are parsed as they arrive and wait in a queue for the exchange; past
-HIGH_WATER bytes of body the socket is not read until the exchange has taken them, so a slow
-client slows the upstream down and a worker never holds more than about that much per
-exchange.
+HTTP/1.1 through the client codec (codec.py): what the upstream answers is held to h11's rules
+(a response that breaks them is an UpstreamFailure, 502). Response events are parsed as they
+arrive and wait in a queue for the exchange; past HIGH_WATER bytes of body the socket is not
+read until the exchange has taken them, so a slow client slows the upstream down and a worker
+never holds more than about that much per exchange.
 
 A Pool lends connections to exchanges and takes them back: kept for the next request when both
 sides of the exchange are done and the upstream keeps the connection alive, else closed. At
@@ -25,16 +24,17 @@ connect has its own timer (asyncio.wait_for), since there is no connection to sw
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import deque
 from typing import Any
 
-import h11
-
+from ..errors import UpstreamFailure, UpstreamResponseError
 from ..logs import log
 from ..net.stages import TransportProtocol
 from ..stream import Waiter
+from .codec import CONNECTION_CLOSED, NEED_DATA, ClientCodec
 from .routes import Upstream
+
+__all__ = ["UpstreamFailure", "UpstreamConnection", "Pool", "Pools"]
 
 # Response body bytes an exchange may have queued before the upstream is no longer read.
 HIGH_WATER = 64 * 1024
@@ -42,58 +42,23 @@ HIGH_WATER = 64 * 1024
 # upstreams keep theirs longer: gunicorn's gthread and uvicorn 2 s and 5 s... so, shorter than
 # most, and the race with a shorter one is the retry's).
 IDLE_TIMEOUT = 4.0
-# The upstream's states once its response has ended (h11: the server's side).
-_RESPONSE_DONE = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.SWITCHED_PROTOCOL)
-# The end of a response head, as h11 finds it (it also takes bare LFs).
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
-# The largest response head accepted from an upstream (h11's bound on an incomplete event).
-MAX_HEAD = 64 * 1024
-
-
-def head_refusal(raw: bytes | bytearray, start: int) -> tuple[int, str | None]:
-    """Check the response head that starts at `start` of the raw bytes `raw` (which hold it
-    whole: h11 has just parsed it) for what h11 lets through and our HTTP/1.1 codec refuses in
-    a request (http1/parser_h11.py): a bare LF as a line ending, obsolete line folding. Returns
-    where the head ends and why it is refused (None: it is not)."""
-    match = _HEAD_END.search(raw, start)
-    if match is None:  # (h11 found an end: cannot happen)
-        return len(raw), "no end to the response head"
-    head = raw[start:match.end()]
-    if match.group() != b"\r\n\r\n" or head.count(b"\n") != head.count(b"\r\n"):
-        return match.end(), "bare LF in the response head"
-    if b"\n " in head or b"\n\t" in head:
-        return match.end(), "obsolete line folding in the response head"
-    return match.end(), None
-
-
-class UpstreamFailure(Exception):
-    """An exchange with an upstream that cannot give a response: `status` is what the client
-    is answered if nothing was sent yet (502 Bad Gateway, 504 Gateway Timeout)."""
-
-    def __init__(self, status: int, why: str) -> None:
-        super().__init__(why)
-        self.status = status
 
 
 class UpstreamConnection(TransportProtocol):
-    """One connection to an upstream: h11 client side, events queued for the exchange, flow
-    control both ways; once a 101 is answered, the upstream end of a tunnel (tunnel.py).
-    Pausing, resuming, closing and aborting are TransportProtocol's."""
+    """One connection to an upstream: the client codec (codec.py), response events queued for
+    the exchange, flow control both ways; once a 101 is answered, the upstream end of a tunnel
+    (tunnel.py). Pausing, resuming, closing and aborting are TransportProtocol's."""
 
     def __init__(self, pool: Pool) -> None:
         super().__init__()
         self.pool = pool
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        self.codec = ClientCodec()
         self.events: deque[Any] = deque()
         self.buffered = 0  # body bytes in self.events
         self.waiter = Waiter()  # the exchange, waiting for an event or for drain
         self.failure: UpstreamFailure | None = None  # why the exchange cannot go on
         self.reused = False  # lent before: it may have been closed by the upstream meanwhile
         self.received_any = False  # bytes came back during the current exchange
-        # The bytes of the response head(s) so far, checked as each is parsed (head_refusal);
-        # None once the final head is in.
-        self.raw_head: bytearray | None = bytearray()
-        self.head_checked = 0  # where the next head starts in raw_head
         self.waiting_since: float | None = None  # the exchange waits on the upstream since
         self.idle_since = 0.0
         self.tunnel: Any = None  # the Tunnel, once this connection carries one
@@ -116,23 +81,16 @@ class UpstreamConnection(TransportProtocol):
             self.abort()
             return
         self.received_any = True
-        if self.raw_head is not None:
-            self.raw_head += data
         if self.waiting_since is not None:
             self.waiting_since = self.pool.loop.time()  # progress: the timeout starts again
-        self.h11.receive_data(data)
-        self._parse()
+        self._parse(data)
 
     def eof_received(self) -> bool:
         if self.tunnel is not None:
             self.tunnel.upstream_eof()
             return True
         if not self.closed and not self.pool.is_idle(self):
-            try:
-                self.h11.receive_data(b"")
-            except RuntimeError:
-                pass  # h11 had already seen the end
-            self._parse()
+            self._parse(b"")
         return False  # let the transport close
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -141,8 +99,8 @@ class UpstreamConnection(TransportProtocol):
         if self.tunnel is not None:
             self.tunnel.upstream_lost()
             return
-        if self.failure is None and not self._response_done():
-            # (a reset: eof_received never came, so h11 never learnt of the close)
+        if self.failure is None and not self.codec.response_done:
+            # (a reset: eof_received never came, so the codec never learnt of the close)
             why = f"connection lost ({exc})" if exc else "connection closed"
             self.failure = UpstreamFailure(502, f"upstream {self.pool.upstream.name}: {why}")
         self.waiter.wake()
@@ -160,60 +118,37 @@ class UpstreamConnection(TransportProtocol):
 
     # --- for the exchange -----------------------------------------------------------------
 
-    def _parse(self) -> None:
-        """Move what h11 can make of the bytes so far into the event queue."""
-        conn = self.h11
+    def _parse(self, data: bytes) -> None:
+        """Give the codec the upstream's bytes (b"": it closed) and queue what it makes of
+        them."""
+        codec = self.codec
         events = self.events
         try:
+            codec.receive(data)
             while True:
-                event: Any = conn.next_event()  # dispatched on type(event) below
-                if event is h11.NEED_DATA or event is h11.PAUSED:
+                event: Any = codec.next_event()
+                if event is NEED_DATA:
                     break
                 events.append(event)
-                kind = type(event)
-                if kind is h11.Data:
-                    self.buffered += len(event.data)
-                elif kind is h11.Response or kind is h11.InformationalResponse:
-                    self._check_head(event, kind is h11.Response or event.status_code == 101)
-                elif kind is h11.ConnectionClosed:
+                if type(event) is bytes:
+                    self.buffered += len(event)
+                elif event is CONNECTION_CLOSED:
                     break
-        except h11.RemoteProtocolError as exc:
-            self.failure = UpstreamFailure(
-                502, f"upstream {self.pool.upstream.name}: invalid response: {exc}")
+        except UpstreamResponseError as exc:
+            self.failure = UpstreamFailure(502, f"upstream {self.pool.upstream.name}: {exc}")
             self.abort()
         if self.buffered > HIGH_WATER:
             self.pause_reading()
         self.waiter.wake()
 
-    def _check_head(self, event: Any, final: bool) -> None:
-        """Hold the head just parsed to our own rules too: head_refusal's, and no response
-        with both Content-Length and Transfer-Encoding (h11 takes the chunks; a desynchronised
-        connection is how responses get smuggled)."""
-        raw = self.raw_head
-        if raw is None:
-            return
-        self.head_checked, why = head_refusal(raw, self.head_checked)
-        if final:
-            self.raw_head = None
-            names = {name for name, _ in event.headers}
-            if b"content-length" in names and b"transfer-encoding" in names:
-                why = "both Content-Length and Transfer-Encoding in the response head"
-        if why is not None:
-            raise h11.RemoteProtocolError(why)
-
-    def _response_done(self) -> bool:
-        """The upstream's response has arrived whole (what is queued included)."""
-        return self.h11.their_state in _RESPONSE_DONE
-
-    def send(self, event: Any) -> None:
-        """Frame `event` with h11 and write it (nothing once the connection is closing)."""
-        data = self.h11.send(event)
+    def write(self, data: bytes) -> None:
+        """Write request bytes (nothing once the connection is closing)."""
         if data and not self.closed:
             self.transport.write(data)
 
     async def next_event(self) -> Any:
-        """The next response event: InformationalResponse, Response, Data, EndOfMessage,
-        ConnectionClosed. Raises UpstreamFailure when there is none to come."""
+        """The next response event (codec.py): a Head, body bytes, END_OF_MESSAGE,
+        CONNECTION_CLOSED. Raises UpstreamFailure when there is none to come."""
         events = self.events
         while not events:
             if self.failure is not None:
@@ -227,8 +162,8 @@ class UpstreamConnection(TransportProtocol):
             finally:
                 self.waiting_since = None
         event = events.popleft()
-        if type(event) is h11.Data:
-            self.buffered -= len(event.data)
+        if type(event) is bytes:
+            self.buffered -= len(event)
             if self.buffered <= HIGH_WATER // 2:
                 self.resume_reading()
         return event
@@ -238,7 +173,7 @@ class UpstreamConnection(TransportProtocol):
         low-water mark), has answered (it may not read the rest of a body it answered early),
         or the connection is lost. Counts as waiting on the upstream."""
         while self.write_paused and not self.closed and self.failure is None \
-                and self.h11.their_state is h11.SEND_RESPONSE:
+                and self.codec.awaiting_head:
             self.waiting_since = self.pool.loop.time()
             try:
                 await self.waiter.wait(self.pool.loop)
@@ -249,8 +184,7 @@ class UpstreamConnection(TransportProtocol):
         """Called by the sweep: the upstream has sent nothing for --upstream-timeout."""
         if self.failure is None:
             timeout = self.pool.timeout
-            what = "no response" if self.h11.their_state is h11.SEND_RESPONSE \
-                else "nothing more"
+            what = "no response" if self.codec.awaiting_head else "nothing more"
             self.failure = UpstreamFailure(
                 504, f"upstream {self.pool.upstream.name}: {what} within --upstream-timeout "
                      f"{timeout:g} s")
@@ -259,9 +193,9 @@ class UpstreamConnection(TransportProtocol):
 
     def reusable(self) -> bool:
         """Both sides of the exchange are done and the upstream keeps the connection."""
-        conn = self.h11
-        return (not self.closed and self.failure is None and conn.our_state is h11.DONE
-                and conn.their_state is h11.DONE and not self.events)
+        return not self.closed and self.failure is None and not self.events \
+            and self.codec.reusable()
+
 
 class Pool:
     """The connections of one worker to one upstream (see the module docstring)."""
@@ -302,11 +236,12 @@ class Pool:
                 continue
             waiter = self.loop.create_future()
             self.waiters.append(waiter)
+            handed: UpstreamConnection | None  # (None: the right to open one)
             try:
                 if self.timeout:
-                    connection = await asyncio.wait_for(waiter, self.timeout)
+                    handed = await asyncio.wait_for(waiter, self.timeout)
                 else:
-                    connection = await waiter
+                    handed = await waiter
             except TimeoutError:
                 raise UpstreamFailure(504, f"upstream {self.upstream.name}: no connection "
                                            f"free within --upstream-timeout {self.timeout:g} s "
@@ -317,17 +252,15 @@ class Pool:
                 if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
                     self._give_back(waiter.result())
                 raise
-            if connection is not None:
-                if not connection.closed and not fresh:
-                    connection.reused = True
-                    return self._lend(connection)
-                self._give_back(connection)  # (fresh wanted: make room on the next turn)
+            if handed is not None:
+                if not handed.closed and not fresh:
+                    handed.reused = True
+                    return self._lend(handed)
+                self._give_back(handed)  # (fresh wanted: make room on the next turn)
 
     def _lend(self, connection: UpstreamConnection) -> UpstreamConnection:
         self.busy.add(connection)
         connection.received_any = False
-        connection.raw_head = bytearray()
-        connection.head_checked = 0
         return connection
 
     async def _connect(self) -> UpstreamConnection:
@@ -367,7 +300,7 @@ class Pool:
             connection.abort() if connection.failure is not None else connection.close()
             self._wake_waiter(None)
             return
-        connection.h11.start_next_cycle()
+        connection.codec.start_next_cycle()
         self._give_back(connection)
 
     def _give_back(self, connection: UpstreamConnection) -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
-import h11
 import pytest
 
+from duck_prefork.upstream.codec import END_OF_MESSAGE
 from duck_prefork.upstream.pool import IDLE_TIMEOUT, Pool, UpstreamFailure
 from duck_prefork.upstream.routes import Upstream
 
@@ -16,7 +16,8 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
 class Responder(asyncio.Protocol):
-    """Answers each request head with OK, except /silent (never) and /bye (OK, then closes)."""
+    """Answers each request head with OK, except /silent (never), /bye (OK, then closes) and
+    /more (OK and bytes past its Content-Length)."""
 
     opened = 0
 
@@ -27,7 +28,7 @@ class Responder(asyncio.Protocol):
     def data_received(self, data):
         if b"/silent" in data:
             return
-        self.transport.write(OK)
+        self.transport.write(OK + b"X" if b"/more" in data else OK)
         if b"/bye" in data:
             self.transport.close()
 
@@ -35,15 +36,16 @@ class Responder(asyncio.Protocol):
 async def exchange(pool: Pool, path: str = "/") -> tuple[int, bytes]:
     connection = await pool.acquire()
     try:
-        connection.send(h11.Request(method="GET", target=path, headers=[("Host", "u")]))
-        connection.send(h11.EndOfMessage())
+        codec = connection.codec
+        connection.write(codec.request(b"GET", path.encode(), [(b"host", b"u")], False, None))
+        codec.end()
         response = await connection.next_event()
         body = b""
         while True:
             event = await connection.next_event()
-            if type(event) is h11.EndOfMessage:
-                return response.status_code, body
-            body += event.data
+            if event is END_OF_MESSAGE:
+                return response.status, body
+            body += event
     finally:
         pool.release(connection)
 
@@ -92,6 +94,18 @@ def test_a_connection_the_upstream_closed_is_never_reused():
             if not pool.idle:
                 break
             await asyncio.sleep(0.01)
+        assert not pool.idle
+        assert await exchange(pool) == (200, b"ok")
+        assert pool.opened == 2
+
+    run(test)
+
+
+def test_a_connection_with_bytes_past_its_response_is_not_reused():
+    """An upstream out of step (more than its Content-Length): the bytes are not taken as the
+    next response; the connection is closed and the next exchange gets a new one."""
+    async def test(pool):
+        assert await exchange(pool, "/more") == (200, b"ok")
         assert not pool.idle
         assert await exchange(pool) == (200, b"ok")
         assert pool.opened == 2

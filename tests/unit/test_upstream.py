@@ -188,17 +188,17 @@ def test_an_upgrade_keeps_upgrade_and_connection():
 
 
 def test_response_hop_by_hop_server_and_date_are_removed():
-    upstream = [(b"Connection", b"X-Secret, keep-alive"), (b"Keep-Alive", b"timeout=5"),
-                (b"X-Secret", b"1"), (b"Transfer-Encoding", b"chunked"), (b"Server", b"gunicorn"),
-                (b"Date", b"Mon"), (b"Content-Length", b"5"), (b"Set-Cookie", b"a=1"),
-                (b"Set-Cookie", b"b=2"), (b"Upgrade", b"h2c")]
+    upstream = [(b"connection", b"X-Secret, keep-alive"), (b"keep-alive", b"timeout=5"),
+                (b"x-secret", b"1"), (b"transfer-encoding", b"chunked"), (b"server", b"gunicorn"),
+                (b"date", b"Mon"), (b"content-length", b"5"), (b"set-cookie", b"a=1"),
+                (b"set-cookie", b"b=2"), (b"upgrade", b"h2c")]
     assert response_headers(upstream) == [(b"content-length", b"5"), (b"set-cookie", b"a=1"),
                                           (b"set-cookie", b"b=2")]
 
 
 def test_a_101_keeps_its_upgrade():
-    upstream = [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"),
-                (b"Sec-WebSocket-Accept", b"abc")]
+    upstream = [(b"upgrade", b"websocket"), (b"connection", b"Upgrade"),
+                (b"sec-websocket-accept", b"abc")]
     assert response_headers(upstream, keep_upgrade=True) == [
         (b"sec-websocket-accept", b"abc"), (b"upgrade", b"websocket"),
         (b"connection", b"upgrade")]
@@ -221,7 +221,7 @@ def test_a_worker_without_upstreams_builds_the_plain_pipeline():
 
 
 def test_response_heads_are_held_to_the_codecs_rules():
-    from duck_prefork.upstream.pool import head_refusal
+    from duck_prefork.upstream.codec import head_refusal
 
     good = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nA: 1\r\n\r\nbody\n\nmore"
     end, why = head_refusal(good, 0)
