@@ -77,7 +77,10 @@ def test_defaults():
     assert config.workers >= 1
     assert config.factory is False
     assert config.graceful_timeout == 30.0
-    assert config.keep_alive == 5.0
+    assert config.keep_alive == 75.0  # above nginx's upstream keepalive_timeout (60 s)
+    assert config.max_requests_per_connection == 1000
+    assert config.drain_delay == 0.0
+    assert config.health_path == config.ready_path == config.agent_bind == ""
     assert config.backlog == 2048
     assert config.root_path == ""
     assert config.lifespan == "auto"
