@@ -132,6 +132,10 @@ class Processes:
                 chunk = os.read(fd, 65536)
             except BlockingIOError:
                 return b"".join(chunks), False
+            except ConnectionResetError:
+                # A worker that exits with the master's view unread resets its channel; what
+                # it wrote before is read first (the kernel reports the reset after the data).
+                return b"".join(chunks), True
             if not chunk:
                 return b"".join(chunks), True
             chunks.append(chunk)
