@@ -89,7 +89,8 @@ def wait_port(host: str, port: int, process: subprocess.Popen, timeout: float = 
             return
         except OSError:
             if process.poll() is not None:
-                raise AssertionError(f"{process.args[0]} exited with {process.returncode}")
+                raise AssertionError(
+                    f"{process.args[0]} exited with {process.returncode}") from None
             if time.monotonic() > deadline:
                 raise AssertionError(f"nothing listens on {host}:{port}") from None
             time.sleep(0.05)

@@ -1,5 +1,6 @@
 """channel.Sender, the worker's end of its channel: it never blocks (the event loop writes to
-it), drops a heartbeat (with its count of requests in progress) that does not fit, and keeps READY and RECYCLE until they fit."""
+it), drops a heartbeat (with its count of requests in progress) that does not fit, and keeps
+READY and RECYCLE until they fit."""
 
 from __future__ import annotations
 

@@ -176,6 +176,14 @@ def test_environment_flag_can_be_false():
     ([], {"DUCK_PREFORK_KEEP_ALIVE": "soon"}, "DUCK_PREFORK_KEEP_ALIVE"),
     ([], {"DUCK_PREFORK_FACTORY": "maybe"}, "DUCK_PREFORK_FACTORY"),
     ([], {"DUCK_PREFORK_BIND": "127.0.0.1:1,nonsense:port"}, "DUCK_PREFORK_BIND"),
+    (["--drain-delay", "-1"], {}, "--drain-delay"),
+    (["--health-path", "healthz"], {}, "--health-path"),
+    (["--ready-path", "/ready?full=1"], {}, "--ready-path"),
+    (["--min-ready", "0"], {}, "--min-ready"),
+    (["--agent-bind", "unix:/tmp/agent.sock"], {}, "--agent-bind"),
+    (["--agent-bind", "https://127.0.0.1:9100"], {}, "--agent-bind"),
+    (["--max-requests-per-connection", "-1"], {}, "--max-requests-per-connection"),
+    ([], {"DUCK_PREFORK_DRAIN_DELAY": "later"}, "DUCK_PREFORK_DRAIN_DELAY"),
 ])
 def test_config_error_names_the_option(argv, environ, name):
     with pytest.raises(ConfigError) as info:
@@ -183,6 +191,11 @@ def test_config_error_names_the_option(argv, environ, name):
     message = str(info.value)
     assert message.startswith(name + ":")
     assert "\n" not in message
+
+
+def test_one_path_cannot_be_both_probes():
+    with pytest.raises(ConfigError, match="--health-path and --ready-path"):
+        parse("--health-path", "/probe", "--ready-path", "/probe")
 
 
 def test_config_error_shows_the_value_and_reason():
