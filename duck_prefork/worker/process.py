@@ -279,9 +279,9 @@ class Worker:
         if view is not None:
             self.view.serving, self.view.stopping = view
             if self.view.stopping and self.state is not None and not self.state.lame_duck:
-                self.state.lame_duck = True
-                log.info("lame duck: the master is stopping; every response now carries "
-                         "Connection: close")
+                self.state.lame_duck = True  # (the master logs the lame duck, once)
+                log.debug("the master is stopping: every response now carries Connection: "
+                          "close")
 
     def stop(self, sweep: bool) -> None:
         """TERM (sweep False) or INT (sweep True): stop gracefully. The first signal decides;
