@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
@@ -43,6 +42,10 @@ from ..net.stages import ConnectionFacts, StagedConnection, TransportProtocol
 from ..stream import StreamHandler, Waiter, http_date
 from .request_head import DEFAULT_LIMITS, Limits, ParseError
 from .stream import Http1Stream, date_header, encode_error
+
+# --max-requests-per-connection 0. Not sys.maxsize: the compiled build compares small ints
+# (below 2**62) without a call, and this compare is made for every request.
+NO_LIMIT: Final = 1 << 60
 
 # While stopping, a keep-alive connection idle between requests this long is closed (the
 # drain closes those idle at its start; this catches those that become idle after).
@@ -99,7 +102,7 @@ class ServerState:
         # The request on a connection whose response carries Connection: close; one compare
         # per request covers --keep-alive 0 (the first) and no limit (never).
         self.last_request_on_connection = 1 if keep_alive <= 0 else \
-            max_requests_per_connection or sys.maxsize
+            max_requests_per_connection or NO_LIMIT
         self.limits = limits
         self.concurrency = concurrency  # most requests in progress at once; 0: no limit
         self.header_timeout = header_timeout
