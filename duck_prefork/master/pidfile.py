@@ -68,9 +68,10 @@ def master_pid(path: str) -> int:
             title = file.read()
     except OSError:
         title = b""
-    # The master's process title (setproctitle): a pid reused by another program since the
-    # server died must not be signalled.
-    if title and not title.startswith(b"duck-prefork: master"):
+    # The master's process title (setproctitle; `python -m duck_prefork ...` for the moment
+    # after a USR2 exec): a pid reused by another program since the server died must not be
+    # signalled.
+    if title and b"duck-prefork: master" not in title and b"duck_prefork" not in title:
         program = title.split(b"\0")[0][:60].decode("utf-8", "replace")
         raise PidFileError(f"{path}: stale pid file: process {pid} is not a duck-prefork master "
                            f"({program})")
