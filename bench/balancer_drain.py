@@ -53,7 +53,7 @@ def start(server: str, host: str, port: int, log: Path) -> subprocess.Popen:
     else:
         argv = [uvicorn_binary(), balancers.APP, "--host", host, "--port", str(port),
                 "--workers", "2", "--no-access-log"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BALANCED_HOST": host}
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)

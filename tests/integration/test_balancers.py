@@ -31,8 +31,8 @@ pytestmark = [
 def test_haproxy_drains_one_host_under_load_with_no_failed_request(start_server, tmp_path):
     port = balancers.free_port(HOSTS)
     frontend = balancers.free_port()
-    servers = [start_server(*guide_command("haproxy", host, port), bind=None)
-               for host in HOSTS]
+    servers = [start_server(*guide_command("haproxy", host, port), bind=None,
+                            env={"BALANCED_HOST": host}) for host in HOSTS]
     haproxy = balancers.start_haproxy(tmp_path, port, frontend)
     try:
         draining = servers[0]
@@ -58,7 +58,7 @@ def test_nginx_upstream_keep_alive_gives_no_502_around_the_idle_timeout(start_se
     frontend = balancers.free_port()
     for host in HOSTS:
         args = guide_command("haproxy", host, port, workers=1)
-        start_server(*args, "--keep-alive", "2.5", bind=None)
+        start_server(*args, "--keep-alive", "2.5", bind=None, env={"BALANCED_HOST": host})
     nginx = balancers.start_nginx(
         tmp_path, port, frontend,
         edit=lambda text: text.replace("keepalive_timeout 60s;", "keepalive_timeout 2s;"))
