@@ -123,8 +123,13 @@ class Balancer:
         self._log.close()
 
 
-def start_haproxy(tmp_path: Path, port: int, frontend: int) -> Balancer:
+def start_haproxy(tmp_path: Path, port: int, frontend: int, agent_port: int = 0) -> Balancer:
+    """HAProxy on the guide's configuration; with `agent_port`, its agent-check variant (the
+    guide's default-server line for it, on that port)."""
     config = at_loopback(guide_block("config", "haproxy"), port, frontend)
+    if agent_port:
+        line = guide_block("config", "haproxy-agent").replace("9100", str(agent_port))
+        config = re.sub(r"    default-server .*\n", line, config)
     if PROXY_V2:
         config = re.sub(r"(default-server .*)", r"\1" + HAPROXY_PROXY_V2, config)
     path = tmp_path / "haproxy.cfg"

@@ -48,6 +48,26 @@ def test_haproxy_drains_one_host_under_load_with_no_failed_request(start_server,
     assert "--drain-delay over: graceful stop" in draining.log()
 
 
+def test_haproxy_with_the_agent_check_drains_with_no_failed_request(start_server, tmp_path):
+    port = balancers.free_port(HOSTS)
+    agent_port = balancers.free_port(HOSTS)
+    frontend = balancers.free_port()
+    servers = [start_server(*guide_command("haproxy", host, port),
+                            "--agent-bind", f"{host}:{agent_port}", bind=None,
+                            env={"BALANCED_HOST": host}) for host in HOSTS]
+    haproxy = balancers.start_haproxy(tmp_path, port, frontend, agent_port=agent_port)
+    try:
+        draining = servers[0]
+        load = balancers.stop_one_under_load(
+            frontend, lambda: draining.send_signal(signal.SIGTERM),
+            lambda: draining.wait_exit(timeout=60))
+    finally:
+        haproxy.stop()
+    assert load.failures == [], load.failures[:10]
+    assert draining.wait_exit() == 0
+    assert "Server app/app1 enters drain state" in haproxy.log()  # the agent said so
+
+
 def test_nginx_upstream_keep_alive_gives_no_502_around_the_idle_timeout(start_server,
                                                                        tmp_path):
     """The guide's ratio, scaled down 30 times so that the test waits seconds, not minutes:
