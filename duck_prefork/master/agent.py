@@ -78,7 +78,10 @@ class AgentServer:
         if fd == self.socket.fileno():
             self._accept(answer, now)
             return
-        sock, _ = self.lingering[fd]
+        entry = self.lingering.get(fd)
+        if entry is None:
+            return  # closed earlier in this round (MOST_OPEN)
+        sock = entry[0]
         try:
             while sock.recv(4096):
                 pass
