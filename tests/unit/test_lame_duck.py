@@ -187,3 +187,42 @@ def test_readiness(serving, min_ready, stopping, status):
 ])
 def test_agent_answer(stopping, serving, min_ready, busy, answer):
     assert agent_answer(stopping, serving, min_ready, busy) == answer
+
+
+# --- the agent server, on real sockets, without a master -----------------------------------------
+
+def test_agent_server_answers_lingers_until_the_client_closes_and_expires_the_silent():
+    import socket as socket_module
+
+    from duck_prefork.master.agent import LINGER, AgentServer
+
+    server = AgentServer.bind("127.0.0.1", 0)
+    port = server.socket.getsockname()[1]
+    try:
+        talker = socket_module.create_connection(("127.0.0.1", port), timeout=5)
+        talker.sendall(b"backend/app1\n")  # agent-send: read and dropped
+        silent = socket_module.create_connection(("127.0.0.1", port), timeout=5)
+        deadline = 100.0
+        while len(server.lingering) < 2:  # both accepted (the kernel may queue them a moment)
+            server.ready(server.socket.fileno(), b"ready 50%\n", now=10.0)
+            deadline -= 1
+            assert deadline > 0
+        assert talker.recv(100) == b"ready 50%\n" and talker.recv(100) == b""  # then EOF
+        talker.close()
+        talker_fd = next(iter(server.lingering))  # accepted first: the backlog is FIFO
+        readable = select_readable(server.lingering[talker_fd][0])
+        assert readable
+        server.ready(talker_fd, b"", now=10.5)
+        assert talker_fd not in server.lingering  # closed once the client closed
+        server.expire(10.0 + LINGER)
+        assert server.lingering == {}  # the silent client's wait is bounded
+        assert silent.recv(100) == b"ready 50%\n"
+        silent.close()
+    finally:
+        server.close()
+
+
+def select_readable(sock) -> bool:
+    import select
+
+    return bool(select.select([sock], [], [], 5)[0])
