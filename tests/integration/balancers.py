@@ -70,15 +70,14 @@ def at_loopback(text: str, port: int, frontend: int) -> str:
     return text.replace(GUIDE_FRONTEND, f"127.0.0.1:{frontend}")
 
 
-def guide_command(name: str, host: str, port: int, workers: int = 2,
-                  proxy_v2: bool | None = None) -> list[str]:
+def guide_command(name: str, host: str, port: int, workers: int = 2) -> list[str]:
     """The guide's duck-prefork command line (without the program) for one loopback host;
-    with PROXY v2 behind HAProxy when PROXY_V2 says so (`proxy_v2` overrides it)."""
+    behind HAProxy with PROXY v2 when PROXY_V2 says so."""
     args = shlex.split(guide_block("command", name))[1:]
     args = [APP if arg == GUIDE_APP else arg for arg in args]
     args[args.index("--bind") + 1] = f"{host}:{port}"
     args[args.index("--workers") + 1] = str(workers)
-    if PROXY_V2 if proxy_v2 is None else proxy_v2:
+    if PROXY_V2 and name == "haproxy":
         args += ["--proxy-protocol", "v2"]
     return args
 

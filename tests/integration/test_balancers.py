@@ -77,7 +77,8 @@ def test_nginx_upstream_keep_alive_gives_no_502_around_the_idle_timeout(start_se
     port = balancers.free_port(HOSTS)
     frontend = balancers.free_port()
     for host in HOSTS:
-        args = guide_command("haproxy", host, port, workers=1, proxy_v2=False)  # plain HTTP
+        args = guide_command("nginx", host, port, workers=1)
+        assert "--keep-alive" not in args  # the default, 75 s, scaled here:
         start_server(*args, "--keep-alive", "2.5", bind=None, env={"BALANCED_HOST": host})
     nginx = balancers.start_nginx(
         tmp_path, port, frontend,
