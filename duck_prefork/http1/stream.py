@@ -118,9 +118,9 @@ class Http1Stream(Stream):
         "task")
 
     @property
-    def tls(self) -> dict | None:
-        """scope["extensions"]["tls"] over TLS (the connection's), else None."""
-        return self.connection.facts.tls
+    def extensions(self) -> dict | None:
+        """The connection's scope extensions (Stream.extensions)."""
+        return self.connection.facts.extensions
 
     def __init__(self, connection: HttpConnection, method: bytes, target: bytes,
                  http_version: bytes, headers: list[tuple[bytes, bytes]]):
@@ -131,7 +131,7 @@ class Http1Stream(Stream):
         self.connection = connection
         self.client = connection.client
         self.server = connection.server
-        self.scheme = connection.facts.scheme  # "http", or what the stages learned (TLS)
+        self.scheme = connection.facts.scheme  # "http", or what the stages learned (TLS, PROXY)
         self.method = _METHODS.get(method) or method.decode("ascii")
         self.target = target
         self.http_version = "1.1" if http_version == b"1.1" else http_version.decode("ascii")

@@ -294,6 +294,7 @@ class TlsHandshake(Stage):
         facts = link.facts
         facts.scheme = "https"
         facts.tls = self.server.extension(transport.get_extra_info("ssl_object"))
+        facts.add_extension("tls", facts.tls)
         link.finish(b"", transport=transport)
 
     def handshake_over(self, waiter: asyncio.Future) -> None:

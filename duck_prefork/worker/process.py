@@ -23,6 +23,7 @@ import os
 import pwd
 import random
 import signal
+import socket
 import sys
 import traceback
 from collections.abc import Callable, Coroutine
@@ -45,7 +46,8 @@ from ..http1.request_head import Limits
 from ..loader import AppLoadError, load_app
 from ..logs import log
 from ..net.listeners import Listener
-from ..net.stages import HTTP_1_1, ConnectionPlan
+from ..net.proxy_stage import ProxyProtocol
+from ..net.stages import HTTP_1_1, ConnectionPlan, StageFactory
 from ..tls.context import Certificates
 from ..tls.handshake import TlsServer
 from ..tls.redirect import RedirectToHttps
@@ -107,6 +109,7 @@ class Worker:
         self.preloaded_app: Any = None  # the app imported by the master (--preload)
         self.certificates: Certificates | None = None  # TLS: built by the master, inherited
         self.tls: TlsServer | None = None
+        self.proxy_protocol: ProxyProtocol | None = None  # --proxy-protocol
         # Whether the stop accepts what is queued on the listening sockets first: INT (they
         # are about to close) or TERM (they stay open for the other workers).
         self.sweep_on_stop = False
@@ -207,9 +210,15 @@ class Worker:
                             max_requests_per_connection=config.max_requests_per_connection)
         state.lame_duck = self.view.stopping
         self.state = state
-        # What each listener's connections go through before HTTP/1.1: a TLS listener's, the
-        # TLS handshake; with --redirect-https a plain one's, the redirect (and no HTTP/1.1).
-        plan_for = connection_plans(config, self.listeners, state, self._tls_server(loop))
+        # What each listener's connections go through before HTTP/1.1: with --proxy-protocol a
+        # TCP listener's, the PROXY header first; a TLS listener's, the TLS handshake; with
+        # --redirect-https a plain one's, the redirect (and no HTTP/1.1).
+        if config.proxy_protocol != "off":
+            # One allow-list for the PROXY header and for the forwarded headers.
+            self.proxy_protocol = ProxyProtocol(
+                config.proxy_protocol, ProxyHeaders(config.forwarded_allow_ips).trusts)
+        plan_for = connection_plans(config, self.listeners, state, self._tls_server(loop),
+                                    self.proxy_protocol)
         acceptors = [Acceptor(listener.socket, plan_for(listener).protocol_factory(), state)
                      for listener in self.listeners]
         for acceptor in acceptors:
@@ -306,6 +315,8 @@ class Worker:
             self.failures("the once-a-second tick failed", exc)
         if self.tls is not None:
             self.tls.failures.flush(loop.time())
+        if self.proxy_protocol is not None:
+            self.proxy_protocol.flush(loop.time())
         self.channel.beat(len(state.tasks))  # from inside the loop: a blocked loop stops beating
         self._ticks += 1
         if self._malloc_trim is not None and self._ticks % MALLOC_TRIM_EVERY == 0:
@@ -330,25 +341,34 @@ def make_access_log(config: Config) -> logs.AccessLog | None:
 
 
 def connection_plans(config: Config, listeners: list[Listener], state: ServerState,
-                     tls: TlsServer | None) -> Callable[[Listener], ConnectionPlan]:
-    """Which ConnectionPlan a listener's connections follow: a TLS listener's starts with the
-    handshake; with --redirect-https a plain TCP listener's is the redirect alone; any other
-    goes straight to HTTP/1.1."""
+                     tls: TlsServer | None, proxy: ProxyProtocol | None = None,
+                     ) -> Callable[[Listener], ConnectionPlan]:
+    """Which ConnectionPlan a listener's connections follow: with --proxy-protocol a TCP
+    listener's starts with the PROXY header; then a TLS listener's has the handshake; with
+    --redirect-https a plain TCP listener's has the redirect (and no HTTP/1.1 request reaches
+    the app). A listener with none of these goes straight to HTTP/1.1."""
     protocols = {HTTP_1_1: lambda: HttpConnection(state)}
-    plain = ConnectionPlan((), protocols, state)
-    secure = ConnectionPlan((tls.stage,), protocols, state) if tls is not None else None
-    redirect = plain
     tls_ports = [listener.socket.getsockname()[1] for listener in listeners
                  if listener.tls and listener.address.kind == "tcp"]
+    redirect: StageFactory | None = None
     if config.redirect_https and tls_ports:
-        stage = functools.partial(RedirectToHttps, tls_ports[0], config.header_timeout)
-        redirect = ConnectionPlan((stage,), protocols, state)
+        redirect = functools.partial(RedirectToHttps, tls_ports[0], config.header_timeout)
+    plans: dict[tuple, ConnectionPlan] = {}  # one plan per sequence of stages
 
     def plan_for(listener: Listener) -> ConnectionPlan:
+        tcp = listener.socket.family in (socket.AF_INET, socket.AF_INET6)
+        stages: list[StageFactory] = []
+        if proxy is not None and tcp:
+            stages.append(proxy.stage)
         if listener.tls:
-            assert secure is not None  # _tls_server() refused to boot without certificates
-            return secure
-        return redirect if listener.address.kind == "tcp" else plain
+            assert tls is not None  # _tls_server() refused to boot without certificates
+            stages.append(tls.stage)
+        elif redirect is not None and listener.address.kind == "tcp":
+            stages.append(redirect)
+        key = tuple(stages)
+        if key not in plans:
+            plans[key] = ConnectionPlan(stages, protocols, state)
+        return plans[key]
 
     return plan_for
 
