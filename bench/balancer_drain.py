@@ -5,10 +5,11 @@ The scenario of tests/integration/test_balancers.py (docs/deploy.md's HAProxy co
 health checks on /ready every second, two hosts on 127.0.0.2 and 127.0.0.3 serving
 tests/apps/balanced.py, four clients on keep-alive connections to HAProxy), run against:
 
-  duck     duck-prefork with the guide's command line: --ready-path /ready --drain-delay 5
+  duck     duck-prefork with the guide's command line: --ready-path /ready --drain-delay 5,
+           PROXY protocol v2 from HAProxy
   uvicorn  uvicorn --workers 2 on the same app; it has no readiness endpoint of its own, so
            HAProxy's check of /ready reaches the app, which answers 200 while uvicorn stops
-           (what every balancer sees of a Python server today)
+           (what every balancer sees of a Python server today); plain HTTP from HAProxy
 
 One TERM to the first host once both serve; the load goes on until the second host has served
 200 more requests after the first has exited. Prints, for each, the requests sent and failed,
@@ -75,7 +76,8 @@ def one_round(server: str, workdir: Path) -> balancers.Load:
     port = balancers.free_port(HOSTS)
     frontend = balancers.free_port()
     hosts = [start(server, host, port, workdir / f"{server}-{host}.log") for host in HOSTS]
-    haproxy = balancers.start_haproxy(workdir, port, frontend)
+    # uvicorn speaks no PROXY protocol: HAProxy sends it plain HTTP (the guide's one change).
+    haproxy = balancers.start_haproxy(workdir, port, frontend, proxy_v2=server == "duck")
     try:
         return balancers.stop_one_under_load(
             frontend, lambda: os.kill(hosts[0].pid, signal.SIGTERM),

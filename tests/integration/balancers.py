@@ -33,10 +33,12 @@ GUIDE_FRONTEND = "0.0.0.0:80"
 GUIDE_APP = "myproject.asgi:application"
 APP = "tests.apps.balanced:app"
 
-# PROXY protocol v2 between HAProxy and the servers: the one switch (the guide's HAProxy
-# section says which line changes on each side).
-PROXY_V2 = False
+# The guide's HAProxy sends PROXY v2 to the servers: what a server without PROXY protocol
+# (uvicorn, in bench/balancer_drain.py) needs taken out, on each side (the guide says so).
 HAPROXY_PROXY_V2 = " send-proxy-v2 check-send-proxy"
+# The guide's example address of HAProxy, trusted to send the PROXY header; on loopback
+# HAProxy connects from 127.0.0.1.
+GUIDE_BALANCER = "10.0.0.2"
 
 
 def guide_block(kind: str, name: str) -> str:
@@ -71,14 +73,12 @@ def at_loopback(text: str, port: int, frontend: int) -> str:
 
 
 def guide_command(name: str, host: str, port: int, workers: int = 2) -> list[str]:
-    """The guide's duck-prefork command line (without the program) for one loopback host;
-    behind HAProxy with PROXY v2 when PROXY_V2 says so."""
+    """The guide's duck-prefork command line (without the program) for one loopback host."""
     args = shlex.split(guide_block("command", name))[1:]
-    args = [APP if arg == GUIDE_APP else arg for arg in args]
+    replace = {GUIDE_APP: APP, GUIDE_BALANCER: "127.0.0.1"}
+    args = [replace.get(arg, arg) for arg in args]
     args[args.index("--bind") + 1] = f"{host}:{port}"
     args[args.index("--workers") + 1] = str(workers)
-    if PROXY_V2 and name == "haproxy":
-        args += ["--proxy-protocol", "v2"]
     return args
 
 
@@ -122,15 +122,18 @@ class Balancer:
         self._log.close()
 
 
-def start_haproxy(tmp_path: Path, port: int, frontend: int, agent_port: int = 0) -> Balancer:
+def start_haproxy(tmp_path: Path, port: int, frontend: int, agent_port: int = 0,
+                  proxy_v2: bool = True) -> Balancer:
     """HAProxy on the guide's configuration; with `agent_port`, its agent-check variant (the
-    guide's default-server line for it, on that port)."""
+    guide's default-server line for it, on that port); without `proxy_v2`, plain HTTP to the
+    servers (the guide's one change on this side)."""
     config = at_loopback(guide_block("config", "haproxy"), port, frontend)
     if agent_port:
         line = guide_block("config", "haproxy-agent").replace("9100", str(agent_port))
         config = re.sub(r"    default-server .*\n", line, config)
-    if PROXY_V2:
-        config = re.sub(r"(default-server .*)", r"\1" + HAPROXY_PROXY_V2, config)
+    assert HAPROXY_PROXY_V2 in config
+    if not proxy_v2:
+        config = config.replace(HAPROXY_PROXY_V2, "")
     path = tmp_path / "haproxy.cfg"
     path.write_text(config)
     return Balancer([HAPROXY, "-db", "-f", str(path)], frontend, tmp_path / "haproxy.log")

@@ -1,8 +1,9 @@
-"""docs/deploy.md's configurations, started for real: HAProxy (health checks on --ready-path)
-in front of two duck-prefork hosts on 127.0.0.2 and 127.0.0.3, one of them drained under
-steady load: no request fails. nginx with upstream keep-alive, requests spaced around the idle
-timeout: no 502. The Kubernetes manifest's command line is a valid configuration whose grace
-period covers the drain. (bench/balancer_drain.py runs the HAProxy scenario against uvicorn.)"""
+"""docs/deploy.md's configurations, started for real: HAProxy (health checks on --ready-path,
+PROXY protocol v2 to the servers) in front of two duck-prefork hosts on 127.0.0.2 and
+127.0.0.3, one of them drained under steady load: no request fails. nginx with upstream
+keep-alive, requests spaced around the idle timeout: no 502. The Kubernetes manifest's command
+line is a valid configuration whose grace period covers the drain. (bench/balancer_drain.py
+runs the HAProxy scenario against uvicorn.)"""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ pytestmark = [
 def test_haproxy_drains_one_host_under_load_with_no_failed_request(start_server, tmp_path):
     port = balancers.free_port(HOSTS)
     frontend = balancers.free_port()
+    args = guide_command("haproxy", HOSTS[0], port)
+    assert "--proxy-protocol" in args  # every connection, checks included, starts with PROXY v2
     servers = [start_server(*guide_command("haproxy", host, port), bind=None,
                             env={"BALANCED_HOST": host}) for host in HOSTS]
     haproxy = balancers.start_haproxy(tmp_path, port, frontend)
