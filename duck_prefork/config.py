@@ -303,12 +303,11 @@ class Config:
              "docs/deploy.md)")
     health_path: str = option(probe_path, "", metavar="PATH",
         help="answer GET PATH (exact, no query string) in the worker, before the app: 200 while "
-             "the worker's event loop runs (a liveness probe); the app never sees it (default: "
-             "off)")
+             "the worker's event loop runs (a liveness probe); the app never sees it")
     ready_path: str = option(probe_path, "", metavar="PATH",
         help="answer PATH in the worker, before the app: 200 once lifespan startup is done and "
              "at least --min-ready workers serve, 503 otherwise and from the start of a drain (a "
-             "readiness probe, the balancer's health check; default: off)")
+             "readiness probe, the balancer's health check)")
     min_ready: int = option(positive_int, 1, metavar="N",
         help="--ready-path and --agent-bind answer ready only while at least N workers serve")
     log_health: bool = option(boolean, False, flag=True,
@@ -317,7 +316,7 @@ class Config:
     agent_bind: str = option(agent_address, "", metavar="HOST:PORT",
         help="serve HAProxy's agent-check on HOST:PORT from the master: each connection is "
              "answered 'ready N%%' (N the share of idle workers), 'drain' while stopping or "
-             "'maint' below --min-ready workers, then closed (default: off)")
+             "'maint' below --min-ready workers, then closed")
     backlog: int = option(positive_int, 2048, metavar="N",
         help="listen backlog: connections the kernel queues before accept")
     reuse_port: bool = option(boolean, False, flag=True,
