@@ -224,6 +224,23 @@ def test_agent_check_says_ready_then_drain(start_server):
     assert server.wait_exit(timeout=40) == 0
 
 
+def test_agent_weight_follows_the_busy_workers(start_server, calls, tmp_path):
+    """A request held in one of two workers: at its next heartbeat the master counts it busy,
+    and the agent answers half the weight; released, the full weight again."""
+    port = free_port()
+    release = tmp_path / "release"
+    server = start_server(APP, "--workers", "2", "--agent-bind", f"127.0.0.1:{port}",
+                          env={"DUCK_TEST_CALLS": str(calls)})
+    held = server.connect(timeout=60)
+    held.sendall(get(f"/hold?release={release}"))
+    wait_for(lambda: app_calls(calls), what="the request in the app")
+    wait_for(lambda: agent_line(port) == b"ready 50%\n", what="ready 50%")
+    release.touch()
+    assert read_response(held)[2] == b"held"
+    close_now(held)
+    wait_for(lambda: agent_line(port) == b"ready 100%\n", what="ready 100% again")
+
+
 def test_agent_bind_in_use_is_one_line_and_exit_1(start_server):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
