@@ -197,7 +197,8 @@ class Master:
         self.guarded("checking deadlines", self.check_deadlines)
         self.guarded("telling the workers the master's view", self.share_view)
         if self.agent is not None:
-            self.agent.expire(self.processes.now())
+            self.guarded("closing answered agent checks", self.agent.expire,
+                         self.processes.now())
         if not self.stopping:
             if self.certificates is not None:
                 self.guarded("watching the TLS certificates", self.watch_certificates)
@@ -697,7 +698,7 @@ class Master:
             log.error("worker %d (pid %d) failed to boot (%s); stopping", worker.number,
                       worker.pid, how)
             self.exit_code = EXIT_BOOT_FAILED
-            self.stop(graceful=False)
+            self.move(Trigger.BOOT_FAILED, "a worker could not boot")
             return
         slot = self.slots.get(worker.number)
         if slot is None:
@@ -729,8 +730,7 @@ class Master:
             self.notifier.status(self.status_line())
 
     def status_line(self) -> str:
-        serving = sum(1 for w in self.workers.values() if w.serving)
-        return status_line(serving, len(self.slots), self.last_reload)
+        return status_line(self.serving_count(), len(self.slots), self.last_reload)
 
     # --- what the workers and the balancer hear ---------------------------------------------
 
@@ -846,6 +846,7 @@ class Master:
             if self.graceful:
                 log.warning("graceful stop took too long: killing %s",
                             logs.plural(len(self.workers), "worker"))
+                self.phase = drain.next_phase(self.phase, Trigger.DEADLINE)
                 self.graceful = False
             self.kill_all(signal.SIGKILL)
             self.stop_deadline = now + 1.0
