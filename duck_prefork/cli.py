@@ -132,7 +132,9 @@ def make_parser() -> argparse.ArgumentParser:
         description="Serve an ASGI application with a prefork master and uvloop workers. "
         "Every option can also be set as DUCK_PREFORK_<OPTION> in the environment "
         "(e.g. DUCK_PREFORK_WORKERS=8); the command line wins.",
-        epilog="Signals to the master: TERM/INT graceful stop (second INT: at once), "
+        epilog="Subcommand: duck-prefork drain --pid FILE (TERM to that master). "
+        "Signals to the master: TERM graceful stop after --drain-delay (second TERM: no "
+        "delay), INT graceful stop (second INT: at once), "
         "QUIT immediate stop, HUP reload (new workers, each old one stops once its "
         "replacement is ready), TTIN/TTOU one worker more/fewer, USR1 reopen log files, "
         "USR2 upgrade in place (same pid). "
@@ -296,11 +298,41 @@ def checked_config_after_usr2(error: ConfigError) -> Config | None:
     return config
 
 
+def drain_command(argv: Sequence[str]) -> int:
+    """`duck-prefork drain --pid FILE`: TERM to the master FILE names (its lame duck starts;
+    run it again to skip the rest of --drain-delay)."""
+    from .master.pidfile import PidFileError, signal_master
+
+    parser = _Parser(prog="duck-prefork drain", allow_abbrev=False,
+                     description="Start the lame-duck drain of a running server: send TERM to "
+                                 "the master named by its pid file. Readiness turns 503 and "
+                                 "every response carries Connection: close at once; the "
+                                 "listeners close after --drain-delay, then in-flight work "
+                                 "finishes within --graceful-timeout. Run it again to skip the "
+                                 "rest of the delay.")
+    parser.add_argument("--pid", "-p", dest="pid", metavar="FILE", required=True,
+                        help="the server's --pid file")
+    namespace = parser.parse_args(list(argv))
+    try:
+        pid = signal_master(namespace.pid)
+    except PidFileError as exc:
+        print(f"duck-prefork drain: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"duck-prefork drain: sent TERM to the master (pid {pid})")
+    return 0
+
+
+# Subcommands: a first word that cannot be an APP (an APP is module:attribute).
+SUBCOMMANDS = {"drain": drain_command}
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     from .master.startup import run_master
     from .master.upgrade import CHECKED_CONFIG_ENV
 
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SUBCOMMANDS:
+        sys.exit(SUBCOMMANDS[argv[0]](argv[1:]))
     try:
         config = parse_args(argv)
     except ConfigError as exc:

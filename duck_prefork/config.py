@@ -197,6 +197,27 @@ def path_prefix(value: str) -> str:
     return value
 
 
+def probe_path(value: str) -> str:
+    """--health-path, --ready-path: an absolute path matched exactly (no query string)."""
+    value = value.strip()
+    if value and (not value.startswith("/") or "?" in value or not value.isascii()
+                  or any(char <= " " for char in value)):
+        raise ValueError("must be an absolute path like /healthz (ASCII, no query string)")
+    return value
+
+
+def agent_address(value: str) -> str:
+    """--agent-bind: a TCP HOST:PORT (the agent-check answers from the master)."""
+    from .net.listeners import parse_bind
+
+    value = value.strip()
+    if value:
+        address = parse_bind(value)
+        if address.kind != "tcp" or address.tls:
+            raise ValueError("must be a TCP HOST:PORT, e.g. 127.0.0.1:9100")
+    return value
+
+
 def default_workers() -> int:
     return len(os.sched_getaffinity(0))
 
@@ -265,8 +286,37 @@ class Config:
         help="treat APP as a zero-argument callable that returns the ASGI app")
     graceful_timeout: float = option(non_negative_float, 30.0, metavar="S",
         help="seconds in-flight requests may take to finish on stop")
-    keep_alive: float = option(non_negative_float, 5.0, metavar="S",
-        help="seconds an idle keep-alive connection is kept open")
+    keep_alive: float = option(non_negative_float, 75.0, metavar="S",
+        help="seconds an idle keep-alive connection is kept open between requests: keep it above "
+             "the idle timeout of the balancer in front (nginx upstream keepalive_timeout 60 s, "
+             "HAProxy timeout server), so that the balancer, not us, closes an idle connection "
+             "(0: one request per connection)")
+    max_requests_per_connection: int = option(non_negative_int, 1000, metavar="N",
+        help="the N-th response on a keep-alive connection carries Connection: close, so that "
+             "connections are spread anew over the workers and balancers now and then (0: no "
+             "limit)")
+    drain_delay: float = option(non_negative_float, 0.0, metavar="S",
+        help="lame-duck time on TERM: readiness answers 503 and every response carries "
+             "Connection: close at once, but the listeners keep accepting for S seconds (so the "
+             "balancer notices before connections are refused), then the graceful stop; a second "
+             "TERM skips the rest of the delay. Size it from the balancer's health checks (see "
+             "docs/deploy.md)")
+    health_path: str = option(probe_path, "", metavar="PATH",
+        help="answer GET PATH (exact, no query string) in the worker, before the app: 200 while "
+             "the worker's event loop runs (a liveness probe); the app never sees it")
+    ready_path: str = option(probe_path, "", metavar="PATH",
+        help="answer PATH in the worker, before the app: 200 once lifespan startup is done and "
+             "at least --min-ready workers serve, 503 otherwise and from the start of a drain (a "
+             "readiness probe, the balancer's health check)")
+    min_ready: int = option(positive_int, 1, metavar="N",
+        help="--ready-path and --agent-bind answer ready only while at least N workers serve")
+    log_health: bool = option(boolean, False, flag=True,
+        help="write --health-path and --ready-path answers to the access log too (they are left "
+             "out by default: a balancer probes every second or two)")
+    agent_bind: str = option(agent_address, "", metavar="HOST:PORT",
+        help="serve HAProxy's agent-check on HOST:PORT from the master: each connection is "
+             "answered 'ready N%%' (N the share of idle workers), 'drain' while stopping or "
+             "'maint' below --min-ready workers, then closed")
     backlog: int = option(positive_int, 2048, metavar="N",
         help="listen backlog: connections the kernel queues before accept")
     reuse_port: bool = option(boolean, False, flag=True,
@@ -568,6 +618,9 @@ def check_combinations(config: Config) -> Config:
         raise ConfigError("--reload cannot be combined with --preload: --preload keeps the "
                           "master's copy of the app, which a reload would not re-import; drop "
                           "--preload in development")
+    if config.health_path and config.health_path == config.ready_path:
+        raise ConfigError(f"--health-path and --ready-path are both {config.health_path}: the "
+                          "liveness and the readiness answers need a path each")
     if config.access_log_json and config.access_logformat:
         raise ConfigError("--access-log-json and --access-logformat exclude each other: pick "
                           "one")

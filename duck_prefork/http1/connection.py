@@ -43,6 +43,14 @@ from ..stream import StreamHandler, Waiter, http_date
 from .request_head import DEFAULT_LIMITS, Limits, ParseError
 from .stream import Http1Stream, date_header, encode_error
 
+# --max-requests-per-connection 0. Not sys.maxsize: the compiled build compares small ints
+# (below 2**62) without a call, and this compare is made for every request.
+NO_LIMIT: Final = 1 << 60
+
+# While stopping, a keep-alive connection idle between requests this long is closed (the
+# drain closes those idle at its start; this catches those that become idle after).
+DRAIN_IDLE = 1.0
+
 END_OF_MESSAGE = "END_OF_MESSAGE"
 NEED_DATA = "NEED_DATA"
 PAUSED = "PAUSED"
@@ -84,12 +92,17 @@ class ServerState:
     def __init__(self, app: Any, handler: RequestHandler, parser_factory: Callable[[], Parser],
                  keep_alive: float, timing: bool, limits: Limits = DEFAULT_LIMITS,
                  concurrency: int = 0, header_timeout: float = 0.0, send_timeout: float = 0.0,
-                 upgrade: Callable[[HttpConnection, Http1Stream], bool] | None = None):
+                 upgrade: Callable[[HttpConnection, Http1Stream], bool] | None = None,
+                 max_requests_per_connection: int = 0):
         self.loop = asyncio.get_running_loop()
         self.app = app
         self.handler = handler  # the ASGI pipeline: handler(app, stream)
         self.parser_factory = parser_factory
         self.keep_alive = keep_alive
+        # The request on a connection whose response carries Connection: close; one compare
+        # per request covers --keep-alive 0 (the first) and no limit (never).
+        self.last_request_on_connection = 1 if keep_alive <= 0 else \
+            max_requests_per_connection or NO_LIMIT
         self.limits = limits
         self.concurrency = concurrency  # most requests in progress at once; 0: no limit
         self.header_timeout = header_timeout
@@ -105,7 +118,10 @@ class ServerState:
         self.websockets: set = set()  # connections taken over by websocket.py
         self.tasks: set[asyncio.Task] = set()
         self.pending_connects = 0  # accepted sockets whose connection is being set up
-        self.draining = False
+        self.draining = False  # stopping: the listeners are closed, idle connections close
+        # Every response carries Connection: close: from the start of a stop, the master's lame
+        # duck (--drain-delay) included, while the listeners still accept.
+        self.lame_duck = False
         self.drained = asyncio.Event()
         self.date = b""  # the Date value of every response this second, and its HTTP/1.1 line
         self.date_header = b""
@@ -159,6 +175,7 @@ class ServerState:
         but not yet read from is left to the next tick, so that a request already on its way
         is still answered."""
         self.draining = True
+        self.lame_duck = True
         for connection in list(self.connections):
             if connection.request is None and connection.served:
                 connection.close()
@@ -405,8 +422,8 @@ class HttpConnection(FlowControlledProtocol):
         self.request = request
         self.idle_since = None
         self.served += 1
-        if state.keep_alive <= 0:
-            request.keep_alive = False  # --keep-alive 0: one request per connection
+        if self.served >= state.last_request_on_connection:
+            request.keep_alive = False  # --max-requests-per-connection, --keep-alive 0
         state.start_task(state.handler(state.app, request), request)
 
     def close(self) -> None:
@@ -481,14 +498,20 @@ class HttpConnection(FlowControlledProtocol):
         idle_since = self.idle_since
         if idle_since is None:
             return  # a request is in progress: the app's time is not limited here
-        if self.served == 0:
+        # Idle between requests: --keep-alive, or DRAIN_IDLE once stopping. A head on its
+        # way (or awaited on a new connection) is never cut by those: only --header-timeout,
+        # the slow-client guard, bounds it, so a balancer's request is not lost to a close
+        # that crosses it.
+        if self.head_started:
+            # (the first head of a connection: --keep-alive bounds it too under
+            # --header-timeout 0)
+            limit = state.header_timeout or (0.0 if self.served else state.keep_alive)
+        elif state.draining:
+            limit = DRAIN_IDLE
+        elif self.served == 0:
             limit = state.header_timeout or state.keep_alive  # a new connection, no head yet
-        elif self.head_started:
-            limit = state.header_timeout  # a keep-alive client that started a head
         else:
             limit = state.keep_alive
-        if state.draining:
-            limit = min(limit, 1.0) if limit else 1.0
         if limit and now - idle_since >= limit:
             if self.served == 0 and not state.draining:
                 self.write(encode_error(408, state.date_header))

@@ -208,7 +208,7 @@ class Http1Stream(Stream):
         if connection.closed:
             raise ClientDisconnected("client disconnected")
         state = connection.state
-        keep_alive = self.keep_alive and not state.draining
+        keep_alive = self.keep_alive and not state.lame_duck
         content_length = None
         # Server and Date first, as placeholders the app's own replace.
         lines = [STATUS_LINES.get(status) or status_line(status), SERVER_HEADER,

@@ -74,6 +74,8 @@ class WorkerProcess:
     replaced_by: int | None = None  # pid of the worker being started to take over
     kill_at: float = 0.0  # when its SIGKILL is due (a hung worker's stack dump comes first)
     killed: bool = False  # SIGKILL sent: only its reaping is left
+    busy: int = 0  # requests in progress at its last heartbeat (--agent-bind)
+    view_sent: bytes = b""  # the master's view it was last sent (worker/channel.py)
 
     def on(self, event: Event) -> State:
         """Apply `event`; returns the new state. Every allowed transition is in TRANSITIONS."""

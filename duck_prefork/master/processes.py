@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -36,12 +37,13 @@ class Processes:
 
     def fork(self, child: Callable[[int, int], object],
              signals: Collection[int]) -> tuple[int, int]:
-        """Fork a child with a channel (a pipe) to the parent. The child runs
-        `child(read_end, write_end)` with `signals` blocked (it must unblock them once its own
-        handlers are in place) and exits with code 1 if that returns or raises. Returns
-        (pid, read end) in the parent; raises OSError if the pipe or the fork fails, with no
-        descriptor left open."""
-        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        """Fork a child with a channel (a unix socket pair, both ways: worker/channel.py) to the
+        parent. The child runs `child(parent's end, child's end)` with `signals` blocked (it
+        must unblock them once its own handlers are in place) and exits with code 1 if that
+        returns or raises. Returns (pid, parent's end) in the parent; raises OSError if the
+        socket pair or the fork fails, with no descriptor left open."""
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        read_end, write_end = parent_end.detach(), child_end.detach()  # close-on-exec both
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
         try:
             pid = os.fork()
@@ -130,9 +132,21 @@ class Processes:
                 chunk = os.read(fd, 65536)
             except BlockingIOError:
                 return b"".join(chunks), False
+            except ConnectionResetError:
+                # A worker that exits with the master's view unread resets its channel; what
+                # it wrote before is read first (the kernel reports the reset after the data).
+                return b"".join(chunks), True
             if not chunk:
                 return b"".join(chunks), True
             chunks.append(chunk)
+
+    def send(self, fd: int, data: bytes) -> bool:
+        """Write `data` to a worker's channel without blocking; False if it did not all fit
+        now (the worker is not reading) or the worker is gone."""
+        try:
+            return os.write(fd, data) == len(data)
+        except OSError:  # BlockingIOError (full), BrokenPipeError (exited)
+            return False
 
     def close(self, fd: int) -> None:
         os.close(fd)

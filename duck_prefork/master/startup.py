@@ -12,12 +12,13 @@ from collections.abc import Callable
 
 from .. import logs
 from ..config import Config, ConfigError
-from ..net.listeners import bind_all, from_systemd, mark_tls, tls_by_default
+from ..net.listeners import bind_all, from_systemd, mark_tls, parse_bind, tls_by_default
 from ..tls.context import TlsError, tls_configured
 from ..tls.context import load as load_certificates
 from ..tls.keeper import CertificateKeeper, log_certificates
 from ..worker.process import EXIT_BOOT_FAILED, BootFailure, load_application, resolve_user
 from . import reload, upgrade
+from .agent import AgentServer
 from .pidfile import remove_pid_file, write_pid_file
 from .supervisor import EXIT_CONFIG, Master
 
@@ -113,10 +114,21 @@ def run_master(config: Config, reload_config: Callable[[], Config] | None = None
             for listener in listeners:
                 listener.close(unlink=not inherit)
             return EXIT_CONFIG
+        agent = None
+        if config.agent_bind:
+            address = parse_bind(config.agent_bind)
+            try:
+                agent = AgentServer.bind(address.host, address.port)
+            except OSError as exc:
+                print(f"duck-prefork: error: --agent-bind {config.agent_bind}: "
+                      f"{exc.strerror or exc}", file=sys.stderr)
+                for listener in listeners:
+                    listener.close(unlink=not inherit)
+                return EXIT_CONFIG
         keeper = CertificateKeeper(config, certificates, time.monotonic(), tls_listeners)
         return Master(config, listeners, reload_config=reload_config,
                       preloaded_app=preloaded_app, argv=argv, inherited=inherited,
-                      reexecuted=bool(inherit), certificates=keeper).run()
+                      reexecuted=bool(inherit), certificates=keeper, agent=agent).run()
     finally:
         if config.pid:
             remove_pid_file(config.pid)

@@ -36,7 +36,9 @@ from ..worker.process import (
     Worker,
     process_title,
 )
-from . import health, slots, upgrade
+from . import drain, health, slots, upgrade
+from .agent import AgentServer, agent_answer
+from .drain import Phase, Trigger
 from .lifecycle import Event, WorkerProcess
 from .processes import Processes, signal_name
 from .reload import Watcher
@@ -82,6 +84,7 @@ RESTART_ONLY = {
     "user": "the master checked the user at start: it takes USR2 or a restart",
     "group": "the master checked the group at start: it takes USR2 or a restart",
     "log_config": "the logging configuration is applied once: it takes USR2 or a restart",
+    "agent_bind": "the agent-check socket is bound once: it takes USR2 or a restart",
     "reload": _WATCHER,
     "reload_dir": _WATCHER,
     "reload_include": _WATCHER,
@@ -104,7 +107,8 @@ class Master:
     slots: dict[int, Slot] = field(default_factory=dict)
     pending_signals: list[int] = field(default_factory=list)
     booted: bool = False  # every worker of the first generation has reported ready
-    stopping: bool = False
+    phase: Phase = Phase.SERVING  # how far a stop has gone (drain.py)
+    stopping: bool = False  # any phase but SERVING: nothing is restarted, reloaded or scaled
     graceful: bool = True
     stop_deadline: float = 0.0
     exit_code: int = EXIT_OK
@@ -119,6 +123,7 @@ class Master:
     last_failure: str = ""  # the last boot failure logged with its cause (logged once)
     bug_seen: bool = False  # a step of the loop raised since the last wait
     certificates: CertificateKeeper | None = None  # TLS: what the workers are forked with
+    agent: AgentServer | None = None  # --agent-bind
 
     @property
     def title_name(self) -> str:
@@ -151,6 +156,8 @@ class Master:
                 self._signal(self.image_check.pid, signal.SIGKILL)
                 self.processes.wait(self.image_check.pid)
             self.stop_watcher()
+            if self.agent is not None:
+                self.agent.close()
             for listener in self.listeners:
                 listener.close(unlink=True)
             signal.set_wakeup_fd(-1)
@@ -188,6 +195,10 @@ class Master:
         self.dispatch_signals()
         self.guarded("reaping workers", self.reap_workers)
         self.guarded("checking deadlines", self.check_deadlines)
+        self.guarded("telling the workers the master's view", self.share_view)
+        if self.agent is not None:
+            self.guarded("closing answered agent checks", self.agent.expire,
+                         self.processes.now())
         if not self.stopping:
             if self.certificates is not None:
                 self.guarded("watching the TLS certificates", self.watch_certificates)
@@ -218,8 +229,9 @@ class Master:
             timeout = min(timeout, max(0.0, deadline - now))
         channels = {worker.channel: worker for worker in self.workers.values()
                     if worker.channel_open}
+        agent_fds = self.agent.fds() if self.agent is not None else []
         poller = select.poll()
-        for fd in (self._wakeup_r, *channels):
+        for fd in (self._wakeup_r, *channels, *agent_fds):
             poller.register(fd, select.POLLIN)
         try:
             ready = poller.poll(timeout * 1000)
@@ -228,12 +240,17 @@ class Master:
         for fd, _ in ready:
             if fd == self._wakeup_r:
                 self.processes.read(fd)
+            elif fd not in channels:
+                self.guarded("answering an agent check", self.answer_agent, fd)
             else:
                 self.guarded(f"reading worker {channels[fd].number}'s messages",
                              self.read_channel, channels[fd])
 
     def deadlines(self) -> list[float]:
         check = [self.image_check.deadline] if self.image_check else []
+        agent_deadline = self.agent.deadline() if self.agent is not None else None
+        if agent_deadline is not None:
+            check.append(agent_deadline)
         if self.stopping:
             return [self.stop_deadline, *check]
         watchdog = self.notifier.watchdog_due
@@ -258,7 +275,9 @@ class Master:
         if messages:
             worker.last_beat = self.processes.now()
         for message in messages:
-            if message is channel.Message.READY:
+            if type(message) is int:
+                worker.busy = message  # a heartbeat with the requests in progress
+            elif message is channel.Message.READY:
                 self.on_worker_ready(worker)
             elif message is channel.Message.RECYCLE:
                 log.info("worker %d (pid %d) served its --max-requests: replacing it",
@@ -276,22 +295,44 @@ class Master:
     # --- signal handlers -------------------------------------------------------------------
 
     def handle_term(self) -> None:
-        if not self.stopping:
-            log.info("TERM: graceful stop")
-            self.stop(graceful=True)
+        self.move(drain.term_trigger(self.config.drain_delay), "TERM")
 
     def handle_int(self) -> None:
-        if not self.stopping:
-            log.info("INT: graceful stop (INT again to stop at once)")
-            self.stop(graceful=True)
-        elif self.graceful:
-            log.info("INT again: stopping at once")
-            self.stop(graceful=False)
+        self.move(Trigger.INT, "INT" if self.phase is not Phase.DRAINING else "INT again")
 
     def handle_quit(self) -> None:
-        if not self.stopping or self.graceful:
-            log.info("QUIT: stopping at once")
+        self.move(Trigger.QUIT, "QUIT")
+
+    def move(self, trigger: Trigger, why: str) -> None:
+        """Apply a stop's trigger (drain.py) and start what the new phase does."""
+        old = self.phase
+        new = drain.next_phase(old, trigger)
+        if new is old:
+            return
+        if new is Phase.LAME_DUCK:
+            log.info("%s: lame duck for %g s (--drain-delay): readiness 503, Connection: close "
+                     "on every response, the listeners still accept; then the graceful stop "
+                     "(TERM again to start it now)", why, self.config.drain_delay)
+            self.lame_duck()
+        elif new is Phase.DRAINING:
+            log.info("%s: graceful stop%s", why,
+                     " (INT again to stop at once)" if trigger is Trigger.INT else "")
+            self.stop(graceful=True)
+        else:
+            log.info("%s: stopping at once", why)
             self.stop(graceful=False)
+
+    def lame_duck(self) -> None:
+        """The start of a stop with --drain-delay: the workers hear it through the master's
+        view (share_view), the balancer through their readiness answers and the agent check;
+        the listeners stay open until the delay is over (check_deadlines)."""
+        self.notifier.stopping()
+        self.phase = Phase.LAME_DUCK
+        self.stopping = True
+        if self.image_check is not None:
+            self._signal(self.image_check.pid, signal.SIGKILL)  # reaped, then ignored
+        self.stop_deadline = self.processes.now() + self.config.drain_delay
+        self.share_view()
 
     def handle_chld(self) -> None:
         pass  # reap_workers() runs after every wake-up
@@ -576,6 +617,8 @@ class Master:
             self.image_check.close()
         if self.notifier.socket is not None:
             self.notifier.socket.close()  # only the master speaks to systemd
+        if self.agent is not None:
+            self.agent.close()  # only the master answers agent checks
 
     def on_worker_ready(self, worker: WorkerProcess) -> None:
         if worker.ready_at is None:
@@ -655,7 +698,7 @@ class Master:
             log.error("worker %d (pid %d) failed to boot (%s); stopping", worker.number,
                       worker.pid, how)
             self.exit_code = EXIT_BOOT_FAILED
-            self.stop(graceful=False)
+            self.move(Trigger.BOOT_FAILED, "a worker could not boot")
             return
         slot = self.slots.get(worker.number)
         if slot is None:
@@ -687,8 +730,31 @@ class Master:
             self.notifier.status(self.status_line())
 
     def status_line(self) -> str:
-        serving = sum(1 for w in self.workers.values() if w.serving)
-        return status_line(serving, len(self.slots), self.last_reload)
+        return status_line(self.serving_count(), len(self.slots), self.last_reload)
+
+    # --- what the workers and the balancer hear ---------------------------------------------
+
+    def serving_count(self) -> int:
+        return sum(1 for w in self.workers.values() if w.serving)
+
+    def share_view(self) -> None:
+        """Send each worker the master's view (how many workers serve, whether a stop has
+        begun) when it differs from what that worker was last sent: --ready-path answers from
+        it, and from the start of a stop every response carries Connection: close. A worker
+        not reading now is sent it again on the next round."""
+        view = channel.view_message(self.serving_count(), self.stopping)
+        for worker in self.workers.values():
+            if worker.view_sent != view and worker.channel_open and not worker.killed:
+                if self.processes.send(worker.channel, view):
+                    worker.view_sent = view
+
+    def answer_agent(self, fd: int) -> None:
+        agent = self.agent
+        assert agent is not None
+        serving = [w for w in self.workers.values() if w.serving]
+        answer = agent_answer(self.stopping, len(serving), self.config.min_ready,
+                              sum(1 for w in serving if w.busy))
+        agent.ready(fd, answer, self.processes.now())
 
     def _slot_alive(self, number: int) -> bool:
         return any(worker.number == number and not worker.retiring
@@ -750,6 +816,7 @@ class Master:
         if not self.stopping:
             self.notifier.stopping()
         self.stopping = True
+        self.phase = Phase.DRAINING if graceful else Phase.KILLING
         self.graceful = graceful
         if self.image_check is not None:
             self._signal(self.image_check.pid, signal.SIGKILL)  # reaped, then ignored
@@ -772,10 +839,14 @@ class Master:
         if check is not None and not check.timed_out and now >= check.deadline:
             check.timed_out = True  # its exit is reaped and reported by on_image_checked
             self._signal(check.pid, signal.SIGKILL)
+        if self.phase is Phase.LAME_DUCK and now >= self.stop_deadline:
+            self.move(Trigger.DELAY_OVER, "--drain-delay over")
+            return
         if self.stopping and self.workers and now >= self.stop_deadline:
             if self.graceful:
                 log.warning("graceful stop took too long: killing %s",
                             logs.plural(len(self.workers), "worker"))
+                self.phase = drain.next_phase(self.phase, Trigger.DEADLINE)
                 self.graceful = False
             self.kill_all(signal.SIGKILL)
             self.stop_deadline = now + 1.0

@@ -1,14 +1,24 @@
-"""What a worker tells the master, over the pipe each worker has to it.
+"""What a worker and the master tell each other, over the socket pair each worker has to it.
 
-  b"."                   heartbeat: the worker's event loop is turning (sent once a second
-                         from inside the loop, so a blocked loop stops beating)
+Worker to master:
+  b"busy N\n"            heartbeat: the worker's event loop is turning (sent once a second
+                         from inside the loop, so a blocked loop stops beating), with N the
+                         requests it has in progress at that moment (--agent-bind's weight)
+  b"."                   heartbeat without a count (a worker of an image before "busy", still
+                         running after USR2)
   b"ready\\n"             the app is imported, lifespan startup is done, the worker accepts
   b"recycle\\n"           the worker has served its --max-requests: replace it gracefully
   b"failed\\n" + text     the worker cannot boot; text (a traceback or a message) runs to the
                          end of the pipe, and the worker exits
 
-A pipe keeps these in order and a write of a few bytes is atomic, so the reader only has to
-cope with a message split across reads.
+Master to worker:
+  b"view S D\n"          the master's view, sent when it changes: S workers serve, D is 1 from
+                         the start of a stop (the lame duck: --ready-path answers 503 and every
+                         response carries Connection: close), else 0. The last one read wins.
+
+A stream socket keeps these in order and a write of a few bytes is atomic, so the reader only
+has to cope with a message split across reads. The master never blocks on a worker: a view that
+does not fit is sent again on its next round (a view is a state, not an event).
 
 The worker writes through a Sender, which never blocks its event loop: a heartbeat that does
 not fit in the pipe is dropped (the master is not reading, and a beat only says "now"), while
@@ -36,15 +46,30 @@ HEARTBEAT, READY, RECYCLE, FAILED = Message.HEARTBEAT, Message.READY, Message.RE
     Message.FAILED
 
 _MESSAGES = (HEARTBEAT, READY, RECYCLE)
+_BUSY = b"busy "
+_VIEW = b"view "
 
 
-def split_messages(inbox: bytes) -> tuple[list[Message], bytes, str | None]:
+def busy_message(in_progress: int) -> bytes:
+    return b"busy %d\n" % in_progress
+
+
+def split_messages(inbox: bytes) -> tuple[list[Message | int], bytes, str | None]:
     """Complete messages at the start of `inbox`, the unconsumed rest, and the failure text if
-    a FAILED message began (everything after it is the text)."""
-    messages: list[Message] = []
+    a FAILED message began (everything after it is the text). A heartbeat with a count is the
+    count (an int)."""
+    messages: list[Message | int] = []
     while inbox:
         if inbox.startswith(FAILED):
             return messages, b"", inbox[len(FAILED):].decode("utf-8", "replace")
+        if inbox.startswith(_BUSY):
+            line, newline, rest = inbox.partition(b"\n")
+            if not newline:
+                break  # the rest follows
+            count = line[len(_BUSY):]
+            messages.append(int(count) if count.isdigit() else 0)
+            inbox = rest
+            continue
         for message in _MESSAGES:
             if inbox.startswith(message):
                 messages.append(message)
@@ -53,6 +78,23 @@ def split_messages(inbox: bytes) -> tuple[list[Message], bytes, str | None]:
         else:
             break  # a partial message: the rest follows
     return messages, inbox, None
+
+
+def view_message(serving: int, stopping: bool) -> bytes:
+    return b"view %d %d\n" % (serving, stopping)
+
+
+def read_views(inbox: bytes) -> tuple[tuple[int, bool] | None, bytes]:
+    """The last complete view in `inbox` as (serving, stopping), or None, and the unread rest."""
+    view = None
+    while True:
+        line, newline, rest = inbox.partition(b"\n")
+        if not newline:
+            return view, inbox
+        inbox = rest
+        fields = line[len(_VIEW):].split() if line.startswith(_VIEW) else []
+        if len(fields) == 2 and fields[0].isdigit() and fields[1] in (b"0", b"1"):
+            view = int(fields[0]), fields[1] == b"1"
 
 
 class Sender:
@@ -64,10 +106,14 @@ class Sender:
         self._pending = b""  # messages that did not fit yet: they go before anything else
         self._closed = False  # the master closed its end (it is gone): nothing is sent
 
-    def beat(self) -> None:
-        """A heartbeat, from inside the event loop; dropped if it does not fit now."""
+    def beat(self, in_progress: int) -> None:
+        """A heartbeat with the requests in progress, from inside the event loop; dropped if it
+        does not fit now (a beat says only "now")."""
         if self._flush():
-            self._write(HEARTBEAT)
+            message = busy_message(in_progress)
+            written = self._write(message)
+            if 0 < written < len(message):
+                self._pending = message[written:]  # the rest, before anything else
 
     def send(self, message: Message) -> None:
         """READY or RECYCLE: sent now, or kept and sent before the next message that fits."""

@@ -55,7 +55,8 @@ from ..upstream.exchange import UpstreamASGI
 from ..upstream.routes import RouteTable
 from . import channel
 from .acceptor import Acceptor
-from .channel import Sender
+from .channel import Sender, read_views
+from .probes import MasterView, Probes
 
 EXIT_BOOT_FAILED = 3
 
@@ -99,7 +100,11 @@ class Worker:
         self.config = config
         self.listeners = listeners
         self.number = number
+        self.channel_fd = channel
         self.channel = Sender(channel)  # to the master; never blocks the event loop
+        self.view = MasterView()  # what the master last told us (read_master)
+        self._from_master = b""
+        self.state: ServerState | None = None
         self.title_name = title_name
         self.preloaded_app: Any = None  # the app imported by the master (--preload)
         self.certificates: Certificates | None = None  # TLS: built by the master, inherited
@@ -164,6 +169,7 @@ class Worker:
         loop.add_signal_handler(signal.SIGTERM, self.stop, False)
         loop.add_signal_handler(signal.SIGINT, self.stop, True)
         loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
+        loop.add_reader(self.channel_fd, self.read_master)
         config = self.config
         app = self.load_application()
 
@@ -191,12 +197,19 @@ class Worker:
                         fields=config.limit_request_fields,
                         field_size=config.limit_request_field_size,
                         body=config.limit_request_body)
-        state = ServerState(app, pipeline, functools.partial(parser_class(config.http), limits),
+        handler: Any = pipeline
+        if config.health_path or config.ready_path:
+            handler = Probes(pipeline, self.view, lambda: state.lame_duck, config.health_path,
+                             config.ready_path, config.min_ready, config.log_health)
+        state = ServerState(app, handler, functools.partial(parser_class(config.http), limits),
                             config.keep_alive, timing=access_log is not None, limits=limits,
                             concurrency=config.limit_concurrency,
                             header_timeout=config.header_timeout,
                             send_timeout=config.send_timeout,
-                            upgrade=upgrade)
+                            upgrade=upgrade,
+                            max_requests_per_connection=config.max_requests_per_connection)
+        state.lame_duck = self.view.stopping
+        self.state = state
         # What each listener's connections go through before HTTP/1.1: with --proxy-protocol a
         # TCP listener's, the PROXY header first; a TLS listener's, the TLS handshake; with
         # --redirect-https a plain one's, the redirect (and no HTTP/1.1).
@@ -259,6 +272,26 @@ class Worker:
         self.tls = TlsServer(self.certificates, self.config.tls_handshake_timeout, loop)
         return self.tls
 
+    def read_master(self) -> None:
+        """The master's view arrived (channel.py): the serving count for --ready-path, and the
+        start of a stop, from which every response carries Connection: close."""
+        try:
+            data = os.read(self.channel_fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # the master is gone (the parent-death signal stops us)
+            asyncio.get_running_loop().remove_reader(self.channel_fd)
+            return
+        view, self._from_master = read_views(self._from_master + data)
+        if view is not None:
+            self.view.serving, self.view.stopping = view
+            if self.view.stopping and self.state is not None and not self.state.lame_duck:
+                self.state.lame_duck = True  # (the master logs the lame duck, once)
+                log.debug("the master is stopping: every response now carries Connection: "
+                          "close")
+
     def stop(self, sweep: bool) -> None:
         """TERM (sweep False) or INT (sweep True): stop gracefully. The first signal decides;
         a later one changes nothing (the listening sockets are closed by then)."""
@@ -284,7 +317,7 @@ class Worker:
             self.tls.failures.flush(loop.time())
         if self.proxy_protocol is not None:
             self.proxy_protocol.flush(loop.time())
-        self.channel.beat()  # from inside the loop: a blocked loop stops beating
+        self.channel.beat(len(state.tasks))  # from inside the loop: a blocked loop stops beating
         self._ticks += 1
         if self._malloc_trim is not None and self._ticks % MALLOC_TRIM_EVERY == 0:
             # Give freed heap back to the system: a burst (TLS handshakes above all, OpenSSL's

@@ -31,6 +31,8 @@ class FakeProcesses:
         self.left_pending: list[int] = []  # what the last exec left pending for the new image
         self.redelivered: list[int] = []
         self.exec_env: dict[str, str] = {}
+        self.sent: dict[int, bytes] = {}  # channel fd -> what the master wrote to the worker
+        self.full: set[int] = set()  # channel fds whose worker is not reading: sends fail
 
     # --- the Processes interface -----------------------------------------------------------
 
@@ -77,6 +79,12 @@ class FakeProcesses:
     def read(self, fd: int) -> tuple[bytes, bool]:
         return self.inbox.pop(fd, b""), False
 
+    def send(self, fd: int, data: bytes) -> bool:
+        if fd in self.full:
+            return False
+        self.sent[fd] = self.sent.get(fd, b"") + data
+        return True
+
     def close(self, fd: int) -> None:
         self.closed.append(fd)
 
@@ -96,6 +104,12 @@ class FakeProcesses:
 
     def advance(self, seconds: float) -> None:
         self.clock += seconds
+
+    def views(self, pid: int) -> list[tuple[int, bool]]:
+        """Every view the master sent worker `pid`, in order."""
+        lines = self.sent.get(self.channels[pid], b"").splitlines(keepends=True)
+        return [view for line in lines
+                if (view := channel.read_views(line)[0]) is not None]
 
     def signalled(self, signum: int) -> list[int]:
         return [pid for pid, sent in self.signals if sent == signum]

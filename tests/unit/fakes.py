@@ -15,6 +15,7 @@ class FakeState(ServerState):
 
     def __init__(self) -> None:  # no super().__init__(): nothing else is used
         self.draining = False
+        self.lame_duck = False
         self.date = b"X"
         self.date_header = b"Date: X\r\n"
         self.limits = Limits()

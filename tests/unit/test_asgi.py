@@ -309,8 +309,10 @@ def test_keep_alive_response_has_no_connection_header():
 
 
 def test_draining_adds_connection_close():
+    """From the start of a stop (the lame duck of --drain-delay included: ServerState.lame_duck,
+    which the drain sets too), every response carries Connection: close."""
     pipeline, connection, data = make()
-    connection.state.draining = True
+    connection.state.lame_duck = True
     asyncio.run(pipeline(responder(), data))
     assert (b"Connection", b"close") in split_response(connection.written)[1]
     assert connection.completed == [False]

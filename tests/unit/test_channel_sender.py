@@ -1,5 +1,6 @@
 """channel.Sender, the worker's end of its channel: it never blocks (the event loop writes to
-it), drops a heartbeat that does not fit, and keeps READY and RECYCLE until they fit."""
+it), drops a heartbeat (with its count of requests in progress) that does not fit, and keeps
+READY and RECYCLE until they fit."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 from duck_prefork.worker import channel
 
 pytestmark = pytest.mark.timeout(30)
+
+BEAT = channel.busy_message(0)  # a heartbeat: no request in progress
 
 
 @pytest.fixture
@@ -55,9 +58,9 @@ def test_messages_are_written_in_order(pipe):
     read_end, write_end = pipe
     sender = channel.Sender(write_end)
     sender.send(channel.READY)
-    sender.beat()
+    sender.beat(0)
     sender.send(channel.RECYCLE)
-    assert read_all(read_end) == channel.READY + channel.HEARTBEAT + channel.RECYCLE
+    assert read_all(read_end) == channel.READY + BEAT + channel.RECYCLE
 
 
 def test_the_write_end_is_non_blocking(pipe):
@@ -70,14 +73,14 @@ def test_a_full_pipe_drops_heartbeats_and_keeps_ready_and_recycle_in_order(pipe)
     read_end, write_end = pipe
     sender = channel.Sender(write_end)
     filled = fill(write_end)  # a master that reads nothing; a blocking write would hang here
-    sender.beat()
+    sender.beat(0)
     sender.send(channel.READY)
-    sender.beat()
+    sender.beat(0)
     sender.send(channel.RECYCLE)
-    sender.beat()
+    sender.beat(0)
     assert len(read_all(read_end)) == filled  # nothing of ours fitted
-    sender.beat()  # the next tick: what was kept goes first, then this beat
-    assert read_all(read_end) == channel.READY + channel.RECYCLE + channel.HEARTBEAT
+    sender.beat(0)  # the next tick: what was kept goes first, then this beat
+    assert read_all(read_end) == channel.READY + channel.RECYCLE + BEAT
 
 
 def test_a_master_that_is_gone_is_not_an_error(pipe):
@@ -85,7 +88,7 @@ def test_a_master_that_is_gone_is_not_an_error(pipe):
     os.close(read_end)
     sender = channel.Sender(write_end)
     sender.send(channel.READY)
-    sender.beat()
+    sender.beat(0)
     sender.send_failure("text")
 
 

@@ -77,7 +77,10 @@ def test_defaults():
     assert config.workers >= 1
     assert config.factory is False
     assert config.graceful_timeout == 30.0
-    assert config.keep_alive == 5.0
+    assert config.keep_alive == 75.0  # above nginx's upstream keepalive_timeout (60 s)
+    assert config.max_requests_per_connection == 1000
+    assert config.drain_delay == 0.0
+    assert config.health_path == config.ready_path == config.agent_bind == ""
     assert config.backlog == 2048
     assert config.root_path == ""
     assert config.lifespan == "auto"
@@ -173,6 +176,14 @@ def test_environment_flag_can_be_false():
     ([], {"DUCK_PREFORK_KEEP_ALIVE": "soon"}, "DUCK_PREFORK_KEEP_ALIVE"),
     ([], {"DUCK_PREFORK_FACTORY": "maybe"}, "DUCK_PREFORK_FACTORY"),
     ([], {"DUCK_PREFORK_BIND": "127.0.0.1:1,nonsense:port"}, "DUCK_PREFORK_BIND"),
+    (["--drain-delay", "-1"], {}, "--drain-delay"),
+    (["--health-path", "healthz"], {}, "--health-path"),
+    (["--ready-path", "/ready?full=1"], {}, "--ready-path"),
+    (["--min-ready", "0"], {}, "--min-ready"),
+    (["--agent-bind", "unix:/tmp/agent.sock"], {}, "--agent-bind"),
+    (["--agent-bind", "https://127.0.0.1:9100"], {}, "--agent-bind"),
+    (["--max-requests-per-connection", "-1"], {}, "--max-requests-per-connection"),
+    ([], {"DUCK_PREFORK_DRAIN_DELAY": "later"}, "DUCK_PREFORK_DRAIN_DELAY"),
 ])
 def test_config_error_names_the_option(argv, environ, name):
     with pytest.raises(ConfigError) as info:
@@ -180,6 +191,11 @@ def test_config_error_names_the_option(argv, environ, name):
     message = str(info.value)
     assert message.startswith(name + ":")
     assert "\n" not in message
+
+
+def test_one_path_cannot_be_both_probes():
+    with pytest.raises(ConfigError, match="--health-path and --ready-path"):
+        parse("--health-path", "/probe", "--ready-path", "/probe")
 
 
 def test_config_error_shows_the_value_and_reason():

@@ -170,7 +170,7 @@ def test_http10_streaming_ends_with_the_close():
 def test_draining_worker_says_connection_close():
     async def scenario():
         stream, transport, state = stream_for()
-        state.draining = True
+        state.lame_duck = True  # set from the start of a stop (the drain sets it too)
         stream.send_head(200, [], b"x")
         assert (b"Connection", b"close") in split_response(transport.take())[1]
         assert transport.closed

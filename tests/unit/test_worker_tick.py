@@ -27,6 +27,7 @@ class BrokenState:
     """A ServerState whose tick always fails the same way."""
 
     requests_served = 0
+    tasks: set = set()
 
     def tick(self, now: float) -> None:
         raise RuntimeError("the sweep is broken")
@@ -43,7 +44,7 @@ def test_a_failing_tick_still_beats_and_comes_again(records):
                 assert worker._ticker is not None and not worker._ticker.cancelled()
                 assert worker._ticker.when() > loop.time()
             worker._ticker.cancel()
-            assert os.read(read_end, 100) == channel.HEARTBEAT * 3
+            assert os.read(read_end, 100) == channel.busy_message(0) * 3
         finally:
             os.close(read_end)
             os.close(write_end)
