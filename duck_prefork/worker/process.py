@@ -42,6 +42,9 @@ from ..hooks import run_hook
 from ..http1.connection import HttpConnection, ServerState
 from ..http1.parser_h11 import H11Parser
 from ..http1.request_head import Limits
+from ..http2.connection import H2, connection_factory
+from ..http2.limits import Http2Limits
+from ..http2.prior_knowledge import PriorKnowledge
 from ..loader import AppLoadError, load_app
 from ..logs import log
 from ..net.listeners import Listener
@@ -219,7 +222,8 @@ class Worker:
 
         await self.stopping.wait()
         log.info("draining: %s open, %s in flight",
-                 logs.plural(len(state.connections) + len(state.staging), "connection"),
+                 logs.plural(len(state.connections) + len(state.staging)
+                             + len(state.http2_connections), "connection"),
                  logs.plural(len(state.tasks), "request"))
         for acceptor in acceptors:
             acceptor.stop(sweep=self.sweep_on_stop)
@@ -232,7 +236,8 @@ class Worker:
                         logs.plural(len(state.connections) + len(state.staging), "connection"))
             for task in list(state.tasks):
                 task.cancel()
-            for connection in [*state.staging, *state.connections, *state.websockets]:
+            for connection in [*state.staging, *state.connections, *state.websockets,
+                               *state.http2_connections]:
                 connection.abort()
             if state.tasks:
                 await asyncio.wait(list(state.tasks), timeout=CANCEL_WAIT)
@@ -299,10 +304,17 @@ def make_access_log(config: Config) -> logs.AccessLog | None:
 def connection_plans(config: Config, listeners: list[Listener], state: ServerState,
                      tls: TlsServer | None) -> Callable[[Listener], ConnectionPlan]:
     """Which ConnectionPlan a listener's connections follow: a TLS listener's starts with the
-    handshake; with --redirect-https a plain TCP listener's is the redirect alone; any other
-    goes straight to HTTP/1.1."""
-    protocols = {HTTP_1_1: lambda: HttpConnection(state)}
+    handshake (ALPN then picks HTTP/2 or HTTP/1.1); with --redirect-https a plain TCP
+    listener's is the redirect alone; any other plain one's, with --http2, is the h2c
+    prior-knowledge check (trusted peers only), else straight HTTP/1.1."""
+    protocols: dict[str, Callable[[], Any]] = {HTTP_1_1: lambda: HttpConnection(state)}
     plain = ConnectionPlan((), protocols, state)
+    if config.http2:
+        protocols[H2] = connection_factory(state, http2_limits(config))
+        trusted = ProxyHeaders(config.forwarded_allow_ips).trusts
+        plain = ConnectionPlan(
+            (functools.partial(PriorKnowledge, trusted, config.header_timeout),), protocols,
+            state)
     secure = ConnectionPlan((tls.stage,), protocols, state) if tls is not None else None
     redirect = plain
     tls_ports = [listener.socket.getsockname()[1] for listener in listeners
@@ -318,6 +330,15 @@ def connection_plans(config: Config, listeners: list[Listener], state: ServerSta
         return redirect if listener.address.kind == "tcp" else plain
 
     return plan_for
+
+
+def http2_limits(config: Config) -> Http2Limits:
+    return Http2Limits(max_concurrent_streams=config.http2_max_concurrent_streams,
+                       max_header_list_size=config.http2_max_header_list_size,
+                       max_continuation_frames=config.http2_max_continuation_frames,
+                       max_resets=config.http2_max_resets,
+                       max_control_frames=config.http2_max_control_frames,
+                       max_streams=config.http2_max_streams)
 
 
 def parser_class(choice: str) -> type:
