@@ -64,10 +64,10 @@ _CONFIG: Final = h2.config.H2Configuration(
     normalize_inbound_headers=True, validate_outbound_headers=False,
     normalize_outbound_headers=False)
 
-# A send that has waited on the client's window restarts its --send-timeout clock only once
-# it has sent this much (or all it had): a client opening its window a byte at a time does not
-# count as progress.
-STALL_PROGRESS: Final = 4096
+# A send that has waited on the client's window restarts its --send-timeout clock only when one
+# opening of the window lets this much go (or all that was left): a client that opens its
+# window a few bytes at a time, however often, makes no progress.
+STALL_PROGRESS: Final = 1024
 
 
 class Http2Connection(FlowControlledProtocol):
@@ -151,12 +151,18 @@ class Http2Connection(FlowControlledProtocol):
             self.end(None)
             return
         dispatch = self._dispatch
-        for event in events:
-            handler = dispatch.get(type(event))
-            if handler is not None:
-                handler(event)
-                if self.closed:
-                    return
+        try:
+            for event in events:
+                handler = dispatch.get(type(event))
+                if handler is not None:
+                    handler(event)
+                    if self.closed:
+                        return
+        except Exception:  # a bug: this connection ends, the worker goes on
+            log.exception("HTTP/2 connection from %s: handling a frame failed; closing it",
+                          self.client)
+            self.end(ErrorCodes.INTERNAL_ERROR)
+            return
         self.flush()
 
     def eof_received(self) -> bool:
@@ -199,12 +205,12 @@ class Http2Connection(FlowControlledProtocol):
         stream_id = event.stream_id
         state = self.state
         if self.goaway_id is not None and stream_id > self.goaway_id:
-            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)  # after our GOAWAY
+            self.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)  # after our GOAWAY
             return
         if len(self.streams) >= self.limits.max_concurrent_streams:
             # h2 counts open streams; a reset stream's task may still run: refuse, and count
             # it against the reset budget (a client resetting and reopening at speed).
-            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            self.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             self.spend_reset()
             return
         try:
@@ -360,14 +366,14 @@ class Http2Connection(FlowControlledProtocol):
 
     async def _send_rest(self, stream: Http2Stream, data: bytes | None, end: bool) -> None:
         """The rest of a send that the client's window stopped, sent as WINDOW_UPDATEs open
-        it. The stall clock (stall_since, enforced by check_timeouts) restarts only after
-        STALL_PROGRESS bytes: a window opened a byte at a time is no progress."""
+        it. The stall clock (stall_since, enforced by check_timeouts) restarts only when an
+        opening lets STALL_PROGRESS bytes go: a window opened a byte at a time is no
+        progress."""
         loop = self.state.loop
         waiter = stream.window_waiter
         if waiter is None:
             waiter = stream.window_waiter = Waiter()
         stream.stall_since = loop.time()
-        stream.stall_sent = 0
         while data is not None:
             await waiter.wait(loop)
             if stream.closed or self.closed:
@@ -375,10 +381,8 @@ class Http2Connection(FlowControlledProtocol):
             before = len(data)
             data = self._push(stream, data, end)
             self.schedule_flush()
-            stream.stall_sent += before - (len(data) if data is not None else 0)
-            if stream.stall_sent >= STALL_PROGRESS:
+            if data is not None and before - len(data) >= STALL_PROGRESS:
                 stream.stall_since = loop.time()
-                stream.stall_sent = 0
         stream.stall_since = None
         if self.write_paused:
             await self.drain()
@@ -389,7 +393,15 @@ class Http2Connection(FlowControlledProtocol):
         if not stream.body_complete and not stream.disconnected:
             # The app answered without reading the whole body: tell the client to stop
             # sending it (RFC 9113 8.1).
-            self.h2.reset_stream(stream.stream_id, ErrorCodes.NO_ERROR)
+            self.reset_stream(stream.stream_id, ErrorCodes.NO_ERROR)
+
+    def reset_stream(self, stream_id: int, code: int) -> None:
+        """RST_STREAM, unless the stream has closed meanwhile (a reset from the client later
+        in the same batch of frames, say)."""
+        try:
+            self.h2.reset_stream(stream_id, code)
+        except h2.exceptions.ProtocolError:
+            pass
 
     def acknowledge(self, stream: Http2Stream, size: int) -> None:
         """The app has read `size` flow-controlled bytes of the stream's body."""
@@ -408,10 +420,7 @@ class Http2Connection(FlowControlledProtocol):
     def reset(self, stream: Http2Stream) -> None:
         """End a stream at once (RST_STREAM INTERNAL_ERROR unless it has already ended)."""
         if not stream.closed and not self.closed:
-            try:
-                self.h2.reset_stream(stream.stream_id, ErrorCodes.INTERNAL_ERROR)
-            except h2.exceptions.ProtocolError:
-                pass
+            self.reset_stream(stream.stream_id, ErrorCodes.INTERNAL_ERROR)
             self.schedule_flush()
         stream.feed_disconnect()
 

@@ -65,7 +65,7 @@ class Http2Stream(Stream):
 
     __slots__ = ("connection", "stream_id", "content_length", "body_received", "body_complete",
                  "_chunks", "_unacked", "_waiter", "response_started", "ended", "no_body",
-                 "window_waiter", "stall_since", "stall_sent")
+                 "window_waiter", "stall_since")
 
     def __init__(self, connection: Http2Connection, stream_id: int,
                  headers: list[tuple[bytes, bytes]]) -> None:
@@ -135,8 +135,7 @@ class Http2Stream(Stream):
         self.no_body = False  # HEAD, 1xx, 204, 304: the body the app sends is dropped
         self.bytes_sent = 0
         self.window_waiter: Waiter | None = None  # a send waiting for the client's window
-        self.stall_since: float | None = None  # ... since, and what it has sent meanwhile
-        self.stall_sent = 0
+        self.stall_since: float | None = None  # ... since (no useful window opened since)
 
     @property
     def tls(self) -> dict | None:
