@@ -330,6 +330,6 @@ def test_drain_goaway_then_the_final_one_once_streams_finish():
         gate.set()
         await peer.settle()
         assert [e.stream_id for e in peer.of(h2.events.ResponseReceived)] == [1, 3]
-        assert peer.transport.closed  # (connection_lost, which a real transport calls, counts it out)
+        assert peer.transport.closed  # (connection_lost, from a real transport, counts it out)
 
     asyncio.run(run())
