@@ -167,8 +167,8 @@ class ServerState:
                 connection.close()
         for websocket in list(self.websockets):
             websocket.going_away()
-        for connection in list(self.http2_connections):
-            connection.go_away()  # GOAWAY; closed once its streams are done
+        for http2_connection in list(self.http2_connections):  # (a name of its own: mypyc)
+            http2_connection.go_away()  # GOAWAY; closed once its streams are done
         self.check_drained()
 
     def start_task(self, coroutine: Coroutine[Any, Any, Any],

@@ -23,7 +23,7 @@ from duck_prefork.http2.connection import Http2Connection
 from duck_prefork.http2.limits import HeaderBlockBuffer, Http2Limits, RateBudget
 from duck_prefork.http2.prior_knowledge import PREFACE, PriorKnowledge, is_preface
 from duck_prefork.http2.stream import Http2Stream
-from duck_prefork.net.stages import ConnectionFacts
+from duck_prefork.net.stages import HTTP_1_1, ConnectionFacts, ConnectionPlan
 
 from .fakes import FakeTransport
 
@@ -88,37 +88,68 @@ def test_is_preface():
     assert is_preface(b"PRI * HTTP/1.1\r\n\r\n" + b"x" * 10) is False
 
 
-class Link:
-    """The parts of StagedConnection a stage uses."""
+class Peer10002(FakeTransport):
+    def get_extra_info(self, name: str, default=None):
+        return {"peername": ("10.0.0.2", 5555), "sockname": ("127.0.0.1", 80)}.get(name, default)
 
-    def __init__(self, client) -> None:
-        self.facts = ConnectionFacts(client, ("127.0.0.1", 80))
-        self.finished: list[bytes] = []
 
-    def finish(self, data: bytes = b"", transport=None) -> None:
-        self.finished.append(data)
+class Registry:
+    """The parts of ServerState a ConnectionPlan uses."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.staging: set = set()
+        self.draining = False
+
+    def check_drained(self) -> None:
+        pass
+
+
+class Recorder:
+    """A wire protocol that records what it was handed."""
+
+    def __init__(self, name: str, log: list) -> None:
+        self.name = name
+        self.log = log
+
+    def take_over(self, transport, facts, read_paused, write_paused) -> None:
+        self.log.append((self.name, facts.protocol))
+
+    def data_received(self, data: bytes) -> None:
+        self.log.append(data)
 
 
 def trusted_only(client) -> bool:
     return client is not None and client[0] == "10.0.0.2"
 
 
-@pytest.mark.parametrize("client, pieces, protocol, finished", [
-    (("10.0.0.1", 1), [PREFACE], "http/1.1", [b""]),  # untrusted: decided before any read
-    (("10.0.0.2", 1), [PREFACE[:5], PREFACE[5:] + b"x"], "h2", [PREFACE + b"x"]),
-    (("10.0.0.2", 1), [b"GET / HTTP/1.1\r\n"], "http/1.1", [b"GET / HTTP/1.1\r\n"]),
-    (("10.0.0.2", 1), [b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"], "http/1.1",
-     [b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"]),
+@pytest.mark.parametrize("transport, pieces, handed", [
+    (FakeTransport, [PREFACE], [("http/1.1", "http/1.1"), PREFACE]),  # untrusted: no wait
+    (Peer10002, [PREFACE[:5], PREFACE[5:] + b"x"], [("h2", "h2"), PREFACE + b"x"]),
+    (Peer10002, [b"GET / HTTP/1.1\r\n"], [("http/1.1", "http/1.1"), b"GET / HTTP/1.1\r\n"]),
+    (Peer10002, [b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"],
+     [("http/1.1", "http/1.1"), b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"]),
 ])
-def test_prior_knowledge_stage(client, pieces, protocol, finished):
-    link = Link(client)
-    stage = PriorKnowledge(trusted_only, 10.0)
-    stage.start(link, b"")  # type: ignore[arg-type]
+def test_prior_knowledge_stage(transport, pieces, handed):
+    log: list = []
+    registry = Registry()
+    plan = ConnectionPlan([lambda: PriorKnowledge(trusted_only, 10.0)],
+                          {HTTP_1_1: lambda: Recorder("http/1.1", log),
+                           "h2": lambda: Recorder("h2", log)}, registry)
+    staged = plan.protocol_factory()()
+    fake = transport()
+    fake.protocol = staged
+    staged.connection_made(fake)
+    if transport is FakeTransport:
+        assert log == [("http/1.1", "http/1.1")]  # decided at accept, before any byte
     for piece in pieces:
-        if link.finished:
+        fake.protocol.data_received(piece) if fake.protocol is staged else None
+        if log and log[0][0] == "h2" or len(log) > 1:
             break
-        stage.data_received(piece)
-    assert link.facts.protocol == protocol and link.finished == finished
+    if transport is FakeTransport:
+        log.append(b"".join(pieces))  # (what the loop would now hand HTTP/1.1 directly)
+    assert log == handed
+    registry.loop.close()
 
 
 # --- a stream's head ------------------------------------------------------------------------
