@@ -110,7 +110,7 @@ class Request:
                 raise RuntimeError(f"ASGI: invalid response status {status!r}")
             if self.stream.closed:
                 raise ClientDisconnected("client disconnected")
-            if message.get("trailers") and self.stream.http_version == "2":
+            if self.stream.http_version == "2" and message.get("trailers"):
                 self.response = Response(status, message.get("headers", ()), TRAILERS_ANNOUNCED)
             else:
                 self.response = Response(status, message.get("headers", ()))
