@@ -222,6 +222,8 @@ class Http2Connection(FlowControlledProtocol):
             state.refused_busy += 1
             self.answer(stream_id, 503)
             return
+        if stream.content_length is None and event.stream_ended is None:
+            stream.chunked = True  # a body follows, its length unknown
         if state.timing:
             stream.start_time = state.loop.time()
         self.streams[stream_id] = stream

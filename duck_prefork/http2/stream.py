@@ -63,7 +63,8 @@ _METHODS: Final = {method.encode("ascii"): method for method in (
 class Http2Stream(Stream):
     """One request on an HTTP/2 connection: the stream interface over Http2Connection."""
 
-    __slots__ = ("connection", "stream_id", "content_length", "body_received", "body_complete",
+    __slots__ = ("connection", "stream_id", "content_length", "chunked", "body_received",
+                 "body_complete",
                  "_chunks", "_unacked", "_waiter", "response_started", "ended", "no_body",
                  "window_waiter", "stall_since")
 
@@ -120,6 +121,9 @@ class Http2Stream(Stream):
         self.headers = fields
         self.forwarded = forwarded
         self.content_length = content_length
+        # A body of unknown length follows (the connection says, from END_STREAM): what an
+        # HTTP/1.1 hop would send chunked (the upstream pass-through reads it).
+        self.chunked = False
         self.start_time = 0.0
         self.body_received = 0
         self.body_complete = False
