@@ -173,6 +173,10 @@ def test_environment_flag_can_be_false():
     ([], {"DUCK_PREFORK_KEEP_ALIVE": "soon"}, "DUCK_PREFORK_KEEP_ALIVE"),
     ([], {"DUCK_PREFORK_FACTORY": "maybe"}, "DUCK_PREFORK_FACTORY"),
     ([], {"DUCK_PREFORK_BIND": "127.0.0.1:1,nonsense:port"}, "DUCK_PREFORK_BIND"),
+    (["--http2", "maybe"], {}, "--http2"),
+    (["--http2-max-concurrent-streams", "0"], {}, "--http2-max-concurrent-streams"),
+    (["--http2-max-resets", "x"], {}, "--http2-max-resets"),
+    ([], {"DUCK_PREFORK_HTTP2_MAX_STREAMS": "-1"}, "DUCK_PREFORK_HTTP2_MAX_STREAMS"),
 ])
 def test_config_error_names_the_option(argv, environ, name):
     with pytest.raises(ConfigError) as info:
@@ -180,6 +184,14 @@ def test_config_error_names_the_option(argv, environ, name):
     message = str(info.value)
     assert message.startswith(name + ":")
     assert "\n" not in message
+
+
+def test_http2_defaults_and_switch():
+    config = parse()
+    assert config.http2 is True and config.http2_max_concurrent_streams == 100
+    assert config.http2_max_header_list_size == 65536 and config.http2_max_streams == 10000
+    assert parse("--http2", "false").http2 is False
+    assert parse(DUCK_PREFORK_HTTP2="off").http2 is False
 
 
 def test_config_error_shows_the_value_and_reason():
