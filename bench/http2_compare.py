@@ -38,6 +38,7 @@ CONNECTIONS = int(os.environ.get("CONNECTIONS", "4"))
 STREAMS = int(os.environ.get("STREAMS", "16"))
 SERVERS = os.environ.get("SERVERS", "duck hypercorn granian").split()
 SERVER_CPU, CLIENT_CPU = 1, 0
+HYPERCORN_CONFIG = Path(tempfile.gettempdir()) / "duck-h2bench-hypercorn.toml"
 
 
 def server_argv(name: str, port: int, tls: tuple[str, str] | None) -> list[str]:
@@ -47,8 +48,11 @@ def server_argv(name: str, port: int, tls: tuple[str, str] | None) -> list[str]:
                 f"127.0.0.1:{port}", "--workers", "1", "--log-level", "warning",
                 *(["--certfile", cert, "--keyfile", key] if tls else [])]
     if name == "hypercorn":
+        # keep_alive_max_requests (default 1000) would end each h2load connection early and
+        # fail its remaining requests: raised as far as our --http2-max-streams.
         return [str(BIN / "hypercorn"), "hello:app", "--bind", f"127.0.0.1:{port}", "-w", "1",
-                "-k", "uvloop", "--log-level", "warning",
+                "-k", "uvloop", "--log-level", "warning", "--config",
+                str(HYPERCORN_CONFIG),
                 *(["--certfile", cert, "--keyfile", key] if tls else [])]
     if name == "granian":
         return [str(BIN / "granian"), "--interface", "asgi", "--host", "127.0.0.1", "--port",
@@ -146,6 +150,7 @@ def measure(name: str, tls: tuple[str, str] | None, h1: bool, work: Path) -> tup
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="duck-h2bench-"))
     tls = certificate(work)
+    HYPERCORN_CONFIG.write_text("keep_alive_max_requests = 10000\n")
     cases = [(name, "tls", False) for name in SERVERS] + \
         [(name, "h2c", False) for name in SERVERS] + [("duck", "tls", True)]
     results: dict[tuple, list[float]] = {case: [] for case in cases}
