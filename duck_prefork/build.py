@@ -23,12 +23,15 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-# The per-request path: the stream interface, the connection stages, the HTTP/1.1 codec and
-# the ASGI pipeline. (Exceptions raised on it live in errors.py, not compiled: mypyc cannot
-# compile subclasses of built-in exceptions.)
+# The per-request path: the stream interface, the connection stages (and the PROXY header, one
+# per connection on a --proxy-protocol listener), the HTTP/1.1 codec and the ASGI pipeline.
+# (Exceptions raised on it live in errors.py, not compiled: mypyc cannot compile subclasses of
+# built-in exceptions.)
 COMPILED = (
     "duck_prefork.stream",
     "duck_prefork.net.stages",
+    "duck_prefork.net.proxy_protocol",
+    "duck_prefork.net.proxy_stage",
     "duck_prefork.http1.request_head",
     "duck_prefork.http1.stream",
     "duck_prefork.http1.connection",

@@ -357,6 +357,11 @@ class Config:
              "Forwarded headers are trusted")
     no_proxy_headers: bool = option(boolean, False, flag=True,
         help="ignore X-Forwarded-* and Forwarded headers from every peer")
+    proxy_protocol: str = option(one_of("off", "v1", "v2", "any"), "off",
+                                 metavar="off|v1|v2|any",
+        help="TCP listeners require a PROXY protocol header (v1, v2, or either) from each "
+             "connection, which must come from a --forwarded-allow-ips peer; else it is closed "
+             "with no response")
     timeout: float = option(non_negative_float, 30.0, metavar="S",
         help="a worker whose event loop has not reported for S seconds is hung: its stack is "
              "dumped to the error log and it is replaced (0: off)")
@@ -602,6 +607,9 @@ def check_combinations(config: Config) -> Config:
     if config.crl_file and config.client_cert == "none":
         raise ConfigError("--crl-file: revocation is checked on client certificates: needs "
                           "--client-cert optional or required")
+    if config.proxy_protocol != "off" and all(address.kind == "unix" for address in binds):
+        raise ConfigError(f"--proxy-protocol {config.proxy_protocol}: applies to TCP listeners, "
+                          "and every --bind is a unix socket")
     if config.redirect_https:
         tcp_tls = [address for address in binds if address.tls and address.kind == "tcp"]
         if not tcp_tls and not (has_certificate and not tls_binds):

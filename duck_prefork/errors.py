@@ -28,3 +28,8 @@ class ParseError(Exception):
 class ParserStopped(Exception):
     """Raised from an llhttp callback to stop it (http1/parser_httptools.py keeps the reason).
     A new one each time: raising one instance again would grow its traceback without end."""
+
+
+class ProxyProtocolError(ValueError):
+    """A PROXY protocol header the specification does not allow (net/proxy_protocol.py); the
+    connection is closed with no response."""

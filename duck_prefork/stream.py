@@ -121,9 +121,10 @@ class Stream:
     task: asyncio.Task | None  # the task serving it (ServerState.start_task), until release()
 
     @property
-    def tls(self) -> dict | None:
-        """Over TLS, scope["extensions"]["tls"] (the connection's, made once), else None. A
-        property, read only when the scheme is not "http": no cost to plain requests."""
+    def extensions(self) -> dict | None:
+        """The scope["extensions"] entries the connection's stages made ("tls" over TLS,
+        "proxy_protocol" after a PROXY header), made once per connection and copied into each
+        scope; None on a connection with no stage."""
         raise NotImplementedError
 
     def read_body(self) -> bytes | None:

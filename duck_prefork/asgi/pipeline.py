@@ -228,11 +228,9 @@ class ASGI:
             "headers": stream.headers,
             "state": self.state.copy(),
         }
-        if stream.http_version == "2":  # HTTP/2 streams send trailers
-            scope["extensions"] = {"tls": stream.tls, "http.response.trailers": {}} \
-                if scope["scheme"] != "http" else {"http.response.trailers": {}}
-        elif scope["scheme"] != "http":  # over TLS: the TLS extension, made once per connection
-            scope["extensions"] = {"tls": stream.tls}
+        extensions = stream.extensions  # made once per connection by its stages (TLS, PROXY)
+        if extensions is not None:
+            scope["extensions"] = extensions.copy()
         if stream.forwarded and self.proxy is not None and self.proxy.trusts(client):
             self.proxy.apply(scope)
         return Request(scope, stream, None, self)

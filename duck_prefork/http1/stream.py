@@ -116,9 +116,9 @@ class Http1Stream(Stream):
         "response_started", "_length_out", "_chunked_out", "_body_out")
 
     @property
-    def tls(self) -> dict | None:
-        """scope["extensions"]["tls"] over TLS (the connection's), else None."""
-        return self.connection.facts.tls
+    def extensions(self) -> dict | None:
+        """The connection's scope extensions (Stream.extensions)."""
+        return self.connection.facts.extensions
 
     def __init__(self, connection: HttpConnection, method: bytes, target: bytes,
                  http_version: bytes, headers: list[tuple[bytes, bytes]]):
@@ -129,7 +129,7 @@ class Http1Stream(Stream):
         self.connection = connection
         self.client = connection.client
         self.server = connection.server
-        self.scheme = connection.facts.scheme  # "http", or what the stages learned (TLS)
+        self.scheme = connection.facts.scheme  # "http", or what the stages learned (TLS, PROXY)
         self.method = _METHODS.get(method) or method.decode("ascii")
         self.target = target
         self.http_version = "1.1" if http_version == b"1.1" else http_version.decode("ascii")

@@ -127,6 +127,7 @@ class Http2Connection(FlowControlledProtocol):
         self.resets = RateBudget(self.limits.max_resets, now)
         self.control = RateBudget(self.limits.max_control_frames, now)
         self.idle_since = now
+        facts.add_extension("http.response.trailers", {})  # every stream may send trailers
         if read_paused:
             transport.resume_reading()
         state.http2_connections.add(self)

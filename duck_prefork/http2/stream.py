@@ -142,8 +142,10 @@ class Http2Stream(Stream):
         self.stall_since: float | None = None  # ... since (no useful window opened since)
 
     @property
-    def tls(self) -> dict | None:
-        return self.connection.facts.tls
+    def extensions(self) -> dict | None:
+        """The connection's scope extensions: the stages' ("tls", "proxy_protocol") and
+        "http.response.trailers" (Http2Connection.take_over)."""
+        return self.connection.facts.extensions
 
     # --- the body channel: fed by the connection ------------------------------------------
 

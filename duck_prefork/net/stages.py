@@ -25,9 +25,10 @@ the facts and whether reading and writing are paused (take_over, its connection_
 given the bytes already read.
 
 Where the later pieces plug in, each one class here or beside the wire protocols:
-  PROXY protocol v1/v2   a Stage (trusted listeners): reads and strips the header, rewrites
-                         facts.client and facts.server, sets facts.scheme from the SSL TLV and
-                         facts.proxy to the TLVs; finish(rest)
+  PROXY protocol v1/v2   a Stage (net/proxy_stage.py, --proxy-protocol listeners, trusted
+                         peers): reads and strips the header, rewrites facts.client and
+                         facts.server, sets facts.scheme from the SSL TLV, facts.proxy to the
+                         header and its scope extension; finish(rest)
   TLS (+ ALPN)           a Stage: puts an SSLProtocol on the transport and feeds it the bytes
                          already read; once the handshake is done, sets facts.scheme "https",
                          facts.tls and facts.protocol (ALPN), and finish(b"", transport=the TLS
@@ -67,7 +68,7 @@ class ConnectionFacts:
     chosen, and what TLS and a PROXY header told. Stages may rewrite it; the wire protocol and
     the ASGI scope read it (client, server, scheme)."""
 
-    __slots__ = ("client", "server", "scheme", "protocol", "tls", "proxy")
+    __slots__ = ("client", "server", "scheme", "protocol", "tls", "proxy", "extensions")
 
     def __init__(self, client: Address | None, server: Address | None, scheme: str = "http",
                  protocol: str = HTTP_1_1) -> None:
@@ -76,7 +77,16 @@ class ConnectionFacts:
         self.scheme = scheme  # "http" or "https"
         self.protocol = protocol  # the wire protocol to speak once the stages are done
         self.tls: Any = None  # the TLS session's facts (version, cipher, ALPN, certificate)
-        self.proxy: Any = None  # the PROXY header's TLVs
+        self.proxy: Any = None  # the PROXY header (net.proxy_protocol.ProxyHeader)
+        # scope["extensions"] entries the stages made for this connection ("tls",
+        # "proxy_protocol"), copied into each request's scope; None (no stage): nothing to copy.
+        self.extensions: dict[str, Any] | None = None
+
+    def add_extension(self, name: str, value: Any) -> None:
+        """Give every request on this connection scope["extensions"][name] = value."""
+        if self.extensions is None:
+            self.extensions = {}
+        self.extensions[name] = value
 
     @classmethod
     def of(cls, transport: asyncio.BaseTransport) -> ConnectionFacts:

@@ -296,6 +296,7 @@ class TlsHandshake(Stage):
         facts.scheme = "https"
         ssl_object = transport.get_extra_info("ssl_object")
         facts.tls = self.server.extension(ssl_object)
+        facts.add_extension("tls", facts.tls)
         protocol = ssl_object.selected_alpn_protocol()
         if protocol:  # "h2" or "http/1.1": the wire protocol; none offered, HTTP/1.1
             facts.protocol = protocol

@@ -23,6 +23,7 @@ import os
 import pwd
 import random
 import signal
+import socket
 import sys
 import traceback
 from collections.abc import Callable, Coroutine
@@ -48,7 +49,8 @@ from ..http2.prior_knowledge import PriorKnowledge
 from ..loader import AppLoadError, load_app
 from ..logs import log
 from ..net.listeners import Listener
-from ..net.stages import HTTP_1_1, ConnectionPlan
+from ..net.proxy_stage import ProxyProtocol
+from ..net.stages import HTTP_1_1, ConnectionPlan, StageFactory
 from ..tls.context import Certificates
 from ..tls.handshake import TlsServer
 from ..tls.redirect import RedirectToHttps
@@ -105,6 +107,7 @@ class Worker:
         self.preloaded_app: Any = None  # the app imported by the master (--preload)
         self.certificates: Certificates | None = None  # TLS: built by the master, inherited
         self.tls: TlsServer | None = None
+        self.proxy_protocol: ProxyProtocol | None = None  # --proxy-protocol
         # Whether the stop accepts what is queued on the listening sockets first: INT (they
         # are about to close) or TERM (they stay open for the other workers).
         self.sweep_on_stop = False
@@ -197,9 +200,15 @@ class Worker:
                             header_timeout=config.header_timeout,
                             send_timeout=config.send_timeout,
                             upgrade=upgrade)
-        # What each listener's connections go through before HTTP/1.1: a TLS listener's, the
-        # TLS handshake; with --redirect-https a plain one's, the redirect (and no HTTP/1.1).
-        plan_for = connection_plans(config, self.listeners, state, self._tls_server(loop))
+        # What each listener's connections go through before HTTP/1.1: with --proxy-protocol a
+        # TCP listener's, the PROXY header first; a TLS listener's, the TLS handshake; with
+        # --redirect-https a plain one's, the redirect (and no HTTP/1.1).
+        if config.proxy_protocol != "off":
+            # One allow-list for the PROXY header and for the forwarded headers.
+            self.proxy_protocol = ProxyProtocol(
+                config.proxy_protocol, ProxyHeaders(config.forwarded_allow_ips).trusts)
+        plan_for = connection_plans(config, self.listeners, state, self._tls_server(loop),
+                                    self.proxy_protocol)
         acceptors = [Acceptor(listener.socket, plan_for(listener).protocol_factory(), state)
                      for listener in self.listeners]
         for acceptor in acceptors:
@@ -278,6 +287,8 @@ class Worker:
             self.failures("the once-a-second tick failed", exc)
         if self.tls is not None:
             self.tls.failures.flush(loop.time())
+        if self.proxy_protocol is not None:
+            self.proxy_protocol.flush(loop.time())
         self.channel.beat()  # from inside the loop: a blocked loop stops beating
         self._ticks += 1
         if self._malloc_trim is not None and self._ticks % MALLOC_TRIM_EVERY == 0:
@@ -302,32 +313,45 @@ def make_access_log(config: Config) -> logs.AccessLog | None:
 
 
 def connection_plans(config: Config, listeners: list[Listener], state: ServerState,
-                     tls: TlsServer | None) -> Callable[[Listener], ConnectionPlan]:
-    """Which ConnectionPlan a listener's connections follow: a TLS listener's starts with the
-    handshake (ALPN then picks HTTP/2 or HTTP/1.1); with --redirect-https a plain TCP
-    listener's is the redirect alone; any other plain one's, with --http2, is the h2c
-    prior-knowledge check (trusted peers only), else straight HTTP/1.1."""
+                     tls: TlsServer | None, proxy: ProxyProtocol | None = None,
+                     ) -> Callable[[Listener], ConnectionPlan]:
+    """Which ConnectionPlan a listener's connections follow: with --proxy-protocol a TCP
+    listener's starts with the PROXY header; then a TLS listener's has the handshake (ALPN
+    then picks HTTP/2 or HTTP/1.1); with --redirect-https a plain TCP listener's has the
+    redirect (and no HTTP/1.1 request reaches the app); any other plain listener's, with
+    --http2, has the h2c prior-knowledge check (trusted peers only). A listener with none of
+    these goes straight to HTTP/1.1."""
     protocols: dict[str, Callable[[], Any]] = {HTTP_1_1: lambda: HttpConnection(state)}
-    plain = ConnectionPlan((), protocols, state)
+    prior_knowledge: StageFactory | None = None
     if config.http2:
         protocols[H2] = connection_factory(state, http2_limits(config))
-        trusted = ProxyHeaders(config.forwarded_allow_ips).trusts
-        plain = ConnectionPlan(
-            (functools.partial(PriorKnowledge, trusted, config.header_timeout),), protocols,
-            state)
-    secure = ConnectionPlan((tls.stage,), protocols, state) if tls is not None else None
-    redirect = plain
+        # (after a PROXY header the client it names is judged: a TCP proxy relays its bytes)
+        prior_knowledge = functools.partial(
+            PriorKnowledge, ProxyHeaders(config.forwarded_allow_ips).trusts,
+            config.header_timeout)
     tls_ports = [listener.socket.getsockname()[1] for listener in listeners
                  if listener.tls and listener.address.kind == "tcp"]
+    redirect: StageFactory | None = None
     if config.redirect_https and tls_ports:
-        stage = functools.partial(RedirectToHttps, tls_ports[0], config.header_timeout)
-        redirect = ConnectionPlan((stage,), protocols, state)
+        redirect = functools.partial(RedirectToHttps, tls_ports[0], config.header_timeout)
+    plans: dict[tuple, ConnectionPlan] = {}  # one plan per sequence of stages
 
     def plan_for(listener: Listener) -> ConnectionPlan:
+        tcp = listener.socket.family in (socket.AF_INET, socket.AF_INET6)
+        stages: list[StageFactory] = []
+        if proxy is not None and tcp:
+            stages.append(proxy.stage)
         if listener.tls:
-            assert secure is not None  # _tls_server() refused to boot without certificates
-            return secure
-        return redirect if listener.address.kind == "tcp" else plain
+            assert tls is not None  # _tls_server() refused to boot without certificates
+            stages.append(tls.stage)
+        elif redirect is not None and listener.address.kind == "tcp":
+            stages.append(redirect)
+        elif prior_knowledge is not None:
+            stages.append(prior_knowledge)
+        key = tuple(stages)
+        if key not in plans:
+            plans[key] = ConnectionPlan(stages, protocols, state)
+        return plans[key]
 
     return plan_for
 

@@ -157,7 +157,7 @@ def test_prior_knowledge_stage(transport, pieces, handed):
 
 class Facts:
     scheme = "http"
-    tls = None
+    extensions = None
 
 
 class State:
