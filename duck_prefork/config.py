@@ -366,6 +366,26 @@ class Config:
              "500 (0: no limit)")
     ws_per_message_deflate: bool = option(boolean, True, metavar="true|false",
         help="compress WebSocket messages (permessage-deflate) when the client offers it")
+    http2: bool = option(boolean, True, metavar="true|false",
+        help="HTTP/2: offered by ALPN (h2, http/1.1) on TLS listeners, and spoken in cleartext "
+             "(h2c, prior knowledge) with --forwarded-allow-ips peers only; false: HTTP/1.1 only")
+    http2_max_concurrent_streams: int = option(positive_int, 100, metavar="N",
+        help="most streams (requests) in progress at once on one HTTP/2 connection "
+             "(SETTINGS_MAX_CONCURRENT_STREAMS); more are refused")
+    http2_max_header_list_size: int = option(positive_int, 64 * 1024, metavar="BYTES",
+        help="largest HTTP/2 header block, counted compressed as it arrives and decoded "
+             "(SETTINGS_MAX_HEADER_LIST_SIZE); beyond it, GOAWAY")
+    http2_max_continuation_frames: int = option(positive_int, 16, metavar="N",
+        help="most CONTINUATION frames in one HTTP/2 header block; beyond it, GOAWAY")
+    http2_max_resets: int = option(positive_int, 200, metavar="N",
+        help="stream resets a second an HTTP/2 client may cause (its RST_STREAMs and the streams "
+             "we refuse), as a burst too; beyond it, GOAWAY ENHANCE_YOUR_CALM (rapid reset)")
+    http2_max_control_frames: int = option(positive_int, 100, metavar="N",
+        help="PING and SETTINGS frames a second an HTTP/2 client may send, as a burst too; "
+             "beyond it, GOAWAY ENHANCE_YOUR_CALM")
+    http2_max_streams: int = option(non_negative_int, 10000, metavar="N",
+        help="streams one HTTP/2 connection may open; then it is drained (GOAWAY) and the "
+             "client opens another (0: no limit)")
     upstream: list[str] = option(upstream_spec, [], metavar="PREFIX=URL", repeatable=True,
         help="pass requests whose path is PREFIX or under it (whole segments; a PREFIX ending in "
              "/ matches any path starting with it) to an upstream HTTP/1.1 server instead of the "

@@ -39,6 +39,8 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Final, Protocol
 
+from mypy_extensions import mypyc_attr
+
 from .errors import ClientDisconnected, InvalidResponse
 
 __all__ = ["SERVER", "ClientDisconnected", "InvalidResponse", "Stream", "StreamHandler",
@@ -93,13 +95,14 @@ class Waiter:
             future.set_result(None)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # http2.stream.Http2Stream is plain Python
 class Stream:
     """What a wire protocol offers the ASGI side for one request (see the module docstring): the
     base of each kind of stream, which sets every field and implements every method."""
 
     __slots__ = ("method", "target", "http_version", "headers", "client", "server", "scheme",
                  "forwarded", "start_time", "closed", "disconnected", "response_complete",
-                 "bytes_sent", "body_read")
+                 "bytes_sent", "body_read", "task")
 
     method: str
     target: bytes  # as sent: origin-form, absolute-form, authority-form or "*"
@@ -115,6 +118,7 @@ class Stream:
     response_complete: bool  # the response has been sent in full
     bytes_sent: int  # response body bytes sent (as framed for the client: none for HEAD)
     body_read: bool  # the last of the body has been returned by read_body()
+    task: asyncio.Task | None  # the task serving it (ServerState.start_task), until release()
 
     @property
     def extensions(self) -> dict | None:
@@ -141,6 +145,11 @@ class Stream:
 
     def send_body(self, body: bytes, more_body: bool) -> Awaitable[None] | None:
         """Send more of the body; more_body=False completes the response."""
+        raise NotImplementedError
+
+    def send_trailers(self, headers: Headers) -> None:
+        """Send the response's trailers, which complete it (http.response.trailers; offered
+        in the scope only by the streams that implement it: HTTP/2's)."""
         raise NotImplementedError
 
     def release(self) -> None:

@@ -30,18 +30,27 @@ __all__ = ["ASGI", "ClientDisconnected", "Request", "Response", "ResponseHeaders
 
 ResponseMiddleware = Callable[["Response", "Request"], None]
 
+# The http.response.trailers extension (offered by HTTP/2 streams): a response that announced
+# trailers ("trailers": True in http.response.start) is complete only with its last
+# http.response.trailers message; its last body message leaves it TRAILERS_DUE.
+NO_TRAILERS: Final = 0
+TRAILERS_ANNOUNCED: Final = 1
+TRAILERS_DUE: Final = 2
+
 
 class Response:
     """The response in progress for one request: what http.response.start said (the status,
     and the headers the server-level middlewares may change), and how far it has gone."""
 
-    __slots__ = ("status", "headers", "started", "complete")
+    __slots__ = ("status", "headers", "started", "complete", "trailers", "trailer_fields")
 
-    def __init__(self, status: int, headers: Any) -> None:
+    def __init__(self, status: int, headers: Any, trailers: int = NO_TRAILERS) -> None:
         self.status = status
         self.headers = headers
         self.started = False  # the head has been handed to the stream
         self.complete = False
+        self.trailers = trailers  # NO_TRAILERS, TRAILERS_ANNOUNCED or TRAILERS_DUE
+        self.trailer_fields: list | None = None  # gathered until more_trailers is False
 
 
 class Request:
@@ -83,8 +92,14 @@ class Request:
                 if isinstance(body, str):
                     raise TypeError("ASGI: 'http.response.body' body must be bytes, not str")
                 body = bytes(body)
-            drained = self.pipeline.send_response(response, self.stream, self, body,
-                                                  message.get("more_body", False))
+            more_body = message.get("more_body", False)
+            if response.trailers and not more_body:
+                if response.trailers == TRAILERS_DUE:
+                    raise RuntimeError("ASGI: 'http.response.body' sent after the last body "
+                                       "message; 'http.response.trailers' is due")
+                response.trailers = TRAILERS_DUE
+                more_body = True  # the trailers end the stream
+            drained = self.pipeline.send_response(response, self.stream, self, body, more_body)
             if drained is not None:
                 await drained
         elif kind == "http.response.start":
@@ -95,7 +110,18 @@ class Request:
                 raise RuntimeError(f"ASGI: invalid response status {status!r}")
             if self.stream.closed:
                 raise ClientDisconnected("client disconnected")
-            self.response = Response(status, message.get("headers", ()))
+            if self.stream.http_version == "2" and message.get("trailers"):
+                self.response = Response(status, message.get("headers", ()), TRAILERS_ANNOUNCED)
+            else:
+                self.response = Response(status, message.get("headers", ()))
+        elif kind == "http.response.trailers":
+            response = self.response
+            if response is None or response.trailers != TRAILERS_DUE or response.complete:
+                raise RuntimeError("ASGI: 'http.response.trailers' sent without 'trailers' "
+                                   "announced in 'http.response.start', or before the last "
+                                   "body message")
+            self.pipeline.send_trailers(response, self.stream, self, message.get("headers", ()),
+                                        message.get("more_trailers", False))
         else:
             raise RuntimeError(f"ASGI: unexpected message type {kind!r} for an HTTP request")
 
@@ -326,6 +352,22 @@ class ASGI:
             self.write_access_log(stream, request.scope["client"], response.status,
                                   stream.bytes_sent)
         return None
+
+    def send_trailers(self, response: Response, stream: Stream, request: Request,
+                      headers: Any, more_trailers: bool) -> None:
+        """The http.response.trailers extension: the trailers (several messages are gathered
+        until more_trailers is False) complete the response, as its last body message would."""
+        pending = response.trailer_fields
+        if pending is None:
+            pending = response.trailer_fields = []
+        pending.extend(headers)
+        if more_trailers:
+            return
+        stream.send_trailers(pending)
+        response.complete = True
+        if self.access_log is not None:
+            self.write_access_log(stream, request.scope["client"], response.status,
+                                  stream.bytes_sent)
 
     def write_access_log(self, stream: Stream, client: tuple | None, status: int,
                          size: int) -> None:

@@ -39,7 +39,7 @@ from mypy_extensions import mypyc_attr
 
 from ..logs import FailureLog, log, plural
 from ..net.stages import ConnectionFacts, StagedConnection, TransportProtocol
-from ..stream import StreamHandler, Waiter, http_date
+from ..stream import Stream, StreamHandler, Waiter, http_date
 from .request_head import DEFAULT_LIMITS, Limits, ParseError
 from .stream import Http1Stream, date_header, encode_error
 
@@ -116,6 +116,7 @@ class ServerState:
         self.connections: set[HttpConnection] = set()
         self.staging: set[StagedConnection] = set()  # still in their stages (net/stages.py)
         self.websockets: set = set()  # connections taken over by websocket.py
+        self.http2_connections: set[Any] = set()  # http2.connection.Http2Connection
         self.tasks: set[asyncio.Task] = set()
         self.pending_connects = 0  # accepted sockets whose connection is being set up
         self.draining = False  # stopping: the listeners are closed, idle connections close
@@ -151,7 +152,8 @@ class ServerState:
             # A request's task counts itself out when its stream is released; one cancelled
             # before its coroutine ever ran never does.
             self.task_finished(task)
-        for connection in [*self.staging, *self.connections, *self.websockets]:
+        for connection in [*self.staging, *self.connections, *self.websockets,
+                           *self.http2_connections]:
             try:
                 connection.check_timeouts(now)
             except Exception as exc:  # a bug; the sweep goes on for the other connections
@@ -167,6 +169,7 @@ class ServerState:
             self.staging.discard(connection)
             self.connections.discard(connection)
             self.websockets.discard(connection)
+            self.http2_connections.discard(connection)
             self.check_drained()
 
     def start_draining(self) -> None:
@@ -181,10 +184,12 @@ class ServerState:
                 connection.close()
         for websocket in list(self.websockets):
             websocket.going_away()
+        for http2_connection in list(self.http2_connections):  # (a name of its own: mypyc)
+            http2_connection.go_away()  # GOAWAY; closed once its streams are done
         self.check_drained()
 
     def start_task(self, coroutine: Coroutine[Any, Any, Any],
-                   stream: Http1Stream | None = None) -> None:
+                   stream: Stream | None = None) -> None:
         """Run one request's (or WebSocket's) coroutine as a task the drain waits for. A
         request's stream is released by the ASGI side when its coroutine returns
         (Stream.release), which ends the task's count here; any other task is counted out by a
@@ -211,7 +216,8 @@ class ServerState:
 
     def check_drained(self) -> None:
         if self.draining and not self.connections and not self.tasks \
-                and not self.pending_connects and not self.websockets and not self.staging:
+                and not self.pending_connects and not self.websockets and not self.staging \
+                and not self.http2_connections:
             self.drained.set()
 
 

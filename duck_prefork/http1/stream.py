@@ -113,9 +113,7 @@ class Http1Stream(Stream):
         # the body channel
         "body_received", "body_complete", "_chunks", "_buffered", "_waiter",
         # the response
-        "response_started", "_length_out", "_chunked_out", "_body_out",
-        # the task serving it (ServerState.start_task), until release()
-        "task")
+        "response_started", "_length_out", "_chunked_out", "_body_out")
 
     @property
     def extensions(self) -> dict | None:

@@ -29,6 +29,7 @@ CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 # once a day.
 EXPIRY_WARNING_DAYS = 14
 ALPN = ["http/1.1"]
+ALPN_WITH_HTTP2 = ["h2", "http/1.1"]  # --http2: h2 preferred
 
 _PEM_CERT_BEGIN = b"-----BEGIN CERTIFICATE-----"
 _PEM_CERT_END = b"-----END CERTIFICATE-----"
@@ -227,7 +228,7 @@ def _password(config: Config, files: dict[str, bytes]) -> bytes | None:
 def _fingerprint(config: Config, files: dict[str, bytes], password: bytes | None) -> str:
     digest = hashlib.sha256()
     for name in ("certfile", "keyfile", "cert", "ca_certs", "client_cert", "crl_file",
-                 "tls_min_version", "ciphers", "tls_reject_unknown_sni"):
+                 "tls_min_version", "ciphers", "tls_reject_unknown_sni", "http2"):
         digest.update(repr(getattr(config, name)).encode() + b"\0")
     digest.update(repr(password).encode() + b"\0")
     for path in sorted(files):
@@ -240,7 +241,7 @@ def _context(config: Config, option: str, certfile: str, keyfile: str,
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     context.minimum_version = _VERSIONS[config.tls_min_version]
-    context.set_alpn_protocols(ALPN)
+    context.set_alpn_protocols(ALPN_WITH_HTTP2 if config.http2 else ALPN)
     if config.ciphers:
         try:
             context.set_ciphers(config.ciphers)

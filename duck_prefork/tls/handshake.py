@@ -6,9 +6,10 @@ then a close; anything else is closed. The handshake is the event loop's own SSL
 (uvloop's, in C), put on the connection's transport and fed the bytes already read; its
 handshake timeout is --tls-handshake-timeout, and the worker's sweep holds the whole stage,
 from accept, to the same limit (a client that connects and never says ClientHello). Once it
-is done the facts say "https" and carry scope["extensions"]["tls"], and the connection goes on
-to HTTP/1.1 over the TLS transport; closing that transport sends close_notify (waiting up to
-SHUTDOWN_TIMEOUT for the peer's).
+is done the facts say "https", carry scope["extensions"]["tls"] and name the protocol ALPN
+chose, and the connection goes on to it (HTTP/1.1, or HTTP/2 with --http2) over the TLS
+transport; closing that transport sends close_notify (waiting up to SHUTDOWN_TIMEOUT for the
+peer's).
 
 A handshake that fails is never a traceback nor a log line of its own: failures are counted
 by reason, and the worker's tick logs one summary line at most every SUMMARY_INTERVAL.
@@ -293,8 +294,12 @@ class TlsHandshake(Stage):
         self.done = True
         facts = link.facts
         facts.scheme = "https"
-        facts.tls = self.server.extension(transport.get_extra_info("ssl_object"))
+        ssl_object = transport.get_extra_info("ssl_object")
+        facts.tls = self.server.extension(ssl_object)
         facts.add_extension("tls", facts.tls)
+        protocol = ssl_object.selected_alpn_protocol()
+        if protocol:  # "h2" or "http/1.1": the wire protocol; none offered, HTTP/1.1
+            facts.protocol = protocol
         link.finish(b"", transport=transport)
 
     def handshake_over(self, waiter: asyncio.Future) -> None:

@@ -43,6 +43,9 @@ from ..hooks import run_hook
 from ..http1.connection import HttpConnection, ServerState
 from ..http1.parser_h11 import H11Parser
 from ..http1.request_head import Limits
+from ..http2.connection import H2, connection_factory
+from ..http2.limits import Http2Limits
+from ..http2.prior_knowledge import PriorKnowledge
 from ..loader import AppLoadError, load_app
 from ..logs import log
 from ..net.listeners import Listener
@@ -241,7 +244,8 @@ class Worker:
 
         await self.stopping.wait()
         log.info("draining: %s open, %s in flight",
-                 logs.plural(len(state.connections) + len(state.staging), "connection"),
+                 logs.plural(len(state.connections) + len(state.staging)
+                             + len(state.http2_connections), "connection"),
                  logs.plural(len(state.tasks), "request"))
         for acceptor in acceptors:
             acceptor.stop(sweep=self.sweep_on_stop)
@@ -254,7 +258,8 @@ class Worker:
                         logs.plural(len(state.connections) + len(state.staging), "connection"))
             for task in list(state.tasks):
                 task.cancel()
-            for connection in [*state.staging, *state.connections, *state.websockets]:
+            for connection in [*state.staging, *state.connections, *state.websockets,
+                               *state.http2_connections]:
                 connection.abort()
             if state.tasks:
                 await asyncio.wait(list(state.tasks), timeout=CANCEL_WAIT)
@@ -344,10 +349,19 @@ def connection_plans(config: Config, listeners: list[Listener], state: ServerSta
                      tls: TlsServer | None, proxy: ProxyProtocol | None = None,
                      ) -> Callable[[Listener], ConnectionPlan]:
     """Which ConnectionPlan a listener's connections follow: with --proxy-protocol a TCP
-    listener's starts with the PROXY header; then a TLS listener's has the handshake; with
-    --redirect-https a plain TCP listener's has the redirect (and no HTTP/1.1 request reaches
-    the app). A listener with none of these goes straight to HTTP/1.1."""
-    protocols = {HTTP_1_1: lambda: HttpConnection(state)}
+    listener's starts with the PROXY header; then a TLS listener's has the handshake (ALPN
+    then picks HTTP/2 or HTTP/1.1); with --redirect-https a plain TCP listener's has the
+    redirect (and no HTTP/1.1 request reaches the app); any other plain listener's, with
+    --http2, has the h2c prior-knowledge check (trusted peers only). A listener with none of
+    these goes straight to HTTP/1.1."""
+    protocols: dict[str, Callable[[], Any]] = {HTTP_1_1: lambda: HttpConnection(state)}
+    prior_knowledge: StageFactory | None = None
+    if config.http2:
+        protocols[H2] = connection_factory(state, http2_limits(config))
+        # (after a PROXY header the client it names is judged: a TCP proxy relays its bytes)
+        prior_knowledge = functools.partial(
+            PriorKnowledge, ProxyHeaders(config.forwarded_allow_ips).trusts,
+            config.header_timeout)
     tls_ports = [listener.socket.getsockname()[1] for listener in listeners
                  if listener.tls and listener.address.kind == "tcp"]
     redirect: StageFactory | None = None
@@ -365,12 +379,23 @@ def connection_plans(config: Config, listeners: list[Listener], state: ServerSta
             stages.append(tls.stage)
         elif redirect is not None and listener.address.kind == "tcp":
             stages.append(redirect)
+        elif prior_knowledge is not None:
+            stages.append(prior_knowledge)
         key = tuple(stages)
         if key not in plans:
             plans[key] = ConnectionPlan(stages, protocols, state)
         return plans[key]
 
     return plan_for
+
+
+def http2_limits(config: Config) -> Http2Limits:
+    return Http2Limits(max_concurrent_streams=config.http2_max_concurrent_streams,
+                       max_header_list_size=config.http2_max_header_list_size,
+                       max_continuation_frames=config.http2_max_continuation_frames,
+                       max_resets=config.http2_max_resets,
+                       max_control_frames=config.http2_max_control_frames,
+                       max_streams=config.http2_max_streams)
 
 
 def parser_class(choice: str) -> type:

@@ -184,6 +184,10 @@ def test_environment_flag_can_be_false():
     (["--agent-bind", "https://127.0.0.1:9100"], {}, "--agent-bind"),
     (["--max-requests-per-connection", "-1"], {}, "--max-requests-per-connection"),
     ([], {"DUCK_PREFORK_DRAIN_DELAY": "later"}, "DUCK_PREFORK_DRAIN_DELAY"),
+    (["--http2", "maybe"], {}, "--http2"),
+    (["--http2-max-concurrent-streams", "0"], {}, "--http2-max-concurrent-streams"),
+    (["--http2-max-resets", "x"], {}, "--http2-max-resets"),
+    ([], {"DUCK_PREFORK_HTTP2_MAX_STREAMS": "-1"}, "DUCK_PREFORK_HTTP2_MAX_STREAMS"),
 ])
 def test_config_error_names_the_option(argv, environ, name):
     with pytest.raises(ConfigError) as info:
@@ -196,6 +200,14 @@ def test_config_error_names_the_option(argv, environ, name):
 def test_one_path_cannot_be_both_probes():
     with pytest.raises(ConfigError, match="--health-path and --ready-path"):
         parse("--health-path", "/probe", "--ready-path", "/probe")
+
+
+def test_http2_defaults_and_switch():
+    config = parse()
+    assert config.http2 is True and config.http2_max_concurrent_streams == 100
+    assert config.http2_max_header_list_size == 65536 and config.http2_max_streams == 10000
+    assert parse("--http2", "false").http2 is False
+    assert parse(DUCK_PREFORK_HTTP2="off").http2 is False
 
 
 def test_config_error_shows_the_value_and_reason():
