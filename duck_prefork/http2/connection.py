@@ -232,8 +232,12 @@ class Http2Connection(FlowControlledProtocol):
         self.idle_since = None
         self.served += 1
         state.start_task(state.handler(state.app, stream), stream)
-        if self.limits.max_streams and self.served >= self.limits.max_streams:
-            self.go_away()  # enough on this connection: the client opens a new one
+        if state.lame_duck or (self.limits.max_streams and
+                               self.served >= self.limits.max_streams):
+            # Enough on this connection, or the lame duck (the master is stopping: HTTP/1.1
+            # answers with Connection: close): GOAWAY after this stream, so that the client
+            # opens its next one elsewhere, or here on a new connection while we still accept.
+            self.go_away()
 
     def on_data(self, event: h2.events.DataReceived) -> None:
         stream = self.streams.get(event.stream_id)

@@ -182,6 +182,28 @@ def test_drain_goaway_lets_streams_in_flight_finish(start_server):
     assert "draining: 1 connection open, 2 requests in flight" in server.log()
 
 
+def test_lame_duck_sends_goaway_after_each_stream(start_server):
+    # As HTTP/1.1 answers Connection: close in the lame duck (TERM with --drain-delay).
+    server = start_server(APP, "--workers", "1", "--drain-delay", "60", bind="127.0.0.1:0")
+
+    def goaway_after_one_stream() -> bool:
+        wire = H2Wire(server.port)
+        try:
+            wire.request(1, "/")
+            assert wire.response(1)[0] == 200
+            return any(isinstance(frame, GoAwayFrame) and frame.last_stream_id == 1
+                       for frame in wire.frames)
+        finally:
+            wire.close()
+
+    assert not goaway_after_one_stream()
+    server.send_signal(signal.SIGTERM)
+    server.wait_log("lame duck")
+    wait_for(goaway_after_one_stream, what="a GOAWAY after the stream, in the lame duck")
+    server.send_signal(signal.SIGTERM)  # a second TERM: the graceful stop at once
+    assert server.wait_exit(30) == 0
+
+
 def test_graceful_timeout_ends_a_stream_that_does_not_finish(start_server):
     server = start_server(APP, "--workers", "1", "--graceful-timeout", "1", bind="127.0.0.1:0")
     wire = H2Wire(server.port)
