@@ -38,6 +38,7 @@ from typing import Any, Final
 from mypy_extensions import mypyc_attr
 
 from ..logs import FailureLog, log, plural
+from ..metrics.counters import RequestCounts
 from ..net.stages import ConnectionFacts, StagedConnection, TransportProtocol
 from ..stream import StreamHandler, Waiter, http_date
 from .request_head import DEFAULT_LIMITS, Limits, ParseError
@@ -112,6 +113,9 @@ class ServerState:
         self.refresh_date()
         self.requests_served = 0
         self.refused_busy = 0  # 503s for --limit-concurrency since the last tick
+        # --metrics-bind: what this worker counts (published once a second by the worker's
+        # tick); None costs one test per response.
+        self.counts: RequestCounts | None = None
         self.failures = FailureLog()  # what went wrong in tick(), logged once each
         self.task_done = self.task_finished  # bound once, not per request
 
@@ -300,8 +304,12 @@ class HttpConnection(FlowControlledProtocol):
         self.write_paused = write_paused
         if read_paused:
             transport.resume_reading()  # paused by a stage: the first request head is wanted
-        self.state.connections.add(self)
-        self.idle_since = self.state.loop.time()
+        state = self.state
+        state.connections.add(self)
+        self.idle_since = state.loop.time()
+        counts = state.counts
+        if counts is not None:
+            counts.connections += 1
         if self.state.debug:
             log.debug("connection from %s to %s", _peer(self.client), _peer(self.server))
 
@@ -434,6 +442,9 @@ class HttpConnection(FlowControlledProtocol):
         request = self.request
         if request is not None:
             request.feed_disconnect()  # a bad body: its app sees the client go
+        counts = self.state.counts
+        if counts is not None:
+            counts.refuse(status)
         if request is None or not request.response_started:
             self.write(encode_error(status, self.state.date_header))
         self.close()
@@ -456,6 +467,11 @@ class HttpConnection(FlowControlledProtocol):
         """The response to the current request has been written in full."""
         request: Any = self.request  # the current request: set while its response is written
         request.finish_response()
+        state = self.state
+        counts = state.counts
+        if counts is not None:
+            counts.count(request.method, request.status, state.loop.time() - request.start_time,
+                         request.body_received, request.bytes_sent)
         if not keep_alive:
             self.close()
         elif request.body_complete:
@@ -476,6 +492,9 @@ class HttpConnection(FlowControlledProtocol):
             if self.send_stalled(now, state.send_timeout):
                 log.debug("send timeout: client %s read nothing for %.0f s", self.client,
                           state.send_timeout)
+                counts = state.counts
+                if counts is not None:
+                    counts.send_timed_out()
                 self.abort()
             return
         idle_since = self.idle_since
@@ -491,6 +510,9 @@ class HttpConnection(FlowControlledProtocol):
             limit = min(limit, 1.0) if limit else 1.0
         if limit and now - idle_since >= limit:
             if self.served == 0 and not state.draining:
+                counts = state.counts
+                if counts is not None:
+                    counts.refuse(408)
                 self.write(encode_error(408, state.date_header))
             self.close()
 

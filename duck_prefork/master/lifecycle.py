@@ -74,6 +74,7 @@ class WorkerProcess:
     replaced_by: int | None = None  # pid of the worker being started to take over
     kill_at: float = 0.0  # when its SIGKILL is due (a hung worker's stack dump comes first)
     killed: bool = False  # SIGKILL sent: only its reaping is left
+    exit_reason: str = ""  # why the master made it go (metrics.layout.EXIT_REASONS), if it did
 
     def on(self, event: Event) -> State:
         """Apply `event`; returns the new state. Every allowed transition is in TRANSITIONS."""
