@@ -32,12 +32,14 @@ class DuckServer:
     """duck-prefork serving APP from bench/ on a free loopback port, its error log in a file."""
 
     def __init__(self, app: str, workers: int, args: list[str] | None = None,
-                 env: dict[str, str] | None = None, ready_timeout: float = 30.0):
+                 env: dict[str, str] | None = None, ready_timeout: float = 30.0,
+                 command: list[str] | None = None):
         self.log_file = tempfile.NamedTemporaryFile(prefix="duck-bench-", suffix=".log",
                                                     delete=False)
         self.log_path = Path(self.log_file.name)
-        self.argv = [str(DUCK), app, "--bind", "127.0.0.1:0", "--workers", str(workers),
-                     "--log-level", "info", *(args or [])]
+        # `command`: how to start duck-prefork, if not as DUCK (e.g. python -m duck_prefork).
+        self.argv = [*(command or [str(DUCK)]), app, "--bind", "127.0.0.1:0", "--workers",
+                     str(workers), "--log-level", "info", *(args or [])]
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("DUCK_PREFORK_")}
         full_env.update(env or {})
         self.proc = subprocess.Popen(self.argv, cwd=HERE, env=full_env, stdin=subprocess.DEVNULL,

@@ -22,20 +22,33 @@ from .gather import Snapshot
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
-Labels = tuple[tuple[str, str], ...]
-
 
 @dataclass
 class Family:
-    """One metric family: its samples are (suffix, labels, value)."""
+    """One metric family: its samples are (suffix, labels as written, value). Labels are
+    written once per series here, not per scrape line: a scrape of 64 workers is some 2,000
+    lines, and the master writes it in its loop."""
 
     name: str
     kind: str  # counter, gauge, histogram
     help: str
-    samples: list[tuple[str, Labels, float]] = field(default_factory=list)
+    samples: list[tuple[str, str, float]] = field(default_factory=list)
 
-    def add(self, labels: Labels, value: float, suffix: str = "") -> None:
+    def add(self, labels: str, value: float, suffix: str = "") -> None:
         self.samples.append((suffix, labels, value))
+
+
+def labels(**values: str) -> str:
+    """name="value",... for values that may need escaping (listener names, the build)."""
+    return ",".join(f'{name}="{_escape(value)}"' for name, value in values.items())
+
+
+# Label texts that do not depend on the snapshot, made once.
+_LE = tuple(f',le="{_bound}"' for _bound in (*(repr(b) for b in BUCKETS), "+Inf"))
+_METHOD_CLASS = tuple(
+    f',http_request_method="{method}",http_response_status_class="{status_class}"'
+    for method in METHODS for status_class in STATUS_CLASSES)
+_REASONS = tuple(f',reason="{reason}"' for reason in REFUSALS)
 
 
 def wants_openmetrics(accept: str) -> bool:
@@ -69,66 +82,59 @@ def families(snapshot: Snapshot) -> list[Family]:
     exits = Family("duckprefork_worker_exits", "counter",
                    "Workers gone, per slot (any reason).")
     for slot in snapshot.slots:
-        worker = (("worker", str(slot.slot)),)
+        worker = f'worker="{slot.slot}"'
         counters = slot.counters
         cumulative = 0
-        for index, bound in enumerate((*BUCKETS, math.inf)):
+        for index, le in enumerate(_LE):
             cumulative += counters[layout.DURATIONS + index]
-            duration.add((*worker, ("le", _bound(bound))), cumulative, "_bucket")
+            duration.add(worker + le, cumulative, "_bucket")
         duration.add(worker, counters[layout.DURATION_SUM_US] / 1e6, "_sum")
         duration.add(worker, cumulative, "_count")
         active.add(worker, slot.in_flight)
-        for m, method in enumerate(METHODS):
-            for c, status_class in enumerate(STATUS_CLASSES):
-                value = counters[layout.REQUESTS + m * len(STATUS_CLASSES) + c]
-                if value:  # 40 series a worker otherwise; a method never seen is absent
-                    requests.add((*worker, ("http_request_method", method),
-                                  ("http_response_status_class", status_class)), value,
-                                 "_total")
+        for index, method_class in enumerate(_METHOD_CLASS):
+            value = counters[layout.REQUESTS + index]
+            if value:  # 40 series a worker otherwise; a method never seen is absent
+                requests.add(worker + method_class, value, "_total")
         body_in.add(worker, counters[layout.BODY_IN], "_total")
         body_out.add(worker, counters[layout.BODY_OUT], "_total")
-        for r, reason in enumerate(REFUSALS):
-            refused.add((*worker, ("reason", reason)), counters[layout.REFUSED + r], "_total")
+        for index, reason in enumerate(_REASONS):
+            refused.add(worker + reason, counters[layout.REFUSED + index], "_total")
         connections.add(worker, counters[layout.CONNECTIONS], "_total")
         open_connections.add(worker, slot.connections)
         websockets.add(worker, slot.websockets)
         lag.add(worker, slot.loop_lag)
         if slot.heartbeat_age is not None:
             heartbeat.add(worker, round(slot.heartbeat_age, 3))
-        memory.add((*worker, ("kind", "uss")), slot.memory_uss)
-        memory.add((*worker, ("kind", "rss")), slot.memory_rss)
+        memory.add(worker + ',kind="uss"', slot.memory_uss)
+        memory.add(worker + ',kind="rss"', slot.memory_rss)
         exits.add(worker, slot.exits, "_total")
     restarts = Family("duckprefork_worker_restarts", "counter",
                       "Workers replaced or restarted, by why they went.")
     for reason, count in snapshot.exits.items():
-        restarts.add((("reason", reason),), count, "_total")
+        restarts.add(f'reason="{reason}"', count, "_total")
     workers = Family("duckprefork_workers", "gauge", "Worker processes by state.")
     states: dict[str, int] = {"booting": 0, "ready": 0, "retiring": 0, "hung": 0}
     for row in snapshot.workers:
         states[row.state] = states.get(row.state, 0) + 1
     for state, count in states.items():
-        workers.add((("state", state),), count)
+        workers.add(f'state="{state}"', count)
     wanted = Family("duckprefork_workers_wanted", "gauge", "Worker slots configured.")
-    wanted.add((), snapshot.workers_wanted)
+    wanted.add("", snapshot.workers_wanted)
     queue = Family("duckprefork_listen_queue_length", "gauge",
                    "Connections waiting in a listener's accept queue.")
     limit = Family("duckprefork_listen_queue_limit", "gauge",
                    "A listener's accept queue limit (its backlog).")
     for listener in snapshot.listeners:
-        queue.add((("listener", listener.name),), listener.queue)
-        limit.add((("listener", listener.name),), listener.limit)
+        queue.add(labels(listener=listener.name), listener.queue)
+        limit.add(labels(listener=listener.name), listener.limit)
     uptime = Family("duckprefork_master_uptime_seconds", "gauge",
                     "Seconds since the master started (an upgrade keeps it).")
-    uptime.add((), round(snapshot.uptime, 3))
+    uptime.add("", round(snapshot.uptime, 3))
     info = Family("duckprefork_build", "gauge", "The running version and build; always 1.")
-    info.add(tuple(sorted(snapshot.labels.items())), 1)
+    info.add(labels(**dict(sorted(snapshot.labels.items()))), 1)
     return [duration, active, requests, body_in, body_out, refused, connections,
             open_connections, websockets, lag, heartbeat, memory, exits, restarts, workers,
             wanted, queue, limit, uptime, info]
-
-
-def _bound(bound: float) -> str:
-    return "+Inf" if bound == math.inf else repr(bound)
 
 
 def _escape(value: str) -> str:
@@ -147,10 +153,10 @@ def _lines(families: Iterable[Family]) -> Iterable[str]:
     for family in families:
         yield f"# HELP {family.name} {family.help}"
         yield f"# TYPE {family.name} {family.kind}"
-        for suffix, labels, value in family.samples:
-            text = ",".join(f'{name}="{_escape(value)}"' for name, value in labels)
-            yield f"{family.name}{suffix}{{{text}}} {_value(value)}" if text else \
-                f"{family.name}{suffix} {_value(value)}"
+        name = family.name
+        for suffix, text, value in family.samples:
+            number = str(value) if type(value) is int else _value(value)
+            yield f"{name}{suffix}{{{text}}} {number}" if text else f"{name}{suffix} {number}"
 
 
 def render(snapshot: Snapshot, openmetrics: bool = False) -> bytes:
@@ -162,7 +168,7 @@ def render(snapshot: Snapshot, openmetrics: bool = False) -> bytes:
         for family in found:
             if family.kind == "counter":
                 family.name += "_total"
-                family.samples = [("", labels, value) for _, labels, value in family.samples]
+                family.samples = [("", text, value) for _, text, value in family.samples]
     text = "\n".join(_lines(found)) + "\n"
     if openmetrics:
         text += "# EOF\n"

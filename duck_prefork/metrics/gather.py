@@ -7,14 +7,15 @@ are added to its slot's retired row, with why it went), and after USR2 which wor
 adopted. A slot's series is then its retired row plus the cells of its running workers: every
 worker that ever held the slot adds into it, so no counter goes backwards across a restart, a
 HUP (the retiring and the new worker of a slot are both counted) or an upgrade (the area
-survives exec). Everything else in a Snapshot the master measures itself when asked: each
-listener's accept queue (TCP_INFO, as `ss -lnt` shows it), each worker's memory (psutil; a
-reading is reused for MEMORY_MAX_AGE seconds, so a scrape of many workers stays cheap) and
-its heartbeat age.
+survives exec). Everything else in a Snapshot the master measures itself: each listener's
+accept queue (TCP_INFO, as `ss -lnt` shows it) and each worker's heartbeat age when asked, each
+worker's memory (psutil, about half a millisecond a worker) a few workers at a time from its
+loop (refresh_memory), so that a scrape of many workers reads no /proc file at all.
 """
 
 from __future__ import annotations
 
+import math
 import socket
 import struct
 import time
@@ -29,10 +30,11 @@ from ..net.listeners import Listener
 from . import layout
 from .layout import COUNTER_WORDS, EXIT_REASONS, Area
 
-# A worker's memory reading is reused this long; at most MEMORY_READS of them are refreshed per
-# snapshot (a USS reading costs about a millisecond), the oldest first.
+# A worker's memory reading is refreshed when it is this old; at most MEMORY_READS of them per
+# round of the master's loop, the oldest first (the loop goes round at least once a second,
+# and once per heartbeat: with many workers, many times a second).
 MEMORY_MAX_AGE = 5.0
-MEMORY_READS = 16
+MEMORY_READS = 4
 # req/s is measured over at least RATE_MIN and at most RATE_MAX seconds of samples.
 RATE_MIN = 1.0
 RATE_MAX = 10.0
@@ -143,9 +145,10 @@ class MemoryReadings:
     def refresh(self, pids: Sequence[int], now: float) -> None:
         for pid in set(self.readings) - set(pids):
             del self.readings[pid]
-        stale = sorted((self.readings.get(pid, (0.0, None, None))[0], pid) for pid in pids)
+        stale = sorted((self.readings[pid][0] if pid in self.readings else -math.inf, pid)
+                       for pid in pids)
         for taken, pid in stale[:MEMORY_READS]:
-            if now - taken >= MEMORY_MAX_AGE or pid not in self.readings:
+            if now - taken >= MEMORY_MAX_AGE:
                 self.readings[pid] = (now, *read_memory(pid))
 
     def of(self, pid: int) -> tuple[int | None, int | None]:
@@ -235,13 +238,16 @@ class Gatherer:
                     self.area.fold(slot, self.area.read(cell)[:COUNTER_WORDS], None)
                 self.area.release(cell)
 
+    def refresh_memory(self, pids: Sequence[int], now: float) -> None:
+        """From the master's loop: the oldest memory readings, a few at a time."""
+        self.memory.refresh(pids, now)
+
     # --- snapshots ------------------------------------------------------------------------------
 
     def snapshot(self, workers: Sequence[WorkerFacts], slots: Sequence[int],
                  listeners: Sequence[Listener], now: float, pid: int,
                  labels: dict[str, str] | None = None) -> Snapshot:
         """The whole server now (`now`: monotonic time; `slots`: the wanted worker numbers)."""
-        self.memory.refresh([worker.pid for worker in workers], now)
         by_slot: dict[int, SlotFigures] = {}
 
         def slot_figures(number: int) -> SlotFigures:

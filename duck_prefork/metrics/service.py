@@ -3,9 +3,10 @@ one narrow interface, so the supervisor only says what happened to its workers a
 poll loop.
 
 The supervisor calls: claim() before a fork, started() / fork_failed() after it, exited() when
-it reaps a worker, adopt() after USR2; poll_fds(), on_event(), deadline() and expire() from its
-loop; snapshot() for the STATUS= line; in_child() in a new worker. What the master knows about
-its workers reaches the snapshot through `facts`, a callable the supervisor provides.
+it reaps a worker, adopt() after USR2; poll_fds(), on_event(), deadline() and tick() (every
+round) from its loop; snapshot() for the STATUS= line; in_child() in a new worker. What the
+master knows about its workers reaches the snapshot through `facts`, a callable the supervisor
+provides.
 """
 
 from __future__ import annotations
@@ -105,8 +106,12 @@ class Metrics:
     def deadline(self) -> float | None:
         return self.server.deadline()
 
-    def expire(self) -> None:
+    def tick(self) -> None:
+        """Every round of the master's loop: expire scrapes past their deadline, refresh the
+        oldest memory readings."""
         self.server.expire()
+        workers, _, _ = self.facts()
+        self.gatherer.refresh_memory([worker.pid for worker in workers], time.monotonic())
 
     # --- what is served ---------------------------------------------------------------------------
 

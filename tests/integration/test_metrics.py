@@ -166,24 +166,30 @@ def test_counts_survive_sigkill_recycle_hup_and_usr2(start_server, short_dir):
     wait_for(lambda: total(samples(sock), "duckprefork_worker_restarts_total",
                            reason="max_requests") >= 1, what="the recycle counted")
 
+    # A HUP and a USR2 each replace both workers: two exits each, counted as "reload" and
+    # "upgrade" (or "max_requests", for a worker already being recycled at that moment).
+    def restarts() -> float:
+        return total(samples(sock), "duckprefork_worker_restarts_total")
+
+    before = restarts()
     server.send_signal(signal.SIGHUP)
     server.wait_log("HUP: reloading")
     traffic(server, 10)
     sent += 10
-    wait_for(lambda: total(samples(sock), "duckprefork_worker_restarts_total",
-                           reason="reload") >= 2, what="the HUP's retirements counted")
+    wait_for(lambda: restarts() >= before + 2, what="the HUP's retirements counted")
     check("HUP")
 
+    before = restarts()
     server.send_signal(signal.SIGUSR2)
     server.wait_log("re-executed master pid")
     traffic(server, 10)
     sent += 10
-    wait_for(lambda: total(samples(sock), "duckprefork_worker_restarts_total",
-                           reason="upgrade") >= 2, what="the upgrade's retirements counted")
+    wait_for(lambda: restarts() >= before + 2, what="the upgrade's retirements counted")
     check("USR2")
     found = samples(sock)
     assert total(found, "duckprefork_worker_restarts_total", reason="signal") == 1
-    assert total(found, "duckprefork_worker_restarts_total", reason="reload") == 2
+    assert total(found, "duckprefork_worker_restarts_total", reason="reload") >= 1
+    assert total(found, "duckprefork_worker_restarts_total", reason="upgrade") >= 1
     assert {dict(labels)["worker"] for (name, labels) in found
             if name == "http_server_active_requests"} == {"1", "2"}  # slots, never pids
 
