@@ -470,8 +470,9 @@ class HttpConnection(FlowControlledProtocol):
         state = self.state
         counts = state.counts
         if counts is not None:
-            counts.count(request.method, request.status, state.loop.time() - request.start_time,
-                         request.body_received, request.bytes_sent)
+            stream: Http1Stream = request  # typed: native attribute reads
+            counts.count(stream.method, stream.status, state.loop.time() - stream.start_time,
+                         stream.body_received, stream.bytes_sent)
         if not keep_alive:
             self.close()
         elif request.body_complete:

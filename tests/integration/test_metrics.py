@@ -244,12 +244,13 @@ def test_queue_depth_equals_ss_while_workers_are_stopped(start_server, short_dir
 def test_loop_lag_after_a_blocking_handler(start_server, short_dir):
     sock = str(short_dir / "m.sock")
     server = start(start_server, sock, "--workers", "1")
-    assert total(samples(sock), "duckprefork_event_loop_lag_seconds") < 0.5
     assert server.request("GET", "/block?s=1.5")[0] == 200
-    lag = wait_for(lambda: total(samples(sock), "duckprefork_event_loop_lag_seconds") or None,
-                   what="the loop lag")
-    assert wait_for(lambda: total(samples(sock), "duckprefork_event_loop_lag_seconds") >= 1.0,
-                    what=f"a lag of about 1.5 s (saw {lag})")
+    # The lag is how late the once-a-second tick ran: a loop blocked for 1.5 s delays the
+    # tick due during the block by 0.5 to 1.5 s, depending on where the block began.
+    lag = wait_for(lambda: total(samples(sock), "duckprefork_event_loop_lag_seconds") >= 0.45,
+                   what="a loop lag of 0.5 s at least")
+    assert lag
+    assert total(samples(sock), "duckprefork_event_loop_lag_seconds") <= 2.0
 
 
 def proc_memory(pid: int) -> tuple[int, int]:

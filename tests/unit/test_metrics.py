@@ -314,3 +314,18 @@ def test_which_addresses_need_a_token():
     assert needs_token("0.0.0.0:9100")
     assert needs_token("10.0.0.1:9100")
     assert needs_token("metrics.example:9100")
+
+
+def test_the_millisecond_table_agrees_with_the_bounds():
+    from duck_prefork.metrics.counters import _BUCKET_BY_MS
+
+    for ms, bucket in enumerate(_BUCKET_BY_MS):
+        expected = next((i for i, bound in enumerate(BUCKETS) if ms / 1000 <= bound + 1e-9),
+                        len(BUCKETS))
+        assert bucket == expected, ms
+
+
+def test_bucket_count_literal():
+    from duck_prefork.metrics.counters import N_BUCKETS
+
+    assert N_BUCKETS == len(BUCKETS) + 1
