@@ -214,7 +214,7 @@ class Master:
             if self.metrics is not None:
                 self.guarded("refreshing the systemd status", self.refresh_status)
         if self.metrics is not None:
-            self.guarded("the metrics' round", self.metrics.tick)
+            self.guarded("the metrics' round", self.metrics.tick, list(self.workers))
 
     def guarded(self, what: str, action: Callable[..., object], *args: object) -> None:
         """Run one step of supervision; a bug in it is logged and supervision goes on. A

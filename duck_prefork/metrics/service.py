@@ -25,6 +25,9 @@ from .gather import Gatherer, Snapshot, WorkerFacts
 from .layout import Area
 from .server import MetricsServer, bind, read_token
 
+# Memory readings are refreshed (a few workers at a time, gather.MEMORY_READS) this often at
+# most: with many workers the loop goes round many times a second (every heartbeat).
+MEMORY_ROUND = 0.25
 # (workers, wanted slot numbers, listeners): what the supervisor's records say now.
 Facts = Callable[[], tuple[Sequence[WorkerFacts], Sequence[int], Sequence[Listener]]]
 
@@ -37,6 +40,7 @@ class Metrics:
         self.gatherer = Gatherer(area)
         self.server = MetricsServer(sock, self.respond, token, time.monotonic)
         self.facts: Facts = lambda: ((), (), ())
+        self.next_memory_round = 0.0
 
     @classmethod
     def open(cls, config: Config, inherited: str = "") -> Metrics | None:
@@ -56,6 +60,11 @@ class Metrics:
             except (OSError, ValueError) as exc:
                 log.error("metrics: the previous image's area cannot be used (%s): counting "
                           "starts again", exc)
+                for fd in (area_fd, sock_fd):
+                    try:
+                        os.close(int(fd))  # else the socket's path would look taken (by us)
+                    except (OSError, ValueError):
+                        pass
         sock = bind(config.metrics_bind)
         return cls(Area.create(), sock, token)
 
@@ -106,12 +115,14 @@ class Metrics:
     def deadline(self) -> float | None:
         return self.server.deadline()
 
-    def tick(self) -> None:
-        """Every round of the master's loop: expire scrapes past their deadline, refresh the
-        oldest memory readings."""
+    def tick(self, pids: Sequence[int]) -> None:
+        """Every round of the master's loop: expire scrapes past their deadline; every
+        MEMORY_ROUND seconds, refresh the oldest memory readings of the workers `pids`."""
         self.server.expire()
-        workers, _, _ = self.facts()
-        self.gatherer.refresh_memory([worker.pid for worker in workers], time.monotonic())
+        now = time.monotonic()
+        if now >= self.next_memory_round:
+            self.next_memory_round = now + MEMORY_ROUND
+            self.gatherer.refresh_memory(pids, now)
 
     # --- what is served ---------------------------------------------------------------------------
 
