@@ -180,6 +180,10 @@ class Gatherer:
         self.samples: deque[tuple[float, dict[int, int]]] = deque()  # for req/s
         self.started = area.started or time.monotonic()
         self.warned_full = False
+        # Every slot that has had a worker: its series stay after a TTOU removed the slot
+        # (their sums would otherwise go backwards). An area taken over after USR2 says which.
+        self.known_slots: set[int] = {slot for slot in range(1, layout.SLOTS + 1)
+                                      if any(area.retired(slot))}
 
     # --- what the master tells ----------------------------------------------------------------
 
@@ -190,6 +194,7 @@ class Gatherer:
             for cell in range(layout.CELLS):
                 if cell not in self.claimed:
                     self.claimed.add(cell)
+                    self.known_slots.add(slot)
                     self.area.claim(cell, slot)
                     return cell
         if not self.warned_full:
@@ -230,6 +235,8 @@ class Gatherer:
             pid, slot = self.area.owner(cell)
             if not pid and not slot:
                 continue
+            if slot:
+                self.known_slots.add(slot)
             if pid in running:
                 self.cells[pid] = cell
                 self.claimed.add(cell)
@@ -261,7 +268,7 @@ class Gatherer:
                     last_exit=EXIT_REASONS[last - 1] if 0 < last <= len(EXIT_REASONS) else "")
             return figures
 
-        for number in slots:
+        for number in sorted({*slots, *self.known_slots}):
             slot_figures(number)
         rows = []
         for worker in sorted(workers, key=lambda w: (w.slot, w.started)):

@@ -321,6 +321,10 @@ def test_tcp_with_a_token(start_server, tmp_path):
                                                 "Accept": "application/openmetrics-text"})
     assert status == 200 and headers["Content-Type"].startswith("application/openmetrics-text")
     assert body.endswith(b"# EOF\n")
+    result = status_command(where, "--json", "--metrics-token", str(token))
+    assert result.returncode == 0 and json.loads(result.stdout)["workers_wanted"] == 1
+    refused = status_command(where)
+    assert refused.returncode == 1 and "401" in refused.stderr
     exposed = start_server(APP, "--metrics-bind", "0.0.0.0:0", ready=False)
     assert exposed.wait_exit() == 1 and "--metrics-token" in exposed.log()
 
@@ -348,8 +352,9 @@ def status_command(sock: str, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DUCK_PREFORK_")
            or k == "DUCK_PREFORK_NO_EXTENSIONS"}
     env["PYTHONPATH"] = str(ROOT)
+    where = f"unix:{sock}" if sock.startswith("/") else sock
     return subprocess.run([sys.executable, "-m", "duck_prefork", "status", *args,
-                           "--metrics-bind", f"unix:{sock}"], capture_output=True, text=True,
+                           "--metrics-bind", where], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=30)
 
 

@@ -329,3 +329,71 @@ def test_bucket_count_literal():
     from duck_prefork.metrics.counters import N_BUCKETS
 
     assert N_BUCKETS == len(BUCKETS) + 1
+
+
+def test_the_scrape_server_bounds_each_connection(tmp_path):
+    """MetricsServer driven by hand, as the master's loop drives it: one request per
+    connection, a head over MAX_REQUEST cut with 431, a token checked, a silent scraper
+    expired at its deadline, connections over MAX_SCRAPES closed at once."""
+    from duck_prefork.metrics import server as scrape
+
+    now = [0.0]
+    listener = scrape.bind(f"unix:{tmp_path}/m.sock")
+    assert (tmp_path / "m.sock").stat().st_mode & 0o777 == 0o600
+    served = scrape.MetricsServer(listener, lambda path, accept: (200, "text/plain", b"ok\n")
+                                  if path == "/metrics" else (404, "text/plain", b"no\n"),
+                                  b"t0ken", lambda: now[0])
+
+    def exchange(data: bytes) -> bytes:
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(str(tmp_path / "m.sock"))
+        served.on_event(listener.fileno())
+        client.sendall(data)
+        for fd in list(served.scrapes):
+            served.on_event(fd)
+        client.settimeout(2)
+        answer = client.recv(65536)
+        client.close()
+        return answer
+
+    assert exchange(b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer t0ken\r\n\r\n") \
+        .endswith(b"\r\n\r\nok\n")
+    assert exchange(b"GET /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 401 ")
+    assert exchange(b"GET /x HTTP/1.1\r\nAuthorization: Bearer t0ken\r\n\r\n") \
+        .startswith(b"HTTP/1.1 404 ")
+    assert exchange(b"POST /metrics HTTP/1.1\r\nAuthorization: Bearer t0ken\r\n\r\n") \
+        .startswith(b"HTTP/1.1 405 ")
+    assert exchange(b"GET /metrics HTTP/1.1\r\nX: " + b"a" * scrape.MAX_REQUEST) \
+        .startswith(b"HTTP/1.1 431 ")
+    assert not served.scrapes
+    silent = socket.socket(socket.AF_UNIX)
+    silent.connect(str(tmp_path / "m.sock"))
+    served.on_event(listener.fileno())
+    assert len(served.scrapes) == 1 and served.deadline() == scrape.DEADLINE
+    now[0] = scrape.DEADLINE
+    served.expire()
+    assert not served.scrapes
+    silent.close()
+    crowd = []
+    for _ in range(scrape.MAX_SCRAPES + 5):
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(str(tmp_path / "m.sock"))
+        crowd.append(client)
+    served.on_event(listener.fileno())
+    assert len(served.scrapes) == scrape.MAX_SCRAPES
+    served.close()
+    for client in crowd:
+        client.close()
+
+
+def test_a_removed_slot_keeps_its_series():
+    area = make_area()
+    gatherer = Gatherer(area)
+    for pid, slot in ((1, 1), (2, 2)):
+        cell = gatherer.claim(slot)
+        gatherer.started_worker(cell, pid)
+        publish(area, cell, 3)
+    gatherer.exited(2, "scale_down")  # TTOU: slot 2 is gone from the wanted slots
+    shot = gatherer.snapshot([WorkerFacts(1, 1, "ready", 0.0, 0.0)], [1], [], 1.0, 1)
+    assert [(slot.slot, slot.requests) for slot in shot.slots] == [(1, 3), (2, 3)]
+    assert Gatherer(area).known_slots == {2}  # after USR2: from the retired rows
