@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from .. import __version__, build
 from ..config import Config
 from ..logs import log
-from ..net.listeners import Listener
+from ..net.listeners import Listener, parse_bind
 from . import exposition
 from .gather import Gatherer, Snapshot, WorkerFacts
 from .layout import Area
@@ -30,6 +30,15 @@ from .server import MetricsServer, bind, read_token
 MEMORY_ROUND = 0.25
 # (workers, wanted slot numbers, listeners): what the supervisor's records say now.
 Facts = Callable[[], tuple[Sequence[WorkerFacts], Sequence[int], Sequence[Listener]]]
+
+
+def serves(sock: socket.socket, address: str) -> bool:
+    """Whether the inherited scrape socket is the one --metrics-bind asks for."""
+    parsed = parse_bind(address)
+    name = sock.getsockname()
+    if parsed.kind == "unix":
+        return sock.family == socket.AF_UNIX and name == parsed.path
+    return sock.family != socket.AF_UNIX and name[1] == parsed.port
 
 
 class Metrics:
@@ -56,6 +65,18 @@ class Metrics:
                 sock = socket.socket(fileno=int(sock_fd))
                 sock.set_inheritable(False)
                 sock.setblocking(False)
+                if not serves(sock, config.metrics_bind):
+                    # USR2 with another --metrics-bind: the counts go on, on the new address.
+                    log.info("metrics: moving from %s to %s", sock.getsockname(),
+                             config.metrics_bind)
+                    old = sock.getsockname() if sock.family == socket.AF_UNIX else ""
+                    sock.close()
+                    if old:
+                        try:
+                            os.unlink(old)
+                        except OSError:
+                            pass
+                    sock = bind(config.metrics_bind)
                 return cls(area, sock, token)
             except (OSError, ValueError) as exc:
                 log.error("metrics: the previous image's area cannot be used (%s): counting "

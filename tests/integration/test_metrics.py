@@ -439,3 +439,17 @@ def test_systemd_status_line_carries_the_summary(start_server, short_dir, tmp_pa
 
     line = wait_for(summary_with_traffic, timeout=20, what="a STATUS= line with traffic")
     assert "5xx" in line and "accept queue" in line and "restarts" in line
+
+
+def test_usr2_keeps_the_counts_and_follows_a_new_metrics_address(start_server, short_dir):
+    config = short_dir / "duck.toml"
+    first, second = short_dir / "a.sock", short_dir / "b.sock"
+    config.write_text(f'metrics-bind = "unix:{first}"\n')
+    server = start_server(APP, "--workers", "1", "--config", str(config))
+    traffic(server, 7)
+    wait_requests(str(first), 7)
+    config.write_text(f'metrics-bind = "unix:{second}"\n')
+    server.send_signal(signal.SIGUSR2)
+    server.wait_log("re-executed master pid")
+    assert wait_requests(str(second), 7)
+    assert not first.exists()
