@@ -92,7 +92,7 @@ RESTART_ONLY = {
     "reload_dir": _WATCHER,
     "reload_include": _WATCHER,
     "reload_exclude": _WATCHER,
-    "metrics_bind": "the metrics socket is bound once: it takes a restart",
+    "metrics_bind": "the metrics socket is bound once: it takes USR2 or a restart",
     "metrics_token": "the metrics token is read once: it takes USR2 or a restart",
 }
 
