@@ -449,13 +449,14 @@ class HttpConnection(FlowControlledProtocol):
             self.write(encode_error(status, self.state.date_header))
         self.close()
 
-    def next_cycle(self) -> None:
+    def next_cycle(self, now: float = -1.0) -> None:
+        """Ready for the next request; `now`, the loop time if the caller has just read it."""
         self.request = None
         if self.state.draining:
             self.close()
             return
         self.parser.start_next_cycle()
-        self.idle_since = self.state.loop.time()
+        self.idle_since = now if now >= 0.0 else self.state.loop.time()
         self.head_started = False
         if self.read_paused:
             self.resume_reading()
@@ -469,14 +470,16 @@ class HttpConnection(FlowControlledProtocol):
         request.finish_response()
         state = self.state
         counts = state.counts
+        now = -1.0  # read once here for the metrics, and reused by next_cycle
         if counts is not None:
+            now = state.loop.time()
             stream: Http1Stream = request  # typed: native attribute reads
-            counts.count(stream.method, stream.status, state.loop.time() - stream.start_time,
+            counts.count(stream.method, stream.status, now - stream.start_time,
                          stream.body_received, stream.bytes_sent)
         if not keep_alive:
             self.close()
         elif request.body_complete:
-            self.next_cycle()
+            self.next_cycle(now)
         else:
             # The app answered without reading the whole body: read the rest and drop it
             # (feed_body does), then next_cycle(). Counted as idle, so a client that stops
