@@ -217,7 +217,10 @@ class MetricsServer:
                 sock.close()  # too many at once: this one is cut at once
                 continue
             sock.setblocking(False)
-            self.scrapes[sock.fileno()] = Scrape(sock, self.now() + DEADLINE)
+            scrape = self.scrapes[sock.fileno()] = Scrape(sock, self.now() + DEADLINE)
+            # The request is usually there already: answered in this round, not the next
+            # (and so never cut by a USR2 exec between the two).
+            self._receive(scrape)
 
     def _receive(self, scrape: Scrape) -> None:
         try:
