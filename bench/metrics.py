@@ -23,7 +23,6 @@ import http.client
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ from duck_prefork.metrics.gather import Gatherer, WorkerFacts  # noqa: E402
 from duck_prefork.metrics.layout import Area, CellWriter  # noqa: E402
 
 COMMAND = [sys.executable, "-m", "duck_prefork"]
+SOCKET_DIR = ""  # a temporary directory for the metrics socket, made by main()
 ENV = {"PYTHONPATH": str(ROOT)}
 
 
@@ -57,7 +57,7 @@ def cpu_busy_elsewhere(seconds: float) -> float:
 
 def rate_part(rounds: int, duration: str, warmup: str) -> None:
     results: dict[str, list[float]] = {"off": [], "on": []}
-    socket_dir = tempfile.mkdtemp(prefix="duck-bench-metrics-")
+    socket_dir = SOCKET_DIR
     print(f"req/s, metrics off and on (hello.py, 1 worker on CPU 1, wrk -t1 -c64 -d{duration} "
           f"on CPU 0), {build.DESCRIPTION}")
     for round_ in range(rounds):
@@ -123,8 +123,7 @@ def render_part(repeat: int, workers: int = 64) -> None:
 
 
 def scrape_part(workers: int, scrapes: int) -> None:
-    socket_dir = tempfile.mkdtemp(prefix="duck-bench-metrics-")
-    path = f"{socket_dir}/m.sock"
+    path = f"{SOCKET_DIR}/m.sock"
     with DuckServer("hello:app", workers, ["--metrics-bind", f"unix:{path}"], env=ENV,
                     command=COMMAND, ready_timeout=300) as server:
         times = []
@@ -151,6 +150,12 @@ def scrape_part(workers: int, scrapes: int) -> None:
 
 
 def main() -> None:
+    global SOCKET_DIR
+    with tempfile.TemporaryDirectory(prefix="duck-bench-metrics-") as SOCKET_DIR:
+        run_parts()
+
+
+def run_parts() -> None:
     parts = os.environ.get("PARTS", "rate render scrape").split()
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average "
           f"{os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs")
@@ -162,7 +167,6 @@ def main() -> None:
     if "scrape" in parts:
         scrape_part(int(os.environ.get("SCRAPE_WORKERS", "64")),
                     int(os.environ.get("SCRAPES", "50")))
-    subprocess.run(["true"])
 
 
 if __name__ == "__main__":
