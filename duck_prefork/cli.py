@@ -138,6 +138,8 @@ def make_parser() -> argparse.ArgumentParser:
         "QUIT immediate stop, HUP reload (new workers, each old one stops once its "
         "replacement is ready), TTIN/TTOU one worker more/fewer, USR1 reopen log files, "
         "USR2 upgrade in place (same pid). "
+        "`duck-prefork status [--json] [--watch]` shows a running server's workers (see "
+        "--metrics-bind). "
         "Exit codes: 0 clean stop, 1 bad option, 3 the app could not boot.",
     )
     parser.add_argument("app", nargs="?", metavar="APP",
@@ -322,8 +324,34 @@ def drain_command(argv: Sequence[str]) -> int:
     return 0
 
 
+
+
+def status_main(argv: Sequence[str]) -> int:
+    """`duck-prefork status [--json] [--watch] [OPTIONS]`: ask the running master (at
+    --metrics-bind, read from the same options, environment and --config as the server's)."""
+    from .metrics.status import run_status
+
+    parser = _Parser(prog="duck-prefork status", allow_abbrev=False,
+                     description="Show the running server's workers and totals, as its master "
+                     "serves them on --metrics-bind. Give the same --config (or "
+                     "--metrics-bind and --metrics-token) as the server; other server options "
+                     "are accepted and ignored.")
+    parser.add_argument("--json", action="store_true", help="print the /status JSON as it is")
+    parser.add_argument("--watch", action="store_true",
+                        help="refresh in place every --interval seconds, until Ctrl-C")
+    parser.add_argument("--interval", type=float, default=2.0, metavar="S",
+                        help="seconds between refreshes with --watch (default: 2)")
+    namespace, rest = parser.parse_known_args(list(argv))
+    try:
+        config = parse_args(rest)
+    except ConfigError as exc:
+        print(f"duck-prefork: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return run_status(config, namespace.json, namespace.watch, max(0.1, namespace.interval))
+
+
 # Subcommands: a first word that cannot be an APP (an APP is module:attribute).
-SUBCOMMANDS = {"drain": drain_command}
+SUBCOMMANDS = {"drain": drain_command, "status": status_main}
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -113,6 +113,17 @@ def bind_address(value: str) -> str:
     return value
 
 
+def metrics_address(value: str) -> str:
+    """--metrics-bind: unix:PATH or HOST:PORT (no TLS, no fd://)."""
+    from .net.listeners import parse_bind
+
+    value = value.strip()
+    if value and parse_bind(value).kind not in ("unix", "tcp") or value.startswith(
+            ("https://", "https+unix:")):
+        raise ValueError("expected unix:PATH or HOST:PORT")
+    return value
+
+
 def access_log_format(value: str) -> str:
     """A gunicorn-style access log format (%(h)s %(t)s ...), checked against every atom."""
     from .logs import check_access_format
@@ -517,6 +528,14 @@ class Config:
     redirect_https: bool = option(boolean, False, flag=True,
         help="plain HTTP listeners answer every request with a 308 to the same URL on the TLS "
              "listener")
+    metrics_bind: str = option(metrics_address, "", metavar="ADDR",
+        help="serve whole-server metrics from the master: /metrics (Prometheus text, OpenMetrics "
+             "on request) and /status (JSON, read by `duck-prefork status`) on unix:PATH (made "
+             "mode 0600) or HOST:PORT (anything but loopback needs --metrics-token); never on "
+             "the app's listeners. Off by default: the workers then count nothing")
+    metrics_token: str = option(file_path, "", metavar="FILE",
+        help="a file holding the bearer token scrapers of --metrics-bind must send "
+             "(Authorization: Bearer TOKEN), else 401")
 
 
 OPTIONS: tuple[Option, ...] = tuple(
@@ -672,6 +691,15 @@ def check_combinations(config: Config) -> Config:
             raise ConfigError("--redirect-https: every TCP listener speaks TLS (--certfile "
                               "without https:// binds): say which are TLS with --bind "
                               "https://HOST:PORT")
+    if config.metrics_token and not config.metrics_bind:
+        raise ConfigError("--metrics-token: needs --metrics-bind")
+    if config.metrics_bind and not config.metrics_token:
+        from .metrics.server import needs_token
+
+        if needs_token(config.metrics_bind):
+            raise ConfigError(f"--metrics-bind {config.metrics_bind}: an address other hosts "
+                              "can reach needs --metrics-token FILE (or bind 127.0.0.1 or a "
+                              "unix socket)")
     return config
 
 

@@ -38,6 +38,7 @@ from typing import Any, Final
 from mypy_extensions import mypyc_attr
 
 from ..logs import FailureLog, log, plural
+from ..metrics.counters import RequestCounts
 from ..net.stages import ConnectionFacts, StagedConnection, TransportProtocol
 from ..stream import Stream, StreamHandler, Waiter, http_date
 from .request_head import DEFAULT_LIMITS, Limits, ParseError
@@ -129,6 +130,9 @@ class ServerState:
         self.refresh_date()
         self.requests_served = 0
         self.refused_busy = 0  # 503s for --limit-concurrency since the last tick
+        # --metrics-bind: what this worker counts (published once a second by the worker's
+        # tick); None costs one test per response.
+        self.counts: RequestCounts | None = None
         self.failures = FailureLog()  # what went wrong in tick(), logged once each
         self.task_done = self.task_finished  # bound once, not per request
 
@@ -323,8 +327,12 @@ class HttpConnection(FlowControlledProtocol):
         self.write_paused = write_paused
         if read_paused:
             transport.resume_reading()  # paused by a stage: the first request head is wanted
-        self.state.connections.add(self)
-        self.idle_since = self.state.loop.time()
+        state = self.state
+        state.connections.add(self)
+        self.idle_since = state.loop.time()
+        counts = state.counts
+        if counts is not None:
+            counts.connections += 1
         if self.state.debug:
             log.debug("connection from %s to %s", _peer(self.client), _peer(self.server))
 
@@ -457,17 +465,21 @@ class HttpConnection(FlowControlledProtocol):
         request = self.request
         if request is not None:
             request.feed_disconnect()  # a bad body: its app sees the client go
+        counts = self.state.counts
+        if counts is not None:
+            counts.refuse(status)
         if request is None or not request.response_started:
             self.write(encode_error(status, self.state.date_header))
         self.close()
 
-    def next_cycle(self) -> None:
+    def next_cycle(self, now: float = -1.0) -> None:
+        """Ready for the next request; `now`, the loop time if the caller has just read it."""
         self.request = None
         if self.state.draining:
             self.close()
             return
         self.parser.start_next_cycle()
-        self.idle_since = self.state.loop.time()
+        self.idle_since = now if now >= 0.0 else self.state.loop.time()
         self.head_started = False
         if self.read_paused:
             self.resume_reading()
@@ -479,10 +491,18 @@ class HttpConnection(FlowControlledProtocol):
         """The response to the current request has been written in full."""
         request: Any = self.request  # the current request: set while its response is written
         request.finish_response()
+        state = self.state
+        counts = state.counts
+        now = -1.0  # read once here for the metrics, and reused by next_cycle
+        if counts is not None:
+            now = state.loop.time()
+            stream: Http1Stream = request  # typed: native attribute reads
+            counts.count(stream.method, stream.status, now - stream.start_time,
+                         stream.body_received, stream.bytes_sent)
         if not keep_alive:
             self.close()
         elif request.body_complete:
-            self.next_cycle()
+            self.next_cycle(now)
         else:
             # The app answered without reading the whole body: read the rest and drop it
             # (feed_body does), then next_cycle(). Counted as idle, so a client that stops
@@ -499,6 +519,9 @@ class HttpConnection(FlowControlledProtocol):
             if self.send_stalled(now, state.send_timeout):
                 log.debug("send timeout: client %s read nothing for %.0f s", self.client,
                           state.send_timeout)
+                counts = state.counts
+                if counts is not None:
+                    counts.send_timed_out()
                 self.abort()
             return
         idle_since = self.idle_since
@@ -520,6 +543,9 @@ class HttpConnection(FlowControlledProtocol):
             limit = state.keep_alive
         if limit and now - idle_since >= limit:
             if self.served == 0 and not state.draining:
+                counts = state.counts
+                if counts is not None:
+                    counts.refuse(408)
                 self.write(encode_error(408, state.date_header))
             self.close()
 

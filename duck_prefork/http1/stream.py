@@ -113,7 +113,7 @@ class Http1Stream(Stream):
         # the body channel
         "body_received", "body_complete", "_chunks", "_buffered", "_waiter",
         # the response
-        "response_started", "_length_out", "_chunked_out", "_body_out")
+        "response_started", "status", "_length_out", "_chunked_out", "_body_out")
 
     @property
     def extensions(self) -> dict | None:
@@ -144,6 +144,7 @@ class Http1Stream(Stream):
         self.disconnected = False
         self.closed = False  # set by the connection when it closes: nothing more can be sent
         self.response_started = False
+        self.status = 0  # the response's, once its head is sent
         self.task: asyncio.Task | None = None
         self.response_complete = False
 
@@ -276,6 +277,7 @@ class Http1Stream(Stream):
         self._body_out = has_body
         self.keep_alive = keep_alive
         self.response_started = True
+        self.status = status
         # (connection.closed was checked above: write to the transport directly)
         if more_body:
             connection.transport.write(head + body if body else head)

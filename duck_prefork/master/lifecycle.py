@@ -76,6 +76,7 @@ class WorkerProcess:
     killed: bool = False  # SIGKILL sent: only its reaping is left
     busy: int = 0  # requests in progress at its last heartbeat (--agent-bind)
     view_sent: bytes = b""  # the master's view it was last sent (worker/channel.py)
+    exit_reason: str = ""  # why the master made it go (metrics.layout.EXIT_REASONS), if it did
 
     def on(self, event: Event) -> State:
         """Apply `event`; returns the new state. Every allowed transition is in TRANSITIONS."""

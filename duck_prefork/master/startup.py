@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 from .. import logs
 from ..config import Config, ConfigError
+from ..metrics.server import MetricsBindError
+from ..metrics.service import Metrics
 from ..net.listeners import bind_all, from_systemd, mark_tls, parse_bind, tls_by_default
 from ..tls.context import TlsError, tls_configured
 from ..tls.context import load as load_certificates
@@ -126,9 +128,21 @@ def run_master(config: Config, reload_config: Callable[[], Config] | None = None
                     listener.close(unlink=not inherit)
                 return EXIT_CONFIG
         keeper = CertificateKeeper(config, certificates, time.monotonic(), tls_listeners)
+        # The metrics area exists before the first fork (every worker inherits it); its
+        # socket is bound here, so a path that cannot be served stops the start.
+        try:
+            metrics = Metrics.open(config, upgrade.metrics_part(inherit))
+        except MetricsBindError as exc:
+            print(f"duck-prefork: error: {exc}", file=sys.stderr)
+            for listener in listeners:
+                listener.close(unlink=not inherit)
+            if agent is not None:
+                agent.close()
+            return EXIT_CONFIG
         return Master(config, listeners, reload_config=reload_config,
                       preloaded_app=preloaded_app, argv=argv, inherited=inherited,
-                      reexecuted=bool(inherit), certificates=keeper, agent=agent).run()
+                      reexecuted=bool(inherit), certificates=keeper, agent=agent,
+                      metrics=metrics).run()
     finally:
         if config.pid:
             remove_pid_file(config.pid)

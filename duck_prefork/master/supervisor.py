@@ -26,6 +26,10 @@ from .. import __version__, build, logs
 from ..config import Config, ConfigError
 from ..hooks import run_hook
 from ..logs import log
+from ..metrics.gather import WorkerFacts
+from ..metrics.layout import CellWriter
+from ..metrics.service import Metrics
+from ..metrics.status import summary_line
 from ..net.listeners import Listener, describe_all
 from ..tls.context import TlsError
 from ..tls.keeper import CertificateKeeper
@@ -63,6 +67,8 @@ HANDLED_SIGNALS = {
 # The loop's longest sleep: deadlines that nothing wakes the master for (a hung worker's
 # heartbeat age, the memory check) are looked at this often.
 POLL_INTERVAL = 1.0
+# How often the STATUS= line is refreshed with the metrics' figures (when it changed).
+STATUS_INTERVAL = 5.0
 # After a step of the loop raised (a bug, logged), the next round waits this long at least, so
 # a bug that repeats cannot spin the master at 100% CPU or flood the log.
 AFTER_A_BUG = 0.5
@@ -89,6 +95,8 @@ RESTART_ONLY = {
     "reload_dir": _WATCHER,
     "reload_include": _WATCHER,
     "reload_exclude": _WATCHER,
+    "metrics_bind": "the metrics socket is bound once: it takes USR2 or a restart",
+    "metrics_token": "the metrics token is read once: it takes USR2 or a restart",
 }
 
 
@@ -124,6 +132,9 @@ class Master:
     bug_seen: bool = False  # a step of the loop raised since the last wait
     certificates: CertificateKeeper | None = None  # TLS: what the workers are forked with
     agent: AgentServer | None = None  # --agent-bind
+    metrics: Metrics | None = None  # --metrics-bind: the area, the gatherer, the scrape socket
+    next_status: float = 0.0  # when the STATUS= line is next refreshed (with metrics)
+    last_status: str = ""
 
     @property
     def title_name(self) -> str:
@@ -144,6 +155,9 @@ class Master:
                  build.DESCRIPTION, os.getpid(), describe_all(self.listeners))
         slots.explain_reuse_port(self.listeners, self.config.reuse_port)
         self.oom_kills = health.oom_kill_count()
+        if self.metrics is not None:
+            self.metrics.facts = self.metrics_facts
+            log.info("metrics on %s", self.config.metrics_bind)
         try:
             self.start()
             while self.workers or not self.stopping:
@@ -160,6 +174,9 @@ class Master:
                 self.agent.close()
             for listener in self.listeners:
                 listener.close(unlink=True)
+            if self.metrics is not None:
+                self.metrics.close(unlink=self.config.metrics_bind.removeprefix("unix:")
+                                   if self.config.metrics_bind.startswith("unix:") else "")
             signal.set_wakeup_fd(-1)
             os.close(self._wakeup_r)
             os.close(self._wakeup_w)
@@ -205,6 +222,10 @@ class Master:
             self.guarded("checking worker health", self.check_health)
             self.guarded("restarting workers", self.restart_missing_workers)
             self.notifier.pet_watchdog(self.processes.now())
+            if self.metrics is not None:
+                self.guarded("refreshing the systemd status", self.refresh_status)
+        if self.metrics is not None:
+            self.guarded("the metrics' round", self.metrics.tick, list(self.workers))
 
     def guarded(self, what: str, action: Callable[..., object], *args: object) -> None:
         """Run one step of supervision; a bug in it is logged and supervision goes on. A
@@ -233,6 +254,9 @@ class Master:
         poller = select.poll()
         for fd in (self._wakeup_r, *channels, *agent_fds):
             poller.register(fd, select.POLLIN)
+        scrapes = self.metrics.poll_fds() if self.metrics is not None else {}
+        for fd, events in scrapes.items():
+            poller.register(fd, events)
         try:
             ready = poller.poll(timeout * 1000)
         except InterruptedError:
@@ -240,6 +264,9 @@ class Master:
         for fd, _ in ready:
             if fd == self._wakeup_r:
                 self.processes.read(fd)
+            elif fd in scrapes:
+                assert self.metrics is not None
+                self.guarded("serving a metrics scrape", self.metrics.on_event, fd)
             elif fd not in channels:
                 self.guarded("answering an agent check", self.answer_agent, fd)
             else:
@@ -256,6 +283,9 @@ class Master:
         watchdog = self.notifier.watchdog_due
         if watchdog is not None:
             check.append(watchdog)
+        scrape = self.metrics.deadline() if self.metrics is not None else None
+        if scrape is not None:
+            check.append(scrape)
         return [*check, *self._worker_deadlines()]
 
     def _worker_deadlines(self) -> list[float]:
@@ -282,7 +312,7 @@ class Master:
             elif message is channel.Message.RECYCLE:
                 log.info("worker %d (pid %d) served its --max-requests: replacing it",
                          worker.number, worker.pid)
-                self.replace(worker)
+                self.replace(worker, "max_requests")
 
     def dispatch_signals(self) -> None:
         while self.pending_signals:
@@ -389,7 +419,7 @@ class Master:
         log.info("%s: reloading %s (each old one stops once its new one is ready)",
                  why, logs.plural(len(current), "worker"))
         for worker in current:
-            self.replace(worker)
+            self.replace(worker, "reload")
         while len(self.slots) < self.config.workers and self.add_slot():
             pass
 
@@ -431,6 +461,7 @@ class Master:
         del self.slots[number]
         slot_sockets = any(listener.slot == number for listener in self.listeners)
         for worker in [w for w in self.workers.values() if w.number == number]:
+            worker.exit_reason = worker.exit_reason or "scale_down"
             self.retire(worker, listeners_closing=slot_sockets)
         self.close_slot_sockets(number)
         return number
@@ -480,12 +511,13 @@ class Master:
                    for w in self.workers.values()]
         log.info("USR2: re-executing the master (pid %d) with %s serving",
                  os.getpid(), logs.plural(len(workers), "worker"))
+        metrics = self.metrics.inherit() if self.metrics is not None else ("", [])
         self.notifier.reloading()  # READY=1 comes from the new image once its workers serve
         self.stop_watcher()  # the new image starts its own
         try:
             upgrade.exec_new_image(self.argv, self.listeners, workers, self.processes,
                                   HANDLED_SIGNALS, self._take_pending_signals,
-                                  check.checked_config)
+                                  check.checked_config, metrics)
         except OSError as exc:
             log.error("USR2: exec failed (%s); the current image keeps running", exc)
             self.notifier.ready(self.status_line())
@@ -508,6 +540,8 @@ class Master:
             if inherited.retiring:
                 worker.on(Event.RETIRE)
             self.workers[inherited.pid] = worker
+        if self.metrics is not None:
+            self.metrics.adopt([inherited.pid for inherited in self.inherited])
         self.booted = True  # a new worker that cannot boot now must not stop the site
         self.reloading = True  # report_state sends READY=1 once the replacements serve
         # The pid is unchanged (execve), so systemd's main pid is right already; saying so
@@ -525,8 +559,9 @@ class Master:
             if worker.retiring:
                 continue
             if worker.number in self.slots:
-                self.replace(worker)
+                self.replace(worker, "upgrade")
             else:
+                worker.exit_reason = "scale_down"
                 self.retire(worker)  # the new configuration has fewer workers
         for number in self.slots:
             if not self._slot_alive(number):
@@ -547,12 +582,15 @@ class Master:
         predecessor keeps serving."""
         sys.stdout.flush()
         sys.stderr.flush()
+        cell = self.metrics.claim(number) if self.metrics is not None else None
         try:
             pid, read_end = self.processes.fork(
                 lambda own_read_end, write_end: self._run_worker(own_read_end, write_end,
-                                                                 number),
+                                                                 number, cell),
                 HANDLED_SIGNALS)
         except OSError as exc:
+            if self.metrics is not None:
+                self.metrics.fork_failed(cell)
             slot = self.slots.get(number)
             if slot is not None and replaces is None:
                 delay = self._back_off(slot)
@@ -563,6 +601,8 @@ class Master:
                           f"pid {replaces.pid} keeps serving" if replaces else "not starting it")
             return False
         now = self.processes.now()
+        if self.metrics is not None:
+            self.metrics.started(cell, pid)
         self.workers[pid] = WorkerProcess(number, pid, read_end, now, last_beat=now,
                                           replaces=replaces.pid if replaces else None)
         if replaces is not None:
@@ -571,7 +611,8 @@ class Master:
                  f" to replace pid {replaces.pid}" if replaces else "")
         return True
 
-    def _run_worker(self, own_read_end: int, write_end: int, number: int) -> None:
+    def _run_worker(self, own_read_end: int, write_end: int, number: int,
+                    cell: int | None = None) -> None:
         """In the new child: shed the master's state, then become worker `number`."""
         self._forget_master_state(own_read_end, number)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
@@ -580,12 +621,16 @@ class Master:
         worker.preloaded_app = self.preloaded_app
         if self.certificates is not None:
             worker.certificates = self.certificates.current
+        if self.metrics is not None and cell is not None:
+            worker.metrics = CellWriter(self.metrics.area, cell)
         worker.run()
 
-    def replace(self, worker: WorkerProcess) -> None:
-        """Start a successor for `worker`; `worker` stops once the successor is ready."""
+    def replace(self, worker: WorkerProcess, reason: str) -> None:
+        """Start a successor for `worker`; `worker` stops once the successor is ready.
+        `reason` is why it goes (metrics.layout.EXIT_REASONS), counted once it has gone."""
         if worker.retiring or worker.replaced_by in self.workers:
             return  # already on its way out
+        worker.exit_reason = reason
         self.spawn(worker.number, replaces=worker)
 
     def retire(self, worker: WorkerProcess, listeners_closing: bool = False) -> None:
@@ -619,6 +664,8 @@ class Master:
             self.notifier.socket.close()  # only the master speaks to systemd
         if self.agent is not None:
             self.agent.close()  # only the master answers agent checks
+        if self.metrics is not None:
+            self.metrics.in_child()
 
     def on_worker_ready(self, worker: WorkerProcess) -> None:
         if worker.ready_at is None:
@@ -658,15 +705,23 @@ class Master:
             self.processes.close(worker.channel)
             self.guarded(f"handling the exit of worker {worker.number}", self.on_worker_exit,
                          worker, code)
+            if self.metrics is not None:
+                self.guarded(f"counting the exit of worker {worker.number}",
+                             self.metrics.exited, pid, None if self.stopping
+                             else worker.exit_reason or "exit_code")
             run_hook("worker-exit", self.config.worker_exit, self.config, worker.number,
                      worker.pid, code)
 
     def on_worker_exit(self, worker: WorkerProcess, code: int) -> None:
         how = f"killed by {signal_name(-code)}" if code < 0 else f"exited with code {code}"
         oom_kills = health.oom_kill_count()
+        if code < 0 and not worker.exit_reason:
+            worker.exit_reason = "signal"
         if code == -signal.SIGKILL and oom_kills is not None and self.oom_kills is not None \
                 and oom_kills > self.oom_kills:
             how += " (the kernel's OOM killer: out of memory)"
+            if worker.exit_reason in ("", "signal"):
+                worker.exit_reason = "oom"
         self.oom_kills = oom_kills
         if self.stopping or (worker.retiring and code == 0):
             log.info("worker %d (pid %d) %s", worker.number, worker.pid, how)
@@ -730,6 +785,8 @@ class Master:
             self.notifier.status(self.status_line())
 
     def status_line(self) -> str:
+        if self.metrics is not None:
+            return summary_line(self.metrics.snapshot(), self.last_reload)
         return status_line(self.serving_count(), len(self.slots), self.last_reload)
 
     # --- what the workers and the balancer hear ---------------------------------------------
@@ -755,6 +812,23 @@ class Master:
         answer = agent_answer(self.stopping, len(serving), self.config.min_ready,
                               sum(1 for w in serving if w.busy))
         agent.ready(fd, answer, self.processes.now())
+
+    def refresh_status(self) -> None:
+        """With metrics: STATUS= every STATUS_INTERVAL seconds, when the line changed."""
+        now = self.processes.now()
+        if not self.notifier.enabled or not self.booted or now < self.next_status:
+            return
+        self.next_status = now + STATUS_INTERVAL
+        line = self.status_line()
+        if line != self.last_status:
+            self.last_status = line
+            self.notifier.status(line)
+
+    def metrics_facts(self) -> tuple[list[WorkerFacts], list[int], list[Listener]]:
+        """What the metrics need from the master's records (metrics.service.Facts)."""
+        return ([WorkerFacts(worker.number, worker.pid, worker.state.value, worker.started,
+                             worker.last_beat) for worker in self.workers.values()],
+                sorted(self.slots), self.listeners)
 
     def _slot_alive(self, number: int) -> bool:
         return any(worker.number == number and not worker.retiring
@@ -783,6 +857,7 @@ class Master:
                 self.kill(worker)
             elif verdict is health.Verdict.NOT_BOOTED:
                 worker.on(Event.HANG)
+                worker.exit_reason = "boot_timeout"
                 worker.failure = (f"worker {worker.number} (pid {worker.pid}) was not ready "
                                   f"{config.boot_timeout:g} s after its fork (--boot-timeout): "
                                   f"the app's import or lifespan startup hangs")
@@ -793,6 +868,7 @@ class Master:
                           "dumping its stack, then killing it", worker.number, worker.pid,
                           now - worker.last_beat, config.timeout)
                 worker.on(Event.HANG)
+                worker.exit_reason = "hung"
                 self._signal(worker.pid, health.STACK_DUMP_SIGNAL)
                 worker.kill_at = now + health.STACK_DUMP_GRACE
             elif check_memory and worker.serving and worker.replaced_by not in self.workers:
@@ -808,7 +884,7 @@ class Master:
             log.warning("worker %d (pid %d) uses %.1f MiB, over --max-worker-memory %d: "
                         "replacing it", worker.number, worker.pid, used / 2**20,
                         self.config.max_worker_memory)
-            self.replace(worker)
+            self.replace(worker, "memory_limit")
 
     # --- stopping --------------------------------------------------------------------------
 

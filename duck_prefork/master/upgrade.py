@@ -7,6 +7,8 @@ systemd still tracks it) adopts them instead of binding, then replaces the worke
   DUCK_PREFORK_INHERIT="listeners=3:o,4:,5:o:1,6:o:2;workers=1234:1:7:r,1235:2:8:"
   (per listener fd:flags[:slot], o = bound by us, s = TLS, slot = the worker number a --reuse-port
   socket is for; per worker pid:number:channel fd:flags, r = ready, t = retiring)
+  With --metrics-bind, ";metrics=AREA_FD:SOCKET_FD" follows: the shared-memory area the workers
+  write their counts into, and the scrape socket (metrics/service.py takes them over).
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ class InheritedWorker:
     retiring: bool
 
 
-def describe(listeners: Sequence[Listener], workers: Sequence[InheritedWorker]) -> str:
-    return "listeners={};workers={}".format(
+def describe(listeners: Sequence[Listener], workers: Sequence[InheritedWorker],
+             metrics: str = "") -> str:
+    return ("listeners={};workers={}" + (f";metrics={metrics}" if metrics else "")).format(
         ",".join(f"{listener.socket.fileno()}:{'o' if listener.owned else ''}"
                  f"{'s' if listener.tls else ''}"
                  f"{f':{listener.slot}' if listener.slot else ''}" for listener in listeners),
@@ -62,6 +65,12 @@ def parse(text: str) -> tuple[list[tuple[int, bool, int, bool]], list[InheritedW
             workers.append(InheritedWorker(int(pid), int(number), int(channel), "r" in flags,
                                            "t" in flags))
     return fds, workers
+
+
+def metrics_part(text: str) -> str:
+    """The "AREA_FD:SOCKET_FD" of the metrics, or "" without them."""
+    parts = dict(part.split("=", 1) for part in text.split(";") if "=" in part)
+    return parts.get("metrics", "")
 
 
 def new_image_argv(argv: Sequence[str]) -> list[str]:
@@ -122,12 +131,13 @@ def image_problem(argv: Sequence[str]) -> str | None:
 def exec_new_image(argv: Sequence[str], listeners: Sequence[Listener],
                    workers: Sequence[InheritedWorker], processes: Processes,
                    signals: Collection[int], take_pending: Callable[[], Iterable[int]],
-                   checked_config: str) -> None:
+                   checked_config: str, metrics: tuple[str, list[int]] = ("", [])) -> None:
     """Replace this process's image; returns only if exec failed (the OSError is raised).
     `signals` stay blocked into the new image until it has its handlers, and those caught but
     not yet handled (`take_pending`) are left pending for it."""
-    fds = [listener.socket.fileno() for listener in listeners] + [w.channel for w in workers]
-    env = {**os.environ, INHERIT_ENV: describe(listeners, workers),
+    fds = [listener.socket.fileno() for listener in listeners] + [w.channel for w in workers] \
+        + metrics[1]
+    env = {**os.environ, INHERIT_ENV: describe(listeners, workers, metrics[0]),
            CHECKED_CONFIG_ENV: checked_config}
     processes.exec(new_image_argv(argv), env, fds, signals, take_pending)
 

@@ -166,7 +166,7 @@ def _tcp_socket(family: int, sockaddr: tuple, backlog: int, reuse_port: bool) ->
     return sock
 
 
-def _remove_stale_unix_socket(path: str) -> None:
+def remove_stale_unix_socket(path: str) -> None:
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -185,7 +185,7 @@ def _remove_stale_unix_socket(path: str) -> None:
 
 
 def _bind_unix(address: BindAddress, backlog: int) -> socket.socket:
-    _remove_stale_unix_socket(address.path)
+    remove_stale_unix_socket(address.path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(address.path)

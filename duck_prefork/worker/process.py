@@ -48,6 +48,8 @@ from ..http2.limits import Http2Limits
 from ..http2.prior_knowledge import PriorKnowledge
 from ..loader import AppLoadError, load_app
 from ..logs import log
+from ..metrics.counters import RequestCounts
+from ..metrics.layout import CellWriter
 from ..net.listeners import Listener
 from ..net.proxy_stage import ProxyProtocol
 from ..net.stages import HTTP_1_1, ConnectionPlan, StageFactory
@@ -81,6 +83,7 @@ STOP_ALLOWANCE = (CANCEL_WAIT + LIFESPAN_SHUTDOWN_TIMEOUT + LIFESPAN_TASK_WAIT +
                   + logs.ACCESS_LOG_CLOSE_WAIT + STOP_MARGIN)
 
 MALLOC_TRIM_EVERY = 30  # ticks (seconds) between two malloc_trim calls (_tick)
+LAG_WINDOW = 10  # ticks: the loop lag published is the worst of the last LAG_WINDOW
 _PR_SET_PDEATHSIG = 1
 
 
@@ -120,6 +123,10 @@ class Worker:
         self.recycle_after = 0  # requests served before asking to be replaced; 0: never
         self.failures = logs.FailureLog()  # what went wrong in _tick(), logged once each
         self._ticks = 0
+        self.metrics: CellWriter | None = None  # --metrics-bind: this worker's cell
+        self.counts: RequestCounts | None = None
+        self._tick_due = 0.0  # loop time the next tick is scheduled for (its lag: how late)
+        self._lags = [0.0] * LAG_WINDOW
         # glibc's malloc_trim (None elsewhere, musl say): see _tick.
         self._malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
 
@@ -205,7 +212,9 @@ class Worker:
             handler = Probes(pipeline, self.view, lambda: state.lame_duck, config.health_path,
                              config.ready_path, config.min_ready, config.log_health)
         state = ServerState(app, handler, functools.partial(parser_class(config.http), limits),
-                            config.keep_alive, timing=access_log is not None, limits=limits,
+                            config.keep_alive,
+                            timing=access_log is not None or self.metrics is not None,
+                            limits=limits,
                             concurrency=config.limit_concurrency,
                             header_timeout=config.header_timeout,
                             send_timeout=config.send_timeout,
@@ -213,6 +222,8 @@ class Worker:
                             max_requests_per_connection=config.max_requests_per_connection)
         state.lame_duck = self.view.stopping
         self.state = state
+        if self.metrics is not None:
+            state.counts = self.counts = RequestCounts()
         # What each listener's connections go through before HTTP/1.1: with --proxy-protocol a
         # TCP listener's, the PROXY header first; a TLS listener's, the TLS handshake; with
         # --redirect-https a plain one's, the redirect (and no HTTP/1.1).
@@ -228,6 +239,7 @@ class Worker:
             acceptor.start()
         self.recycle_after = config.max_requests and \
             config.max_requests + random.randint(0, config.max_requests_jitter)
+        self._tick_due = loop.time()
         self._tick(loop, state)
         # Everything allocated so far (the app, its imports, lifespan state) lives as long as
         # the worker: move it out of the cyclic collector's way, so that its full passes only
@@ -267,6 +279,7 @@ class Worker:
             pipeline.close()
         await lifespan.shutdown(LIFESPAN_SHUTDOWN_TIMEOUT)
         self._ticker.cancel()
+        self.publish(state, 0.0)  # the last counts, for the master to fold once we are gone
         log.info("stopped after serving %s", logs.plural(state.requests_served, "request"))
 
     def _tls_server(self, loop: asyncio.AbstractEventLoop) -> TlsServer | None:
@@ -313,11 +326,20 @@ class Worker:
     def _tick(self, loop: asyncio.AbstractEventLoop, state: ServerState) -> None:
         # The next tick first, on the next whole second of loop time (so ticks do not drift):
         # whatever fails below, the heartbeat goes on, or the master would kill this worker.
-        self._ticker = loop.call_at(int(loop.time()) + 1.0, self._tick, loop, state)
+        now = loop.time()
+        lag = max(0.0, now - self._tick_due)  # how late this tick runs: the loop was busy
+        self._tick_due = int(now) + 1.0
+        self._ticker = loop.call_at(self._tick_due, self._tick, loop, state)
         try:
-            state.tick(loop.time())
+            state.tick(now)
         except Exception as exc:  # a bug: logged, and the worker goes on serving
             self.failures("the once-a-second tick failed", exc)
+        if self.metrics is not None:
+            self._lags[self._ticks % LAG_WINDOW] = lag
+            try:
+                self.publish(state, max(self._lags))
+            except Exception as exc:
+                self.failures("publishing the metrics failed", exc)
         if self.tls is not None:
             self.tls.failures.flush(loop.time())
         if self.proxy_protocol is not None:
@@ -332,6 +354,15 @@ class Worker:
         if self.recycle_after and state.requests_served >= self.recycle_after:
             self.recycle_after = 0  # asked once; the master replaces us, then sends TERM
             self.channel.send(channel.RECYCLE)
+
+
+    def publish(self, state: ServerState, loop_lag: float) -> None:
+        """Copy the counts into this worker's cell, with the gauges read now."""
+        if self.metrics is None or self.counts is None:
+            return
+        websockets = len(state.websockets)
+        self.metrics.publish(self.counts, max(0, len(state.tasks) - websockets),
+                             len(state.connections) + len(state.staging), websockets, loop_lag)
 
 
 def make_access_log(config: Config) -> logs.AccessLog | None:

@@ -19,6 +19,7 @@ class FakeState(ServerState):
         self.date = b"X"
         self.date_header = b"Date: X\r\n"
         self.limits = Limits()
+        self.counts = None  # no --metrics-bind
         try:
             self.loop = asyncio.get_running_loop()
         except RuntimeError:
