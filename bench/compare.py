@@ -65,6 +65,12 @@ def server_argv(name: str, app: str, port: int,
     if name == "duck":
         return [str(DUCK), f"{app}:app", "--bind", f"127.0.0.1:{port}", "--workers", "1",
                 *duck_args, *(["--certfile", cert, "--keyfile", key] if tls else [])]
+    if name in ("duck-log", "duck-log-json"):  # the access log on, to stdout (the run's log)
+        return [*server_argv("duck", app, port, tls), "--access-logfile", "-",
+                *(["--access-log-json"] if name == "duck-log-json" else [])]
+    if name == "uvicorn-httptools-log":  # its access log on (INFO: --log-level info)
+        swap = {"--no-access-log": "--access-log", "warning": "info"}
+        return [swap.get(arg, arg) for arg in server_argv("uvicorn-httptools", app, port, tls)]
     if name == "duck-h11":
         return [*server_argv("duck", app, port, tls),
                 *shlex.split(os.environ.get("DUCK_H11_ARGS", "--http h11"))]

@@ -35,6 +35,7 @@ COMPILED = (
     "duck_prefork.http1.parser_httptools",
     "duck_prefork.http1.parser_h11",
     "duck_prefork.asgi.pipeline",
+    "duck_prefork.access_log",
 )
 PURE_ENV = "DUCK_PREFORK_NO_EXTENSIONS"
 # Written by setup.py next to the compiled modules: the SHA-256 of each source they were

@@ -22,7 +22,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Final, cast
 from urllib.parse import unquote_to_bytes
 
-from ..logs import AccessLog, log
+from ..access_log import ResponseLog
+from ..logs import log
 from ..stream import ClientDisconnected, Stream, error_response
 from .forwarded import ProxyHeaders
 
@@ -155,7 +156,7 @@ class ASGI:
     """The per-request pipeline; built once per worker."""
 
     def __init__(self, root_path: str = "", state: dict | None = None,
-                 access_log: AccessLog | None = None,
+                 access_log: ResponseLog | None = None,
                  middlewares: Sequence[ResponseMiddleware] | None = None,
                  proxy: ProxyHeaders | None = None):
         self.root_path = root_path
@@ -331,7 +332,7 @@ class ASGI:
         """The one access log path: one line per response, HTTP and WebSocket handshakes alike.
         `client` is the client as the app saw it (after trusted proxy headers)."""
         if self.access_log is not None:
-            # The facts only: the writer thread formats the line (logs.AccessLog).
+            # The line is made here, written by the access log's thread (access_log.py).
             self.access_log.write(
                 client, stream.method, stream.target, stream.http_version, status, size,
                 asyncio.get_running_loop().time() - stream.start_time, stream.headers)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from duck_prefork.logs import ACCESS_LOG_BUFFER, AccessLog
+from duck_prefork.access_log import ACCESS_LOG_BUFFER, AccessLog
 
 pytestmark = pytest.mark.timeout(30)
 
