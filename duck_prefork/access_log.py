@@ -38,6 +38,9 @@ ACCESS_LOG_BUFFER = 1 << 20
 ACCESS_LOG_FLUSH_INTERVAL = 0.05
 # At the worker's exit, how long the lines still waiting get to be written.
 ACCESS_LOG_CLOSE_WAIT = 1.0
+# Before an error-log line that goes to the same file, how long the access lines made before
+# it get to be written first (a stalled file would hold up the error log's own write anyway).
+ACCESS_LOG_DRAIN_WAIT = 1.0
 
 _CLOSE = -1  # tells the writer thread to stop, after what was queued before it (fds are >= 0)
 
@@ -65,6 +68,26 @@ class SecondCache:
 
     def __call__(self, when: float) -> str:
         return self.of(when)
+
+
+# The text of the numbers below 1000, made once: most statuses, durations in milliseconds and
+# the milliseconds of a time are, and str() of an int costs a fifth of a short line.
+_DECIMALS = [str(number) for number in range(1000)]
+_MILLISECONDS = [str(1000 + number)[1:] for number in range(1000)]  # "000" to "999"
+
+
+def decimal(number: int) -> str:
+    """str(number), for the numbers of a line."""
+    return _DECIMALS[number] if 0 <= number < 1000 else str(number)
+
+
+def _protocol(version: str) -> str:
+    """The request line's end: ` HTTP/1.1"` (made once for the usual versions)."""
+    if version == "1.1":
+        return ' HTTP/1.1" '
+    if version == "1.0":
+        return ' HTTP/1.0" '
+    return f' HTTP/{version}" '
 
 
 def milliseconds(seconds: float) -> int:
@@ -188,7 +211,9 @@ class CombinedLine(LineFormat):
     the duration in milliseconds (the atoms' compiled function makes the same line, slower)."""
 
     def __init__(self) -> None:
-        self.clf = SecondCache("[%d/%b/%Y:%H:%M:%S +0000]")
+        # The time with what surrounds it: fewer pieces to join (each costs as much as a
+        # short piece's characters).
+        self.clf = SecondCache(' - - [%d/%b/%Y:%H:%M:%S +0000] "')
 
     def line(self, r: Record) -> str:
         # (Typed locals and no format specs: mypyc then joins the pieces directly.)
@@ -203,13 +228,14 @@ class CombinedLine(LineFormat):
         extra: str = r[9]
         referrer, agent = _referrer_and_agent(r[8])
         host: str = client[0] if client else "-"
-        size_text = str(size) if size else "-"
-        return (f'{host} - - {self.clf.of(r[0])} "{method} {target} HTTP/{version}" {status} '
-                f'{size_text} "{"-" if referrer is None else referrer}" '
-                f'"{"-" if agent is None else agent}" {duration_ms}{extra}')
+        return (f'{host}{self.clf.of(r[0])}{method} {target}{_protocol(version)}'
+                f'{decimal(status)} {decimal(size) if size else "-"} '
+                f'"{"-" if referrer is None else referrer}" '
+                f'"{"-" if agent is None else agent}" {decimal(duration_ms)}{extra}')
 
 
 _json_text: Callable[[str], str] = json.encoder.encode_basestring  # (the C one)
+EMPTY = '""'  # an empty JSON string
 
 
 class JsonLine(LineFormat):
@@ -234,20 +260,21 @@ class JsonLine(LineFormat):
         size: int = r[6]
         duration_ms = milliseconds(r[7])
         extra: str = r[9]
-        millisecond: int = int(when * 1000) % 1000
+        millisecond: int = int(when * 1000.0) % 1000
         path, _, query = target.partition("?")
         referrer, agent = _referrer_and_agent(r[8])
         if client:
             host: str = client[0]
             port: int = client[1]
-            peer = f'"client": "{host}", "client_port": {port}'
+            peer = f'"client": "{host}", "client_port": {decimal(port)}'
         else:
             peer = '"client": null, "client_port": null'
         text = _json_text
-        return (f'{{"time": "{self.iso.of(when)}.{str(1000 + millisecond)[1:]}Z", {peer}, '
-                f'"method": "{method}", "path": {text(path)}, "query": {text(query)}, '
-                f'"protocol": "HTTP/{version}", "status": {status}, "bytes": {size}, '
-                f'"duration_ms": {duration_ms}, '
+        return (f'{{"time": "{self.iso.of(when)}.{_MILLISECONDS[millisecond]}Z", {peer}, '
+                f'"method": "{method}", "path": {text(path)}, '
+                f'"query": {text(query) if query else EMPTY}, '
+                f'"protocol": "HTTP/{version}", "status": {decimal(status)}, '
+                f'"bytes": {decimal(size)}, "duration_ms": {decimal(duration_ms)}, '
                 f'"referrer": {"null" if referrer is None else text(referrer)}, '
                 f'"user_agent": {"null" if agent is None else text(agent)}, '
                 f'{_json_fields(extra) if extra else ""}{self.tail}')
@@ -384,10 +411,30 @@ class AccessLog:
         if not self._episode:  # (while dropping, every line goes through _make_room)
             self._room = self.limit - (self._handed - self._done)
 
-    def flush(self) -> None:
-        """Hand what the loop holds to the writer thread now (before an error-log line that
-        goes to the same stream, say); it writes it as soon as it can."""
+    def shares_file_with(self, stream: Any) -> bool:
+        """Whether this log writes to the same file, pipe or terminal as `stream` (the error
+        log's): 2>&1, a journal, or both options naming one path."""
+        if self.logger is not None:
+            return False
+        try:
+            ours, theirs = os.fstat(self._fd), os.fstat(stream.fileno())
+        except (AttributeError, OSError, ValueError):
+            return False
+        return (ours.st_dev, ours.st_ino) == (theirs.st_dev, theirs.st_ino)
+
+    def drain(self) -> None:
+        """Write the lines made so far before the caller goes on (waiting at most
+        ACCESS_LOG_DRAIN_WAIT): called before each error-log line when both logs share a file,
+        so that it reads in order (an error about a request after that request's line, the
+        worker's last words after its last lines)."""
+        if not self._lines and self._handed == self._done:
+            return  # (nothing waits: the usual case costs no round trip to the thread)
+        if threading.get_ident() == self._writer.ident or not self._writer.is_alive():
+            return  # the writer's own warnings; or closed
         self._hand_over()
+        written = threading.Event()
+        self._queue.put(written)
+        written.wait(ACCESS_LOG_DRAIN_WAIT)
 
     def reopen(self) -> None:
         """Reopen the file by its path (USR1, after logrotate moved it): the lines written
@@ -431,6 +478,9 @@ class AccessLog:
                 failed = self._write(batch, failed)  # what came before goes to the old file
                 self._done += size
                 batch, size = [], 0
+                if isinstance(item, threading.Event):  # drain(): what came before is written
+                    item.set()
+                    continue
                 if self._fd != logs.stdout_fd():
                     os.close(self._fd)
                 if item == _CLOSE:

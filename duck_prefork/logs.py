@@ -15,6 +15,7 @@ import os
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from typing import TextIO
 
 ERROR_LOGGER = "duck_prefork.error"
@@ -165,6 +166,25 @@ class FailureLog:
 def plural(count: int, noun: str) -> str:
     """'1 worker', '2 workers': a count with its noun, for log lines."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+class _Before(logging.Filter):
+    """Calls `before` ahead of each record the error log writes (a logger filter runs only for
+    records at the logger's level, in the thread that logs)."""
+
+    def __init__(self, before: Callable[[], None]) -> None:
+        super().__init__()
+        self.before = before
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.before()
+        return True
+
+
+def before_each_line(before: Callable[[], None]) -> None:
+    """Have `before` called ahead of each error-log line of this process (the access log's
+    drain, when both logs share a file)."""
+    log.addFilter(_Before(before))
 
 
 def set_role(role: str) -> None:

@@ -176,6 +176,8 @@ class Worker:
 
         access_log = make_access_log(config)
         self.access_log = access_log
+        if access_log is not None and access_log.shares_file_with(logs.error_stream()):
+            logs.before_each_line(access_log.drain)  # one file, read in order
         proxy = None if config.no_proxy_headers else ProxyHeaders(config.forwarded_allow_ips)
         pipeline = build_pipeline(config, root_path=config.root_path, state=lifespan_state,
                                   access_log=access_log, middlewares=response_middlewares(config),
