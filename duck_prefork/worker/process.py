@@ -181,7 +181,7 @@ class Worker:
         proxy = None if config.no_proxy_headers else ProxyHeaders(config.forwarded_allow_ips)
         pipeline = build_pipeline(config, root_path=config.root_path, state=lifespan_state,
                                   access_log=access_log, middlewares=response_middlewares(config),
-                                  proxy=proxy)
+                                  proxy=proxy, clock=loop.time)
         upgrade: Callable[[Any, Any], bool] | None = websocket_upgrade(config)
         if isinstance(pipeline, UpstreamASGI):
             pipeline.start()
