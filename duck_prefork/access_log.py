@@ -25,7 +25,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 from . import logs
 from .logs import log
@@ -72,8 +72,10 @@ class SecondCache:
 
 # The text of the numbers below 1000, made once: most statuses, durations in milliseconds and
 # the milliseconds of a time are, and str() of an int costs a fifth of a short line.
-_DECIMALS = [str(number) for number in range(1000)]
-_MILLISECONDS = [str(1000 + number)[1:] for number in range(1000)]  # "000" to "999"
+# (Final: mypyc keeps these in C variables, not the module's dict, read on every line.)
+_DECIMALS: Final = [str(number) for number in range(1000)]
+_MILLISECONDS: Final = [str(1000 + number)[1:] for number in range(1000)]  # "000" to "999"
+_wall_time: Final = time.time
 
 
 def decimal(number: int) -> str:
@@ -234,8 +236,8 @@ class CombinedLine(LineFormat):
                 f'"{"-" if agent is None else agent}" {decimal(duration_ms)}{extra}')
 
 
-_json_text: Callable[[str], str] = json.encoder.encode_basestring  # (the C one)
-EMPTY = '""'  # an empty JSON string
+_json_text: Final[Callable[[str], str]] = json.encoder.encode_basestring  # (the C one)
+EMPTY: Final = '""'  # an empty JSON string
 
 
 class JsonLine(LineFormat):
@@ -357,7 +359,7 @@ class AccessLog:
         JSON one: a passed-through response's upstream and the time it took
         (upstream/exchange.py)."""
         try:
-            line = self.format.line((time.time(), client, method, target, http_version, status,
+            line = self.format.line((_wall_time(), client, method, target, http_version, status,
                                      size, duration, headers, extra))
         except Exception as exc:  # a bug of ours: the line goes, serving goes on
             self.failures("access log: a line could not be formatted and is lost", exc)
