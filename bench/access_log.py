@@ -9,7 +9,9 @@ duck (access log off, the default), duck-log (`--access-logfile -`, the default 
 duck-log-json (`--access-log-json` too), uvicorn-httptools (`--no-access-log`) and
 uvicorn-httptools-log (`--access-log --log-level info`). Every server's stdout and stderr go
 to a file (the run's log in the work directory), so the lines are really written. Prints the
-medians and the ratios; the target: the access log on costs less than 10% of our req/s.
+medians and the ratios, of req/s and of the server's CPU time per request (user + system, all
+its processes: on a busy machine it moves less than req/s); the target: the access log on
+costs less than 10% of our req/s.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def main() -> int:
         for server in servers[shift:] + servers[:shift]:
             run = run_once(server, "get", work, f"{server}-{round_number}")
             print(f"bench/access_log.py: round {round_number}/{reps} {server:22} "
-                  f"{run.rps:>9,.0f} req/s  other CPU {run.other_cpu:3.0f}%", file=sys.stderr)
+                  f"{run.rps:>9,.0f} req/s  {run.cpu_us:5.2f} us CPU/request  "
+                  f"other CPU {run.other_cpu:3.0f}%", file=sys.stderr)
             results.setdefault(server, Summary()).runs.append(run)
     load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
     duration = os.environ.get("DURATION", "10s")
@@ -66,19 +69,22 @@ def main() -> int:
           .replace(str(VENV_BIN) + "/", "$BENCH_VENV/bin/") for server in servers),
         "```",
         "",
-        "| server | req/s (median) | other CPU % (median) |",
-        "|---|---:|---:|",
+        "| server | req/s (median) | server CPU per request, us (median) | other CPU % "
+        "(median) |",
+        "|---|---:|---:|---:|",
         *(f"| {server} | {results[server].median('rps'):,.0f} | "
+          f"{results[server].median('cpu_us'):.2f} | "
           f"{results[server].median('other_cpu'):.0f} |" for server in servers
           if server in results),
         "",
-        "| ratio | value |",
-        "|---|---:|",
+        "| ratio | req/s | CPU per request |",
+        "|---|---:|---:|",
     ]
     for what, top, bottom in RATIOS:
         if top in results and bottom in results:
-            value = results[top].median("rps") / results[bottom].median("rps")
-            lines.append(f"| {what} | {value:.3f} |")
+            rps = results[top].median("rps") / results[bottom].median("rps")
+            cpu = results[top].median("cpu_us") / results[bottom].median("cpu_us")
+            lines.append(f"| {what} | {rps:.3f} | {cpu:.3f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     latest = Path(__file__).resolve().parent / "results" / "access-log-latest.md"

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Final, cast
 from urllib.parse import unquote_to_bytes
 
-from ..access_log import ResponseLog
+from ..access_log import AccessLog
 from ..logs import log
 from ..stream import ClientDisconnected, Stream, error_response
 from .forwarded import ProxyHeaders
@@ -156,7 +156,7 @@ class ASGI:
     """The per-request pipeline; built once per worker."""
 
     def __init__(self, root_path: str = "", state: dict | None = None,
-                 access_log: ResponseLog | None = None,
+                 access_log: AccessLog | None = None,
                  middlewares: Sequence[ResponseMiddleware] | None = None,
                  proxy: ProxyHeaders | None = None, clock: Callable[[], float] | None = None):
         self.root_path = root_path
