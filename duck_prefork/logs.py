@@ -1,4 +1,4 @@
-"""The error log (operator events) and the access log (one line per response).
+"""The error log (operator events), and what the access log (access_log.py) shares with it.
 
 The logger names are stable, for --log-config: `duck_prefork.error` (every operator event of
 the master and the workers; records carry `role`, "master" or "worker N") and
