@@ -206,6 +206,13 @@ class LineFormat:
     def line(self, r: Record) -> str:
         raise NotImplementedError
 
+    def make(self, when: float, client: Any, method: str, target: Any, version: str,
+             status: int, size: int, duration: float, headers: Any, extra: str) -> str:
+        """The line of the record these fields make (AccessLog.write's call: the formats
+        written out take them as they are, no record built)."""
+        return self.line((when, client, method, target, version, status, size, duration,
+                          headers, extra))
+
     def __call__(self, r: Record) -> str:
         return self.line(r)
 
@@ -220,19 +227,16 @@ class CombinedLine(LineFormat):
         self.clf = SecondCache(' - - [%d/%b/%Y:%H:%M:%S +0000] "')
 
     def line(self, r: Record) -> str:
-        # (Typed locals and no format specs: mypyc then joins the pieces directly.)
-        client = r[1]
-        raw = r[3]
-        target: str = raw.decode("latin-1") if isinstance(raw, bytes) else raw
-        method: str = r[2]
-        version: str = r[4]
-        status: int = r[5]
-        size: int = r[6]
-        duration_ms = milliseconds(r[7])
-        extra: str = r[9]
-        referrer, agent = _referrer_and_agent(r[8])
+        return self.make(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+
+    def make(self, when: float, client: Any, method: str, target: Any, version: str,
+             status: int, size: int, duration: float, headers: Any, extra: str) -> str:
+        # (Typed values and no format specs: mypyc then joins the pieces directly.)
+        path: str = target.decode("latin-1") if isinstance(target, bytes) else target
+        duration_ms = milliseconds(duration)
+        referrer, agent = _referrer_and_agent(headers)
         host: str = client[0] if client else "-"
-        return (f'{host}{self.clf.of(r[0])}{method} {target}{_protocol(version)}'
+        return (f'{host}{self.clf.of(when)}{method} {path}{_protocol(version)}'
                 f'{decimal(status)} {decimal(size) if size else "-"} '
                 f'"{"-" if referrer is None else referrer}" '
                 f'"{"-" if agent is None else agent}" {decimal(duration_ms)}{extra}')
@@ -253,20 +257,16 @@ class JsonLine(LineFormat):
         self.iso = SecondCache("%Y-%m-%dT%H:%M:%S")
 
     def line(self, r: Record) -> str:
-        # (Typed locals and no format specs: mypyc then joins the pieces directly.)
-        when: float = r[0]
-        client = r[1]
-        raw = r[3]
-        target: str = raw.decode("latin-1") if isinstance(raw, bytes) else raw
-        method: str = r[2]
-        version: str = r[4]
-        status: int = r[5]
-        size: int = r[6]
-        duration_ms = milliseconds(r[7])
-        extra: str = r[9]
+        return self.make(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+
+    def make(self, when: float, client: Any, method: str, target: Any, version: str,
+             status: int, size: int, duration: float, headers: Any, extra: str) -> str:
+        # (Typed values and no format specs: mypyc then joins the pieces directly.)
+        text_target: str = target.decode("latin-1") if isinstance(target, bytes) else target
+        duration_ms = milliseconds(duration)
         millisecond: int = int(when * 1000.0) % 1000
-        path, _, query = target.partition("?")
-        referrer, agent = _referrer_and_agent(r[8])
+        path, _, query = text_target.partition("?")
+        referrer, agent = _referrer_and_agent(headers)
         if client:
             host: str = client[0]
             port: int = client[1]
@@ -355,8 +355,8 @@ class AccessLog:
         JSON one: a passed-through response's upstream and the time it took
         (upstream/exchange.py)."""
         try:
-            line = self.format.line((_wall_time(), client, method, target, http_version, status,
-                                     size, duration, headers, extra))
+            line = self.format.make(_wall_time(), client, method, target, http_version, status,
+                                    size, duration, headers, extra)
         except Exception as exc:  # a bug of ours: the line goes, serving goes on
             self.failures("access log: a line could not be formatted and is lost", exc)
             return
