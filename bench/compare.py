@@ -65,6 +65,12 @@ def server_argv(name: str, app: str, port: int,
     if name == "duck":
         return [str(DUCK), f"{app}:app", "--bind", f"127.0.0.1:{port}", "--workers", "1",
                 *duck_args, *(["--certfile", cert, "--keyfile", key] if tls else [])]
+    if name in ("duck-log", "duck-log-json"):  # the access log on, to stdout (the run's log)
+        return [*server_argv("duck", app, port, tls), "--access-logfile", "-",
+                *(["--access-log-json"] if name == "duck-log-json" else [])]
+    if name == "uvicorn-httptools-log":  # its access log on (INFO: --log-level info)
+        swap = {"--no-access-log": "--access-log", "warning": "info"}
+        return [swap.get(arg, arg) for arg in server_argv("uvicorn-httptools", app, port, tls)]
     if name == "duck-h11":
         return [*server_argv("duck", app, port, tls),
                 *shlex.split(os.environ.get("DUCK_H11_ARGS", "--http h11"))]
@@ -112,6 +118,9 @@ class Run:
     errors: int
     uss_mib: float  # per worker, idle after the warm-up
     other_cpu: float  # % of one core used by everything else during the measured run
+    # The server's CPU time (user + system, all its processes) per request, in microseconds:
+    # what a loaded machine moves least (bench/access_log.py reports it).
+    cpu_us: float = 0.0
 
 
 def free_port() -> int:
@@ -188,6 +197,13 @@ def wrk(url: str, duration: str, script: Path | None, log: Path,
     return report, usage.ru_utime + usage.ru_stime
 
 
+def wrk_requests(report: str) -> int:
+    match = re.search(r"^\s*(\d+) requests in", report, re.M)
+    if not match:
+        raise RuntimeError(f"no request count in the wrk report:\n{report}")
+    return int(match[1])
+
+
 def latency_ms(report: str, percentile: int) -> float:
     match = re.search(rf"^\s*{percentile}%\s+([\d.]+)(us|ms|s)\b", report, re.M)
     if not match:
@@ -239,13 +255,14 @@ def run_once(server: str, mode: str, work: Path, tag: str) -> Run:
         report, wrk_cpu = wrk(url, os.environ.get("DURATION", "10s"), script,
                               work / f"{tag}.wrk", extra)
         elapsed = time.monotonic() - start
-        other = (machine_busy() - busy0) - (tree_cpu(root) - server0) - wrk_cpu
+        server_cpu = tree_cpu(root) - server0
+        other = (machine_busy() - busy0) - server_cpu - wrk_cpu
     finally:
         stop_tree(root)
         popen.wait()
     return Run(server, mode, wrk_requests_per_second(report), latency_ms(report, 50),
                latency_ms(report, 99), wrk_errors(report), uss / 2**20,
-               max(0.0, other / elapsed * 100))
+               max(0.0, other / elapsed * 100), server_cpu / wrk_requests(report) * 1e6)
 
 
 # --- the report ------------------------------------------------------------------------------

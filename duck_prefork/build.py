@@ -46,6 +46,7 @@ COMPILED = (
     "duck_prefork.upstream.exchange",
     "duck_prefork.worker.probes",  # in front of the pipeline when --health/--ready-path is on
     "duck_prefork.metrics.counters",
+    "duck_prefork.access_log",
 )
 PURE_ENV = "DUCK_PREFORK_NO_EXTENSIONS"
 # Written by setup.py next to the compiled modules: the SHA-256 of each source they were

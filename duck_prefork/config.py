@@ -126,7 +126,7 @@ def metrics_address(value: str) -> str:
 
 def access_log_format(value: str) -> str:
     """A gunicorn-style access log format (%(h)s %(t)s ...), checked against every atom."""
-    from .logs import check_access_format
+    from .access_log import check_access_format
 
     if value:  # empty: the default format
         check_access_format(value)

@@ -22,7 +22,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Final, cast
 from urllib.parse import unquote_to_bytes
 
-from ..logs import AccessLog, log
+from ..access_log import AccessLog
+from ..logs import log
 from ..stream import ClientDisconnected, Stream, error_response
 from .forwarded import ProxyHeaders
 
@@ -183,8 +184,11 @@ class ASGI:
     def __init__(self, root_path: str = "", state: dict | None = None,
                  access_log: AccessLog | None = None,
                  middlewares: Sequence[ResponseMiddleware] | None = None,
-                 proxy: ProxyHeaders | None = None):
+                 proxy: ProxyHeaders | None = None, clock: Callable[[], float] | None = None):
         self.root_path = root_path
+        # The event loop's time (the worker's loop.time), for the access log's durations:
+        # asyncio.get_running_loop(), the fallback, asks the kernel for the pid on every call.
+        self.clock = clock
         self.proxy = proxy  # forwarded headers from trusted peers, or None to ignore them
         self.raw_root_path = root_path.encode("utf-8")
         self.state = {} if state is None else state  # the lifespan state
@@ -374,7 +378,11 @@ class ASGI:
         """The one access log path: one line per response, HTTP and WebSocket handshakes alike.
         `client` is the client as the app saw it (after trusted proxy headers)."""
         if self.access_log is not None:
-            # The facts only: the writer thread formats the line (logs.AccessLog).
+            # The line is made here, written by the access log's thread (access_log.py).
             self.access_log.write(
                 client, stream.method, stream.target, stream.http_version, status, size,
-                asyncio.get_running_loop().time() - stream.start_time, stream.headers)
+                self.loop_time() - stream.start_time, stream.headers)
+
+    def loop_time(self) -> float:
+        clock = self.clock
+        return clock() if clock is not None else asyncio.get_running_loop().time()

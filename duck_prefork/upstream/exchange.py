@@ -367,5 +367,5 @@ class Exchange:
             (f"{taken:.6f}" if taken is not None else "-")
         access_log.write(self.request.scope["client"], stream.method, stream.target,
                          stream.http_version, status, size,
-                         asyncio.get_running_loop().time() - stream.start_time, stream.headers,
+                         self.pipeline.loop_time() - stream.start_time, stream.headers,
                          extra)

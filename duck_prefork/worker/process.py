@@ -33,6 +33,7 @@ import setproctitle
 import uvloop
 
 from .. import logs
+from ..access_log import ACCESS_LOG_CLOSE_WAIT, AccessLog, access_formatter
 from ..asgi.forwarded import ProxyHeaders
 from ..asgi.lifespan import Lifespan, LifespanFailure
 from ..asgi.pipeline import ASGI, ResponseHeaders
@@ -70,7 +71,7 @@ EXIT_BOOT_FAILED = 3
 # unwind. Lifespan shutdown: up to LIFESPAN_SHUTDOWN_TIMEOUT for the app's reply, then up to
 # LIFESPAN_TASK_WAIT for its lifespan task to end (lifespan.py). Then tasks the app left running
 # are cancelled, and they, async generators and the default executor's threads get EXIT_WAIT;
-# the access log's last lines get logs.ACCESS_LOG_CLOSE_WAIT. STOP_MARGIN is for a busy machine
+# the access log's last lines get ACCESS_LOG_CLOSE_WAIT. STOP_MARGIN is for a busy machine
 # and the process's exit.
 CANCEL_WAIT = 1.0
 LIFESPAN_SHUTDOWN_TIMEOUT = 5.0
@@ -80,7 +81,7 @@ STOP_MARGIN = 1.0
 # The most a worker's stop takes past --graceful-timeout: the master kills a worker that is
 # still running graceful_timeout + STOP_ALLOWANCE seconds after its TERM or INT.
 STOP_ALLOWANCE = (CANCEL_WAIT + LIFESPAN_SHUTDOWN_TIMEOUT + LIFESPAN_TASK_WAIT + EXIT_WAIT
-                  + logs.ACCESS_LOG_CLOSE_WAIT + STOP_MARGIN)
+                  + ACCESS_LOG_CLOSE_WAIT + STOP_MARGIN)
 
 MALLOC_TRIM_EVERY = 30  # ticks (seconds) between two malloc_trim calls (_tick)
 LAG_WINDOW = 10  # ticks: the loop lag published is the worst of the last LAG_WINDOW
@@ -119,7 +120,7 @@ class Worker:
         # Whether the stop accepts what is queued on the listening sockets first: INT (they
         # are about to close) or TERM (they stay open for the other workers).
         self.sweep_on_stop = False
-        self.access_log: logs.AccessLog | None = None
+        self.access_log: AccessLog | None = None
         self.recycle_after = 0  # requests served before asking to be replaced; 0: never
         self.failures = logs.FailureLog()  # what went wrong in _tick(), logged once each
         self._ticks = 0
@@ -163,7 +164,7 @@ class Worker:
             code = 1
         finally:
             if self.access_log is not None:
-                self.access_log.close(logs.ACCESS_LOG_CLOSE_WAIT)
+                self.access_log.close(ACCESS_LOG_CLOSE_WAIT)
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
@@ -194,10 +195,12 @@ class Worker:
 
         access_log = make_access_log(config)
         self.access_log = access_log
+        if access_log is not None and access_log.shares_file_with(logs.error_stream()):
+            logs.before_each_line(access_log.drain)  # one file, read in order
         proxy = None if config.no_proxy_headers else ProxyHeaders(config.forwarded_allow_ips)
         pipeline = build_pipeline(config, root_path=config.root_path, state=lifespan_state,
                                   access_log=access_log, middlewares=response_middlewares(config),
-                                  proxy=proxy)
+                                  proxy=proxy, clock=loop.time)
         upgrade: Callable[[Any, Any], bool] | None = websocket_upgrade(config)
         if isinstance(pipeline, UpstreamASGI):
             pipeline.start()
@@ -365,15 +368,15 @@ class Worker:
                              len(state.connections) + len(state.staging), websockets, loop_lag)
 
 
-def make_access_log(config: Config) -> logs.AccessLog | None:
+def make_access_log(config: Config) -> AccessLog | None:
     """The access log, when --access-logfile is set or a --log-config gives duck_prefork.access
     a handler (the lines then go through that logger); None (the default) costs nothing per
     request."""
     logger = logs.access_logger if logs.access_logger_configured() else None
     if not config.access_logfile and logger is None:
         return None
-    formatter = logs.access_formatter(config.access_logformat, config.access_log_json)
-    return logs.AccessLog(config.access_logfile, formatter=formatter, logger=logger)
+    formatter = access_formatter(config.access_logformat, config.access_log_json)
+    return AccessLog(config.access_logfile, formatter=formatter, logger=logger)
 
 
 def connection_plans(config: Config, listeners: list[Listener], state: ServerState,

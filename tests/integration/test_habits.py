@@ -100,3 +100,32 @@ def test_the_json_access_log_of_a_real_server(start_server, tmp_path):
     assert first["worker"] == "worker 1" and isinstance(first["duration_ms"], int)
     assert first["time"].endswith("Z") and first["bytes"] > 0
     assert second["method"] == "POST" and second["path"] == "/echo"
+
+
+def test_one_file_for_both_logs_reads_in_order(start_server, tmp_path):
+    """--access-logfile and --error-logfile naming one file: a worker's error-log line comes
+    after the access lines made before it (each connection's line after its request's, the
+    worker's last words after its last lines), though access lines are written in batches."""
+    shared = tmp_path / "server.log"
+    server = start_server("tests.apps.basic:app", "--workers", "1", "--log-level", "debug",
+                          "--error-logfile", str(shared), "--access-logfile", str(shared),
+                          ready=False)
+    wait_for(lambda: shared.exists() and "ready: 1 worker serving" in shared.read_text(),
+             what="ready in the shared log")
+    server._port = int(re.search(r"http://127\.0\.0\.1:(\d+)", shared.read_text())[1])
+    for n in range(3):
+        assert server.request(path=f"/?n={n}")[0] == 200
+    wait_for(lambda: shared.read_text().count("closed after 1 request") >= 3,
+             what="three connections closed")
+    assert server.stop() == 0
+    lines = shared.read_text().splitlines()
+
+    def where(text: str) -> int:
+        return next(i for i, line in enumerate(lines) if text in line)
+
+    requests = [where(f'"GET /?n={n} HTTP/1.1" 200') for n in range(3)]
+    closes = [i for i, line in enumerate(lines) if "closed after 1 request" in line]
+    assert requests == sorted(requests) and len(closes) == 3
+    for request, close in zip(requests, closes, strict=True):
+        assert request < close, "\n".join(lines)
+    assert requests[-1] < where("worker 1: draining")

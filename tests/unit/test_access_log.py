@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from duck_prefork.logs import ACCESS_LOG_BUFFER, AccessLog
+from duck_prefork.access_log import ACCESS_LOG_BUFFER, AccessLog, AtomsLine
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -177,3 +177,57 @@ def test_a_write_error_is_logged_once_and_lines_are_dropped(tmp_path, records):
     access_log.close(5.0)
     errors = [r for r in records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "No space left" in errors[0].getMessage()
+
+
+def test_drain_writes_the_lines_made_so_far_before_it_returns(tmp_path):
+    """Before an error-log line that goes to the same file: the access lines made before it
+    are in the file when drain() returns, not a flush interval later."""
+    path = tmp_path / "shared.log"
+
+    async def main():
+        access_log = AccessLog(str(path))
+        for i in range(3):
+            write(access_log, f"/{i}")  # handed to the thread only a flush interval later
+        access_log.drain()
+        text = path.read_text()
+        access_log.drain()  # nothing waits: returns at once
+        return access_log, text
+
+    access_log, text = asyncio.run(main())
+    access_log.close(5.0)
+    assert [line.split('"')[1] for line in text.splitlines()] == \
+        ["GET /0 HTTP/1.1", "GET /1 HTTP/1.1", "GET /2 HTTP/1.1"]
+
+
+def test_sharing_a_file_with_the_error_log_is_seen(tmp_path):
+    path, other = tmp_path / "shared.log", tmp_path / "other.log"
+    access_log = AccessLog(str(path))
+    try:
+        with open(path, "a") as same, open(other, "a") as different:
+            assert access_log.shares_file_with(same)
+            assert not access_log.shares_file_with(different)
+        assert not access_log.shares_file_with(object())  # no file behind it
+    finally:
+        access_log.close(5.0)
+
+
+def test_a_line_that_cannot_be_made_is_lost_and_logged_once(tmp_path, records):
+    """A formatting bug: that line goes, with one error-log record; serving and the other
+    lines go on."""
+    path = tmp_path / "access.log"
+
+    def broken(r):
+        if r[3] == "/bad":
+            raise KeyError("a bug")
+        return r[3]
+
+    access_log = AccessLog(str(path), formatter=AtomsLine(broken))
+    try:
+        for target in ("/a", "/bad", "/b", "/bad", "/c"):
+            write(access_log, target)
+        wait_for(lambda: path.read_text().count("\n") >= 3, what="the three good lines")
+    finally:
+        access_log.close(5.0)
+    assert path.read_text() == "/a\n/b\n/c\n"
+    errors = [r for r in records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "could not be formatted" in errors[0].getMessage()

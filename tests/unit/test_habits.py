@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from duck_prefork import logs
+from duck_prefork import access_log, logs
 from duck_prefork.cli import ALIASES, REFUSED, parse_args
 from duck_prefork.config import OTHER_ENV, ConfigError, build_config
 from duck_prefork.master import reload
@@ -204,9 +204,21 @@ RECORD = (WHEN, ("10.0.0.1", 5555), "GET", b"/p/a?x=1", "1.1", 404, 12, 0.0042, 
 
 
 def test_the_default_line_is_the_combined_format_with_milliseconds():
-    line = logs.access_formatter()(RECORD)
+    line = access_log.access_formatter()(RECORD)
     assert line == ('10.0.0.1 - - [06/Dec/2025:05:46:40 +0000] "GET /p/a?x=1 HTTP/1.1" 404 12 '
                     '"http://ref/" "curl/8 "q"" 4')
+
+
+@pytest.mark.parametrize("record", [
+    RECORD,
+    (WHEN + 0.999, None, "POST", "/x", "1.0", 500, 0, 2.5, (), ""),
+    (WHEN, ("::1", 1), "GET", "/é?q", "1.1", 200, 5, 0.0, [(b"referer", b""),
+                                                          (b"user-agent", b"\xe9")], " up=x"),
+])
+def test_the_written_out_default_line_is_the_one_its_atoms_make(record):
+    """CombinedLine (the default, as code) and the default format compiled from its atoms."""
+    assert access_log.CombinedLine()(record) == \
+        access_log.format_line(access_log.DEFAULT_ACCESS_FORMAT)(record)
 
 
 @pytest.mark.parametrize(("atom", "value"), [
@@ -217,21 +229,21 @@ def test_the_default_line_is_the_combined_format_with_milliseconds():
     ("p", f"<{os.getpid()}>"), ("{X-Request-Id}i", "abc"), ("{missing}i", "-"),
 ])
 def test_each_gunicorn_atom(atom, value):
-    assert logs.format_line(f"%({atom})s")(RECORD) == value
+    assert access_log.format_line(f"%({atom})s")(RECORD) == value
 
 
 def test_a_passed_through_response_has_its_upstream_at_the_end_or_in_the_json():
     record = (*RECORD[:9], " upstream=unix:/run/d.sock upstream_time=0.002")
-    assert logs.access_formatter()(record).endswith(
+    assert access_log.access_formatter()(record).endswith(
         ' 4 upstream=unix:/run/d.sock upstream_time=0.002')
-    entry = json.loads(logs.json_formatter()(record))
+    entry = json.loads(access_log.JsonLine()(record))
     assert entry["upstream"] == "unix:/run/d.sock" and entry["upstream_time"] == "0.002"
     assert entry["status"] == 404
 
 
 def test_no_client_no_headers_no_bytes():
     record = (WHEN, None, "POST", "/x", "1.0", 500, 0, 2.5, (), "")
-    assert logs.format_line('%(h)s %(b)s %(B)s "%(f)s" "%(a)s" %(M)s')(record) == \
+    assert access_log.format_line('%(h)s %(b)s %(B)s "%(f)s" "%(a)s" %(M)s')(record) == \
         '- - 0 "-" "-" 2500'
 
 
@@ -247,19 +259,19 @@ def test_a_bad_format_is_refused(fmt, reason):
 
 def test_a_custom_format_from_the_command_line():
     config = parse("--access-logformat", '%(h)s "%(r)s" %(s)s %(M)sms')
-    assert logs.access_formatter(config.access_logformat)(RECORD) == \
+    assert access_log.access_formatter(config.access_logformat)(RECORD) == \
         '10.0.0.1 "GET /p/a?x=1 HTTP/1.1" 404 4ms'
 
 
 def test_json_lines_parse_back():
-    entry = json.loads(logs.json_formatter()(RECORD))
+    entry = json.loads(access_log.JsonLine()(RECORD))
     assert entry == {
         "time": "2025-12-06T05:46:40.250Z", "client": "10.0.0.1", "client_port": 5555,
         "method": "GET", "path": "/p/a", "query": "x=1", "protocol": "HTTP/1.1",
         "status": 404, "bytes": 12, "duration_ms": 4, "referrer": "http://ref/",
         "user_agent": 'curl/8 "q"', "pid": os.getpid(), "worker": entry["worker"],
     }
-    empty = json.loads(logs.json_formatter()((WHEN, None, "GET", "/", "1.1", 200, 0, 0.0, [],
+    empty = json.loads(access_log.JsonLine()((WHEN, None, "GET", "/", "1.1", 200, 0, 0.0, [],
                                               "")))
     assert empty["client"] is None and empty["referrer"] is None and empty["user_agent"] is None
 
@@ -276,13 +288,13 @@ def wait_lines(path, count: int) -> list[str]:
 
 def test_the_writer_thread_writes_json_lines(tmp_path):
     path = tmp_path / "access.log"
-    access_log = logs.AccessLog(str(path), formatter=logs.access_formatter(as_json=True))
+    writer = access_log.AccessLog(str(path), formatter=access_log.access_formatter(as_json=True))
     try:
-        access_log.write(("10.0.0.2", 1), "GET", b"/a", "1.1", 200, 3, 0.001, HEADERS)
-        access_log.write(None, "HEAD", "/b", "1.0", 304, 0, 0.0)
+        writer.write(("10.0.0.2", 1), "GET", b"/a", "1.1", 200, 3, 0.001, HEADERS)
+        writer.write(None, "HEAD", "/b", "1.0", 304, 0, 0.0)
         lines = wait_lines(path, 2)
     finally:
-        access_log.close(5.0)
+        writer.close(5.0)
     entries = [json.loads(line) for line in lines]
     assert [(e["method"], e["path"], e["status"], e["client"]) for e in entries] == \
         [("GET", "/a", 200, "10.0.0.2"), ("HEAD", "/b", 304, None)]
@@ -383,12 +395,12 @@ def test_log_config_files_route_both_loggers(tmp_path, clean_logging, kind):
     logs.load_log_config(str(path))
     assert logs.access_logger_configured()
     logs.log.info("an operator event")
-    access_log = logs.AccessLog("", logger=logs.access_logger)
+    writer = access_log.AccessLog("", logger=logs.access_logger)
     try:
-        access_log.write(("10.0.0.3", 2), "GET", b"/logged", "1.1", 200, 1, 0.0, [])
+        writer.write(("10.0.0.3", 2), "GET", b"/logged", "1.1", 200, 1, 0.0, [])
         lines = wait_lines(tmp_path / "access.log", 1)
     finally:
-        access_log.close(5.0)
+        writer.close(5.0)
     assert lines[0].startswith('duck_prefork.access INFO ')
     assert '"GET /logged HTTP/1.1" 200 1' in lines[0]
     for handler in logging.getLogger(logs.ERROR_LOGGER).handlers:
