@@ -487,6 +487,8 @@ def test_http2_streams_count_as_requests(start_server, short_dir):
     assert [wire.response(stream_id)[0] for stream_id, _ in expected] == \
         [status for _, status in expected]
     assert wire.response(too_large)[0] == 413
+    assert wait_for(lambda: total(samples(sock), "duckprefork_open_connections") == 1,
+                    what="the HTTP/2 connection open")
     wire.close()
     found = wait_requests(sock, 15)
     assert total(found, "duckprefork_http_requests_total", http_request_method="GET",
