@@ -47,7 +47,9 @@ class RequestCounts:
     counted in native attributes (a pointer compare and a float compare tell whether a response
     continues them), and settle() adds them to the tables, `requests` and `durations`, when a
     run ends and before the tables are read (publish, once a second). A list item is a boxed
-    int: adding to one allocates an int, which cost more than the rest of count() together."""
+    int: adding to one allocates an int object and frees the old one (measured: counting into
+    the lists cost the worker about 2.5% of a hello-world GET's instructions, the runs 0.8%
+    with the start's clock read)."""
 
     def __init__(self) -> None:
         self.requests: list[int] = [0] * (len(METHODS) * len(STATUS_CLASSES))
