@@ -131,6 +131,9 @@ class Http2Connection(FlowControlledProtocol):
         if read_paused:
             transport.resume_reading()
         state.http2_connections.add(self)
+        counts = state.counts
+        if counts is not None:
+            counts.connections += 1
         conn = self.h2
         conn.initiate_connection()
         extra = self.limits.connection_window - 65535
@@ -227,7 +230,7 @@ class Http2Connection(FlowControlledProtocol):
         if stream.content_length is None and event.stream_ended is None:
             stream.chunked = True  # a body follows, its length unknown
         if state.timing:
-            stream.start_time = state.loop.time()
+            stream.start_time = state.clock()
         self.streams[stream_id] = stream
         self.idle_since = None
         self.served += 1
@@ -305,6 +308,11 @@ class Http2Connection(FlowControlledProtocol):
         self.end(ErrorCodes.ENHANCE_YOUR_CALM)
 
     # writing, for the streams
+
+    def count_send_timeout(self) -> None:
+        counts = self.state.counts
+        if counts is not None:
+            counts.send_timed_out()
 
     def flush(self) -> None:
         """Write what h2 has to send."""
@@ -398,6 +406,10 @@ class Http2Connection(FlowControlledProtocol):
     def stream_finished(self, stream: Http2Stream) -> None:
         """END_STREAM is out: the response is complete."""
         stream.finish_response()
+        counts = self.state.counts
+        if counts is not None:  # --metrics-bind: a stream counts as an HTTP/1.1 request does
+            counts.count(stream.method, stream.status, self.state.clock() - stream.start_time,
+                         stream.body_received, stream.bytes_sent)
         if not stream.body_complete and not stream.disconnected:
             # The app answered without reading the whole body: tell the client to stop
             # sending it (RFC 9113 8.1).
@@ -434,6 +446,9 @@ class Http2Connection(FlowControlledProtocol):
 
     def answer(self, stream_id: int, status: int) -> None:
         """Answer a stream we will not serve with the server's own response for `status`."""
+        counts = self.state.counts
+        if counts is not None:
+            counts.refuse(status)  # by its status, as HTTP/1.1's refusals
         headers, body = error_response(status)
         fields = [(b":status", b"%d" % status), *(h for h in headers if h[0] != b"connection"),
                   (b"content-length", b"%d" % len(body)), (b"date", self.state.date)]
@@ -498,6 +513,7 @@ class Http2Connection(FlowControlledProtocol):
             if self.send_stalled(now, state.send_timeout):
                 log.debug("send timeout: HTTP/2 client %s read nothing for %.0f s",
                           self.client, state.send_timeout)
+                self.count_send_timeout()
                 self.abort()
             return
         send_timeout = state.send_timeout
@@ -505,6 +521,7 @@ class Http2Connection(FlowControlledProtocol):
             for stream in self.streams.values():
                 since = stream.stall_since
                 if since is not None and now - since >= send_timeout:
+                    self.count_send_timeout()
                     self.calm(f"its flow-control window stayed shut for {send_timeout:g} s")
                     return
         idle_since = self.idle_since

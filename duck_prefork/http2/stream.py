@@ -66,7 +66,7 @@ class Http2Stream(Stream):
     __slots__ = ("connection", "stream_id", "content_length", "chunked", "body_received",
                  "body_complete",
                  "_chunks", "_unacked", "_waiter", "response_started", "ended", "no_body",
-                 "window_waiter", "stall_since")
+                 "window_waiter", "stall_since", "status")
 
     def __init__(self, connection: Http2Connection, stream_id: int,
                  headers: list[tuple[bytes, bytes]]) -> None:
@@ -138,6 +138,7 @@ class Http2Stream(Stream):
         self.ended = False  # END_STREAM sent (the last DATA frame or the trailers)
         self.no_body = False  # HEAD, 1xx, 204, 304: the body the app sends is dropped
         self.bytes_sent = 0
+        self.status = 0  # the response's, once its head is sent (for --metrics-bind)
         self.window_waiter: Waiter | None = None  # a send waiting for the client's window
         self.stall_since: float | None = None  # ... since (no useful window opened since)
 
@@ -234,6 +235,7 @@ class Http2Stream(Stream):
         elif content_length is not None and len(body) > content_length:
             raise InvalidResponse("response body longer than its Content-Length")
         self.no_body = no_body
+        self.status = status
         self.response_started = True
         end = not more_body and not body
         self.connection.send_headers(self, fields, end)

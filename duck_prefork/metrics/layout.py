@@ -80,6 +80,7 @@ READ_TRIES: Final = 100
 
 def counter_words(counts: RequestCounts, out: array.array) -> None:
     """Write `counts` into the first COUNTER_WORDS of `out` (an array('Q'))."""
+    counts.settle()
     out[REQUESTS:REQUESTS + N_REQUESTS] = array.array("Q", counts.requests)
     out[DURATIONS:DURATIONS + len(BUCKETS) + 1] = array.array("Q", counts.durations)
     out[DURATION_SUM_US] = min(int(counts.duration_sum * 1e6), _MAX_WORD)

@@ -365,7 +365,8 @@ class Worker:
             return
         websockets = len(state.websockets)
         self.metrics.publish(self.counts, max(0, len(state.tasks) - websockets),
-                             len(state.connections) + len(state.staging), websockets, loop_lag)
+                             len(state.connections) + len(state.http2_connections)
+                             + len(state.staging), websockets, loop_lag)
 
 
 def make_access_log(config: Config) -> AccessLog | None:

@@ -23,6 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import ROOT, close_now, wait_for
+from .h2wire import H2Wire
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -460,3 +461,50 @@ def test_usr2_keeps_the_counts_and_follows_a_new_metrics_address(start_server, s
     server.wait_log("re-executed master pid")
     assert wait_requests(str(second), 7)
     assert not first.exists()
+
+
+def test_http2_streams_count_as_requests(start_server, short_dir):
+    """Each HTTP/2 stream (h2c from a trusted peer, the raw frames of h2wire.py) lands in the
+    same counters as an HTTP/1.1 request: method and status class, duration, body bytes both
+    ways, refusals by reason, in flight back to 0."""
+    sock = str(short_dir / "m.sock")
+    server = start(start_server, sock, "--workers", "1", "--limit-request-body", "100",
+                   bind="127.0.0.1:0")
+    wire = H2Wire(server.port)
+    streams = iter(range(1, 1000, 2))
+    expected = []  # (stream id, status)
+    for _ in range(10):
+        expected.append((next(streams), 200))
+        wire.request(expected[-1][0], "/")
+    for _ in range(3):
+        expected.append((next(streams), 200))
+        wire.request(expected[-1][0], "/echo", "POST", b"0123456789")
+    for _ in range(2):
+        expected.append((next(streams), 500))
+        wire.request(expected[-1][0], "/raise-before")
+    too_large = next(streams)
+    wire.request(too_large, "/echo", "POST", b"x" * 200)  # past --limit-request-body
+    assert [wire.response(stream_id)[0] for stream_id, _ in expected] == \
+        [status for _, status in expected]
+    assert wire.response(too_large)[0] == 413
+    assert wait_for(lambda: total(samples(sock), "duckprefork_open_connections") == 1,
+                    what="the HTTP/2 connection open")
+    wire.close()
+    found = wait_requests(sock, 15)
+    assert total(found, "duckprefork_http_requests_total", http_request_method="GET",
+                 http_response_status_class="2xx") == 10
+    assert total(found, "duckprefork_http_requests_total", http_request_method="POST",
+                 http_response_status_class="2xx") == 3
+    assert total(found, "duckprefork_http_requests_total", http_request_method="GET",
+                 http_response_status_class="5xx") == 2
+    assert total(found, "http_server_request_duration_seconds_count") == 15
+    assert total(found, "http_server_request_duration_seconds_bucket", le="+Inf") == 15
+    assert total(found, "http_server_request_duration_seconds_sum") > 0
+    assert total(found, "duckprefork_http_request_body_bytes_total") == 30
+    assert total(found, "duckprefork_http_response_body_bytes_total") == \
+        10 * len(b"Hello, world!") + 3 * 10 + 2 * len(b"Internal Server Error\n")
+    assert total(found, "duckprefork_connections_total") >= 1
+    assert wait_for(lambda: total(samples(sock), "duckprefork_refused_requests_total",
+                                  reason="too_large") == 1, what="the 413 refusal")
+    assert wait_for(lambda: total(samples(sock), "http_server_active_requests") == 0,
+                    what="no request in flight")

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
-from duck_prefork.metrics import exposition, layout
+from duck_prefork.metrics import counters, exposition, layout
 from duck_prefork.metrics.counters import BUCKETS, RequestCounts
 from duck_prefork.metrics.gather import Gatherer, ListenerFigures, WorkerFacts, listen_queue
 from duck_prefork.metrics.layout import Area, CellWriter
@@ -40,6 +40,7 @@ def test_count_places_each_response_in_its_method_class_and_bucket():
     counts.count("GET", 200, 0.005, 0, 10)  # on a bound: that bucket (le is inclusive)
     counts.count("GET", 404, 0.0051, 3, 5)
     counts.count("BREW", 503, 11.0, 0, 0)  # a made-up method: _OTHER; past 10 s: +Inf only
+    counts.settle()
     assert counts.requests[0 * 5 + 1] == 1 and counts.requests[0 * 5 + 3] == 1
     assert counts.requests[7 * 5 + 4] == 1
     assert counts.durations[0] == 1 and counts.durations[1] == 1
@@ -316,19 +317,42 @@ def test_which_addresses_need_a_token():
     assert needs_token("metrics.example:9100")
 
 
-def test_the_millisecond_table_agrees_with_the_bounds():
-    from duck_prefork.metrics.counters import _BUCKET_BY_MS
+def test_runs_settle_to_the_same_tables_as_counting_one_by_one():
+    """count() keeps runs in native attributes; whatever the order, settle() leaves the tables
+    as a plain count of each response would (every bound, either side of it, all methods)."""
+    import random
 
-    for ms, bucket in enumerate(_BUCKET_BY_MS):
-        expected = next((i for i, bound in enumerate(BUCKETS) if ms / 1000 <= bound + 1e-9),
-                        len(BUCKETS))
-        assert bucket == expected, ms
+    durations = [-1.0, 0.0, *BUCKETS, *(bound + 1e-6 for bound in BUCKETS), 1e-4, 99.0]
+    responses = [(method, status, duration)
+                 for method in ("GET", "POST", "BREW", "HEAD")
+                 for status in (101, 200, 204, 302, 404, 500, 599, 600)
+                 for duration in durations]
+    random.Random(7).shuffle(responses)
+    responses += [("GET", 200, 0.001)] * 50  # a long run
+    expected_requests = [0] * len(counters.METHODS) * 5
+    expected_durations = [0] * (len(BUCKETS) + 1)
+    counts = RequestCounts()
+    for index, (method, status, duration) in enumerate(responses):
+        counts.count(method, status, duration, 1, 2)
+        group = min(max(status // 100 - 1, 0), 4) if 100 <= status < 600 else 4
+        method_index = counters.METHODS.index(method) if method in counters.METHODS else 7
+        expected_requests[method_index * 5 + group] += 1
+        expected_durations[next((i for i, bound in enumerate(BUCKETS) if duration <= bound),
+                                len(BUCKETS))] += 1
+        if index % 97 == 0:
+            counts.settle()  # a publish in the middle of a run
+    counts.settle()
+    counts.settle()  # twice: nothing counted twice
+    assert counts.requests == expected_requests
+    assert counts.durations == expected_durations
+    assert counts.body_in == len(responses) and counts.body_out == 2 * len(responses)
 
 
 def test_bucket_count_literal():
-    from duck_prefork.metrics.counters import N_BUCKETS
+    from duck_prefork.metrics.counters import _BOUNDS, N_BUCKETS
 
     assert N_BUCKETS == len(BUCKETS) + 1
+    assert _BOUNDS == list(BUCKETS)
 
 
 def test_the_scrape_server_bounds_each_connection(tmp_path):
