@@ -39,7 +39,14 @@ from mypy_extensions import mypyc_attr
 
 from ..logs import FailureLog, log, plural
 from ..metrics.counters import RequestCounts
-from ..net.stages import ConnectionFacts, StagedConnection, TransportProtocol
+from ..net.stages import (
+    H2,
+    ConnectionFacts,
+    StagedConnection,
+    TransportProtocol,
+    is_h2_preface,
+    switch_protocol,
+)
 from ..stream import Stream, StreamHandler, Waiter, http_date
 from .request_head import DEFAULT_LIMITS, Limits, ParseError
 from .stream import Http1Stream, date_header, encode_error
@@ -121,6 +128,11 @@ class ServerState:
         self.staging: set[StagedConnection] = set()  # still in their stages (net/stages.py)
         self.websockets: set = set()  # connections taken over by websocket.py
         self.http2_connections: set[Any] = set()  # http2.connection.Http2Connection
+        # --http2: the HTTP/2 protocol's factory, and whom cleartext HTTP/2 with prior
+        # knowledge is for (--forwarded-allow-ips: a proxy speaking h2c to its upstream); a
+        # trusted peer's HTTP/1.1 connection whose first bytes are the preface switches to it.
+        self.h2c: Callable[[], Any] | None = None
+        self.h2c_trusts: Callable[[tuple | None], bool] | None = None
         self.tasks: set[asyncio.Task] = set()
         self.pending_connects = 0  # accepted sockets whose connection is being set up
         self.draining = False  # stopping: the listeners are closed, idle connections close
@@ -294,7 +306,7 @@ class HttpConnection(FlowControlledProtocol):
     answers refused requests, and decides between the next request and closing."""
 
     __slots__ = ("state", "parser", "facts", "client", "server", "request", "idle_since",
-                 "head_started", "served", "input_done")
+                 "head_started", "served", "input_done", "sniffing", "sniffed")
 
     facts: ConnectionFacts  # set by take_over
 
@@ -313,6 +325,10 @@ class HttpConnection(FlowControlledProtocol):
         # (rather than pausing) lets the close be a FIN, not a reset that could destroy the
         # response in flight.
         self.input_done = False
+        # A trusted peer's plain connection, before its first bytes are known not to be the
+        # HTTP/2 preface (ServerState.h2c), and those bytes so far.
+        self.sniffing = False
+        self.sniffed = b""
 
     # asyncio callbacks
 
@@ -333,6 +349,9 @@ class HttpConnection(FlowControlledProtocol):
         state = self.state
         state.connections.add(self)
         self.idle_since = state.loop.time()
+        trusts = state.h2c_trusts
+        if trusts is not None and facts.tls is None and trusts(facts.client):
+            self.sniffing = True
         counts = state.counts
         if counts is not None:
             counts.connections += 1
@@ -343,9 +362,39 @@ class HttpConnection(FlowControlledProtocol):
         if self.input_done:
             return
         if self.request is None:
+            if self.sniffing:
+                data = self.sniff(data)
+                if not data:
+                    return
             self.head_started = True
         self.parser.feed(data)
         self.handle_events()
+
+    def sniff(self, data: bytes) -> bytes:
+        """A trusted peer's first bytes: the HTTP/2 preface (RFC 9113 3.3, prior knowledge)
+        switches the connection to HTTP/2; anything else is HTTP/1.1's, returned to be parsed
+        (b"": nothing for HTTP/1.1 yet, or ever)."""
+        data = self.sniffed + data
+        verdict = is_h2_preface(data)
+        if verdict is None:
+            self.sniffed = data
+            return b""
+        self.sniffing = False
+        self.sniffed = b""
+        if not verdict:
+            return data
+        state = self.state
+        successor = state.h2c
+        assert successor is not None
+        state.connections.discard(self)
+        counts = state.counts
+        if counts is not None:
+            counts.connections -= 1  # (the HTTP/2 connection counts itself)
+        self.input_done = True  # the transport is the HTTP/2 connection's from here
+        self.facts.protocol = H2
+        switch_protocol(self.transport, successor(), self.facts, data,
+                        write_paused=self.write_paused)
+        return b""
 
     def eof_received(self) -> bool:
         if self.input_done:

@@ -55,7 +55,6 @@ from .stream import Http2Stream
 if TYPE_CHECKING:
     from ..http1.connection import ServerState
 
-H2 = "h2"  # the ALPN name, and facts.protocol's
 
 # h2's configuration, the same for every connection: what arrives is validated by h2; what we
 # send we get right ourselves (stream.py), and split Cookie fields are joined in the one pass

@@ -34,8 +34,9 @@ Where the later pieces plug in, each one class here or beside the wire protocols
                          facts.tls and facts.protocol (ALPN), and finish(b"", transport=the TLS
                          transport); it forwards a connection_lost during the handshake to
                          StagedConnection.connection_lost
-  HTTP/2 prior knowledge a Stage (trusted peers): reads up to the 24-byte preface, sets
-                         facts.protocol "h2" when it is there, finish(everything it read)
+  HTTP/2 prior knowledge not a stage: the HTTP/1.1 connection of a trusted peer looks at
+                         its first bytes, and a 24-byte preface switches it to "h2" (so a
+                         plain listener keeps no stage, and a silent client still gets 408)
   HTTP/2                 the plan's protocols table gains "h2" (a Successor)
   an upstream's 101      a Successor that the HTTP side switches to with switch_protocol
 """
@@ -54,6 +55,18 @@ from ..logs import log
 
 # Wire protocols are named as ALPN names them (RFC 7301): "http/1.1", "h2".
 HTTP_1_1 = "http/1.1"
+H2 = "h2"
+
+# What a client speaking HTTP/2 with prior knowledge sends first (RFC 9113 3.4).
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def is_h2_preface(data: bytes) -> bool | None:
+    """True: `data` starts with the whole HTTP/2 preface; False: it cannot; None: too short to
+    say."""
+    if len(data) >= len(H2_PREFACE):
+        return data.startswith(H2_PREFACE)
+    return None if H2_PREFACE.startswith(data) else False
 
 # During a drain, a stage has at most this long (as a connection that has not yet sent its
 # first request head has), so that a drain does not wait on a connection stuck in a stage.

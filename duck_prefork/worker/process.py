@@ -44,16 +44,15 @@ from ..hooks import run_hook
 from ..http1.connection import HttpConnection, ServerState
 from ..http1.parser_h11 import H11Parser
 from ..http1.request_head import Limits
-from ..http2.connection import H2, connection_factory
+from ..http2.connection import connection_factory
 from ..http2.limits import Http2Limits
-from ..http2.prior_knowledge import PriorKnowledge
 from ..loader import AppLoadError, load_app
 from ..logs import log
 from ..metrics.counters import RequestCounts
 from ..metrics.layout import CellWriter
 from ..net.listeners import Listener
 from ..net.proxy_stage import ProxyProtocol
-from ..net.stages import HTTP_1_1, ConnectionPlan, StageFactory
+from ..net.stages import H2, HTTP_1_1, ConnectionPlan, StageFactory
 from ..tls.context import Certificates
 from ..tls.handshake import TlsServer
 from ..tls.redirect import RedirectToHttps
@@ -386,17 +385,14 @@ def connection_plans(config: Config, listeners: list[Listener], state: ServerSta
     """Which ConnectionPlan a listener's connections follow: with --proxy-protocol a TCP
     listener's starts with the PROXY header; then a TLS listener's has the handshake (ALPN
     then picks HTTP/2 or HTTP/1.1); with --redirect-https a plain TCP listener's has the
-    redirect (and no HTTP/1.1 request reaches the app); any other plain listener's, with
-    --http2, has the h2c prior-knowledge check (trusted peers only). A listener with none of
-    these goes straight to HTTP/1.1."""
+    redirect (and no HTTP/1.1 request reaches the app). A listener with none of these goes
+    straight to HTTP/1.1; with --http2, its HTTP/1.1 connections from trusted peers switch to
+    HTTP/2 when their first bytes are the prior-knowledge preface (ServerState.h2c)."""
     protocols: dict[str, Callable[[], Any]] = {HTTP_1_1: lambda: HttpConnection(state)}
-    prior_knowledge: StageFactory | None = None
     if config.http2:
-        protocols[H2] = connection_factory(state, http2_limits(config))
+        protocols[H2] = state.h2c = connection_factory(state, http2_limits(config))
         # (after a PROXY header the client it names is judged: a TCP proxy relays its bytes)
-        prior_knowledge = functools.partial(
-            PriorKnowledge, ProxyHeaders(config.forwarded_allow_ips).trusts,
-            config.header_timeout)
+        state.h2c_trusts = ProxyHeaders(config.forwarded_allow_ips).trusts
     tls_ports = [listener.socket.getsockname()[1] for listener in listeners
                  if listener.tls and listener.address.kind == "tcp"]
     redirect: StageFactory | None = None
@@ -414,8 +410,6 @@ def connection_plans(config: Config, listeners: list[Listener], state: ServerSta
             stages.append(tls.stage)
         elif redirect is not None and listener.address.kind == "tcp":
             stages.append(redirect)
-        elif prior_knowledge is not None:
-            stages.append(prior_knowledge)
         key = tuple(stages)
         if key not in plans:
             plans[key] = ConnectionPlan(stages, protocols, state)

@@ -155,7 +155,9 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    with running_servers([APP, "--workers", "1"],
+    # Judged as an untrusted client sees them: loopback, trusted by default, would get HTTP/2
+    # for the preface (prior knowledge) and have its forwarded headers believed.
+    with running_servers([APP, "--workers", "1", "--forwarded-allow-ips", "192.0.2.1"],
                          tmp_path_factory.mktemp("bad-requests")) as servers:
         for server in servers.values():
             server.initial_workers = sorted(server.worker_pids())

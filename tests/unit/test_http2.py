@@ -16,14 +16,14 @@ from hyperframe.frame import ContinuationFrame, HeadersFrame
 
 from duck_prefork.asgi.pipeline import ASGI
 from duck_prefork.errors import ParseError
-from duck_prefork.http1.connection import ServerState
+from duck_prefork.http1.connection import HttpConnection, ServerState
 from duck_prefork.http1.parser_h11 import H11Parser
 from duck_prefork.http1.request_head import DEFAULT_LIMITS, Limits
 from duck_prefork.http2.connection import Http2Connection
 from duck_prefork.http2.limits import HeaderBlockBuffer, Http2Limits, RateBudget
-from duck_prefork.http2.prior_knowledge import PREFACE, PriorKnowledge, is_preface
 from duck_prefork.http2.stream import Http2Stream
-from duck_prefork.net.stages import HTTP_1_1, ConnectionFacts, ConnectionPlan
+from duck_prefork.net.stages import H2_PREFACE as PREFACE
+from duck_prefork.net.stages import ConnectionFacts, is_h2_preface
 
 from .fakes import FakeTransport
 
@@ -77,15 +77,15 @@ def test_oversized_compressed_block_refused_as_it_arrives():
         frames_of(HeadersFrame(1, data=b"a" * 101))
 
 
-# --- the prior-knowledge stage --------------------------------------------------------------
+# --- prior knowledge: a trusted peer's HTTP/1.1 connection that starts with the preface ------
 
 
-def test_is_preface():
-    assert is_preface(PREFACE + b"rest") is True
-    assert is_preface(PREFACE[:10]) is None
-    assert is_preface(b"") is None
-    assert is_preface(b"GET / HTTP/1.1\r\n") is False
-    assert is_preface(b"PRI * HTTP/1.1\r\n\r\n" + b"x" * 10) is False
+def test_is_h2_preface():
+    assert is_h2_preface(PREFACE + b"rest") is True
+    assert is_h2_preface(PREFACE[:10]) is None
+    assert is_h2_preface(b"") is None
+    assert is_h2_preface(b"GET / HTTP/1.1\r\n") is False
+    assert is_h2_preface(b"PRI * HTTP/1.1\r\n\r\n" + b"x" * 10) is False
 
 
 class Peer10002(FakeTransport):
@@ -93,27 +93,14 @@ class Peer10002(FakeTransport):
         return {"peername": ("10.0.0.2", 5555), "sockname": ("127.0.0.1", 80)}.get(name, default)
 
 
-class Registry:
-    """The parts of ServerState a ConnectionPlan uses."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.staging: set = set()
-        self.draining = False
-
-    def check_drained(self) -> None:
-        pass
-
-
 class Recorder:
-    """A wire protocol that records what it was handed."""
+    """The HTTP/2 protocol's stand-in: records what it was handed."""
 
-    def __init__(self, name: str, log: list) -> None:
-        self.name = name
+    def __init__(self, log: list) -> None:
         self.log = log
 
     def take_over(self, transport, facts, read_paused, write_paused) -> None:
-        self.log.append((self.name, facts.protocol))
+        self.log.append(("h2", facts.protocol))
 
     def data_received(self, data: bytes) -> None:
         self.log.append(data)
@@ -123,33 +110,38 @@ def trusted_only(client) -> bool:
     return client is not None and client[0] == "10.0.0.2"
 
 
-@pytest.mark.parametrize("transport, pieces, handed", [
-    (FakeTransport, [PREFACE], [("http/1.1", "http/1.1"), PREFACE]),  # untrusted: no wait
-    (Peer10002, [PREFACE[:5], PREFACE[5:] + b"x"], [("h2", "h2"), PREFACE + b"x"]),
-    (Peer10002, [b"GET / HTTP/1.1\r\n"], [("http/1.1", "http/1.1"), b"GET / HTTP/1.1\r\n"]),
-    (Peer10002, [b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"],
-     [("http/1.1", "http/1.1"), b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"]),
-])
-def test_prior_knowledge_stage(transport, pieces, handed):
+async def sniffed(transport_class: type, pieces: list[bytes]) -> tuple[list, bytes, bool]:
+    """What the HTTP/2 side was handed, what HTTP/1.1 answered, and whether the connection is
+    still HTTP/1.1's."""
     log: list = []
-    registry = Registry()
-    plan = ConnectionPlan([lambda: PriorKnowledge(trusted_only, 10.0)],
-                          {HTTP_1_1: lambda: Recorder("http/1.1", log),
-                           "h2": lambda: Recorder("h2", log)}, registry)
-    staged = plan.protocol_factory()()
-    fake = transport()
-    fake.protocol = staged
-    staged.connection_made(fake)
-    if transport is FakeTransport:
-        assert log == [("http/1.1", "http/1.1")]  # decided at accept, before any byte
+    state = ServerState(None, ASGI(), lambda: H11Parser(Limits()), 5.0, timing=False)
+    state.h2c = lambda: Recorder(log)
+    state.h2c_trusts = trusted_only
+    connection = HttpConnection(state)
+    transport = transport_class()
+    transport.protocol = connection
+    connection.connection_made(transport)
     for piece in pieces:
-        fake.protocol.data_received(piece) if fake.protocol is staged else None
-        if log and log[0][0] == "h2" or len(log) > 1:
-            break
-    if transport is FakeTransport:
-        log.append(b"".join(pieces))  # (what the loop would now hand HTTP/1.1 directly)
+        transport.protocol.data_received(piece)
+    await asyncio.sleep(0)
+    return log, transport.take(), connection in state.connections
+
+
+@pytest.mark.parametrize("transport, pieces, handed, answered, http1", [
+    # a trusted peer's preface, in two pieces and with what follows: HTTP/2 gets it all
+    (Peer10002, [PREFACE[:5], PREFACE[5:] + b"x"], [("h2", "h2"), PREFACE + b"x"], b"", False),
+    # an untrusted peer's preface is an HTTP/1.1 request line, answered and closed
+    (FakeTransport, [PREFACE], [], b"HTTP/1.1 505 ", True),
+    # a trusted peer speaking HTTP/1.1: nothing waits
+    (Peer10002, [b"GET / HTTP/1.1\r\n"], [], b"", True),
+    (Peer10002, [b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"], [], b"HTTP/1.1 505 ", True),
+])
+def test_prior_knowledge_switches_only_a_trusted_peers_preface(transport, pieces, handed,
+                                                                answered, http1):
+    log, written, still_http1 = asyncio.run(sniffed(transport, pieces))
     assert log == handed
-    registry.loop.close()
+    assert written.startswith(answered)
+    assert still_http1 is http1
 
 
 # --- a stream's head ------------------------------------------------------------------------
