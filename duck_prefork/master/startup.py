@@ -109,36 +109,33 @@ def run_master(config: Config, reload_config: Callable[[], Config] | None = None
             except OSError as exc:
                 print(f"duck-prefork: error: --bind: {exc.strerror or exc}", file=sys.stderr)
                 return EXIT_CONFIG
-        tls_listeners = any(listener.tls for listener in listeners)
-        if tls_listeners and certificates is None:
-            print("duck-prefork: error: the TLS listeners need a certificate: --certfile or "
-                  "--cert", file=sys.stderr)
+
+        def refuse(message: str, *opened: AgentServer) -> int:
+            """One line naming the problem; what was opened is closed again; exit 1."""
+            print(f"duck-prefork: error: {message}", file=sys.stderr)
             for listener in listeners:
                 listener.close(unlink=not inherit)
+            for server in opened:
+                server.close()
             return EXIT_CONFIG
+
+        tls_listeners = any(listener.tls for listener in listeners)
+        if tls_listeners and certificates is None:
+            return refuse("the TLS listeners need a certificate: --certfile or --cert")
         agent = None
         if config.agent_bind:
             address = parse_bind(config.agent_bind)
             try:
                 agent = AgentServer.bind(address.host, address.port)
             except OSError as exc:
-                print(f"duck-prefork: error: --agent-bind {config.agent_bind}: "
-                      f"{exc.strerror or exc}", file=sys.stderr)
-                for listener in listeners:
-                    listener.close(unlink=not inherit)
-                return EXIT_CONFIG
+                return refuse(f"--agent-bind {config.agent_bind}: {exc.strerror or exc}")
         keeper = CertificateKeeper(config, certificates, time.monotonic(), tls_listeners)
         # The metrics area exists before the first fork (every worker inherits it); its
         # socket is bound here, so a path that cannot be served stops the start.
         try:
             metrics = Metrics.open(config, upgrade.metrics_part(inherit))
         except MetricsBindError as exc:
-            print(f"duck-prefork: error: {exc}", file=sys.stderr)
-            for listener in listeners:
-                listener.close(unlink=not inherit)
-            if agent is not None:
-                agent.close()
-            return EXIT_CONFIG
+            return refuse(str(exc), *([agent] if agent is not None else []))
         return Master(config, listeners, reload_config=reload_config,
                       preloaded_app=preloaded_app, argv=argv, inherited=inherited,
                       reexecuted=bool(inherit), certificates=keeper, agent=agent,
