@@ -219,6 +219,7 @@ def ss_queue(port: int) -> tuple[int, int] | None:
     return None
 
 
+@pytest.mark.skipif(shutil.which("ss") is None, reason="ss (iproute2) is not installed")
 def test_queue_depth_equals_ss_while_workers_are_stopped(start_server, short_dir):
     sock = str(short_dir / "m.sock")
     server = start(start_server, sock, "--workers", "2", "--backlog", "64")
