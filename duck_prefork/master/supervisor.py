@@ -175,8 +175,7 @@ class Master:
             for listener in self.listeners:
                 listener.close(unlink=True)
             if self.metrics is not None:
-                self.metrics.close(unlink=self.config.metrics_bind.removeprefix("unix:")
-                                   if self.config.metrics_bind.startswith("unix:") else "")
+                self.metrics.close(unlink=True)
             signal.set_wakeup_fd(-1)
             os.close(self._wakeup_r)
             os.close(self._wakeup_w)

@@ -117,11 +117,15 @@ class Metrics:
         self.server.close()
         self.area.close_fd()
 
-    def close(self, unlink: str = "") -> None:
+    def close(self, unlink: bool = False) -> None:
+        """Close the scrape socket and, with `unlink` (the master's stop, not a USR2 exec), remove
+        its path if it is a unix socket's."""
+        sock = self.server.sock
+        path = sock.getsockname() if unlink and sock.family == socket.AF_UNIX else ""
         self.server.close()
-        if unlink:
+        if path:
             try:
-                os.unlink(unlink)
+                os.unlink(path)
             except OSError:
                 pass
 
