@@ -46,3 +46,17 @@ class UpstreamFailure(Exception):
     def __init__(self, status: int, why: str) -> None:
         super().__init__(why)
         self.status = status
+
+
+class Http2ConnectionError(Exception):
+    """The client broke HTTP/2 (http2/machine.py): a GOAWAY with `code` is queued and the
+    connection must close."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class Http2StreamClosed(Exception):
+    """Something to send on an HTTP/2 stream that can take no more (reset, ended, unknown), or
+    on a connection that has ended (http2/machine.py)."""

@@ -1,10 +1,10 @@
-"""The HTTP/2 connection on h2: frames in, streams out, each stream served as a request.
+"""The HTTP/2 connection: frames in, streams out, each stream served as a request.
 
-h2 (H2Connection, server side, inbound headers validated) is the state machine; this is the
-thin adapter around it: bytes from the transport go to h2, its events are dispatched through a
-table to one method each, and what h2 has to send is written once per batch. A stream
-(stream.py) is started per request head and served by the worker's request handler (the ASGI
-pipeline), as an HTTP/1.1 request is; it never sees a frame.
+The protocol is the machine's (machine.py, sans-IO, compiled); this is the asyncio side of
+it: bytes from the transport go to the machine, its events are dispatched through a table to
+one method each, and what it queues is written once per batch. A stream (stream.py) is
+started per request head and served by the worker's request handler (the ASGI pipeline), as
+an HTTP/1.1 request is; it never sees a frame.
 
 Flow control both ways, tied to the app. Request bodies: a stream's window is reopened only as
 the app reads its body (Http2Stream.read_body -> acknowledge), so a client cannot make us
@@ -15,19 +15,19 @@ waits for WINDOW_UPDATE; the transport's own buffer adds the usual drain(). --se
 bounds both waits: a client that keeps its windows shut (or opens them a byte at a time) or
 stops reading is cut off (ServerState.tick -> check_timeouts).
 
-Attacks, each bounded by a limit (limits.py, the --http2-* options): concurrent streams (h2
-enforces SETTINGS_MAX_CONCURRENT_STREAMS; we also refuse a stream while as many of our tasks
+Attacks, each bounded by a limit (limits.py, the --http2-* options): concurrent streams (the
+machine enforces SETTINGS_MAX_CONCURRENT_STREAMS; we also refuse a stream while as many of our tasks
 still run on this connection, since a reset stream's task may not have ended yet), a reset
 budget (rapid reset: GOAWAY ENHANCE_YOUR_CALM), a control-frame budget (PING and SETTINGS
 floods: GOAWAY ENHANCE_YOUR_CALM; and reading stops while our outbound buffer is above its
 high-water mark, so that a client that does not read cannot make us queue replies), header
-blocks bounded before decoding (HeaderBlockBuffer) and after (hpack's max_header_list_size:
+blocks bounded as they arrive and while they are decoded (the machine: CONTINUATION floods,
 HPACK bombs), and a stream count per connection after which the connection is drained.
 
 Drain (TERM, HUP, recycle, or --http2-max-streams reached): a GOAWAY carrying the last stream
-id we took, written by hand because h2 refuses to send anything after its own GOAWAY; streams
-above it are refused (REFUSED_STREAM, the client may retry them elsewhere); the streams in
-flight finish, within --graceful-timeout; then h2's final GOAWAY and the close.
+id we took; streams above it are refused (REFUSED_STREAM, the client may retry them
+elsewhere); the streams in flight finish, within --graceful-timeout; then the final GOAWAY
+and the close.
 """
 
 from __future__ import annotations
@@ -36,33 +36,33 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
-from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame
-
-from ..errors import ParseError
+from ..errors import Http2ConnectionError, Http2StreamClosed, ParseError
 from ..http1.connection import FlowControlledProtocol
 from ..logs import log
 from ..net.stages import ConnectionFacts
 from ..stream import ClientDisconnected, Waiter, error_response
-from .limits import HeaderBlockBuffer, Http2Limits, RateBudget
+from .limits import Http2Limits, RateBudget
+from .machine import (
+    ENHANCE_YOUR_CALM,
+    INITIAL_WINDOW_SIZE,
+    INTERNAL_ERROR,
+    NO_ERROR,
+    REFUSED_STREAM,
+    ConnectionTerminated,
+    DataReceived,
+    Http2Machine,
+    PingReceived,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
 from .stream import Http2Stream
 
 if TYPE_CHECKING:
     from ..http1.connection import ServerState
 
-
-# h2's configuration, the same for every connection: what arrives is validated by h2; what we
-# send we get right ourselves (stream.py), and split Cookie fields are joined in the one pass
-# the stream makes over a head anyway: each saves h2 a generator per header.
-_CONFIG: Final = h2.config.H2Configuration(
-    client_side=False, header_encoding=None, validate_inbound_headers=True,
-    normalize_inbound_headers=False, validate_outbound_headers=False,
-    normalize_outbound_headers=False)
 
 # A send that has waited on the client's window restarts its --send-timeout clock only when one
 # opening of the window lets this much go (or all that was left): a client that opens its
@@ -73,7 +73,7 @@ STALL_PROGRESS: Final = 1024
 class Http2Connection(FlowControlledProtocol):
     """One HTTP/2 connection (see the module docstring)."""
 
-    __slots__ = ("state", "limits", "facts", "client", "server", "h2", "streams", "served",
+    __slots__ = ("state", "limits", "facts", "client", "server", "machine", "streams", "served",
                  "idle_since", "resets", "control", "goaway_id", "flush_pending", "drainers",
                  "_dispatch")
 
@@ -91,25 +91,20 @@ class Http2Connection(FlowControlledProtocol):
         self.goaway_id: int | None = None  # the last stream id of our first GOAWAY
         self.flush_pending = False
         self.drainers: list[asyncio.Future] = []  # streams waiting in drain()
-        conn = self.h2 = h2.connection.H2Connection(config=_CONFIG)
-        conn.local_settings = h2.settings.Settings(client=False, initial_values={
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window,
-        })
-        conn.decoder.max_header_list_size = limits.max_header_list_size
-        buffer = HeaderBlockBuffer(limits.max_continuation_frames, limits.max_header_list_size)
-        buffer.max_frame_size = conn.max_inbound_frame_size
-        conn.incoming_buffer = buffer
+        self.machine = Http2Machine(
+            max_concurrent_streams=limits.max_concurrent_streams,
+            max_header_list_size=limits.max_header_list_size,
+            stream_window=limits.stream_window, connection_window=limits.connection_window,
+            max_continuation_frames=limits.max_continuation_frames)
         self._dispatch: dict[type, Callable[[Any], None]] = {
-            h2.events.RequestReceived: self.on_request,
-            h2.events.DataReceived: self.on_data,
-            h2.events.StreamEnded: self.on_end,
-            h2.events.StreamReset: self.on_reset,
-            h2.events.WindowUpdated: self.on_window,
-            h2.events.RemoteSettingsChanged: self.on_settings,
-            h2.events.PingReceived: self.on_ping,
-            h2.events.ConnectionTerminated: self.on_goaway,
+            RequestReceived: self.on_request,
+            DataReceived: self.on_data,
+            TrailersReceived: self.on_trailers,
+            StreamReset: self.on_reset,
+            WindowUpdated: self.on_window,
+            RemoteSettingsChanged: self.on_settings,
+            PingReceived: self.on_ping,
+            ConnectionTerminated: self.on_goaway,
         }
 
     # asyncio callbacks
@@ -133,11 +128,7 @@ class Http2Connection(FlowControlledProtocol):
         counts = state.counts
         if counts is not None:
             counts.connections += 1
-        conn = self.h2
-        conn.initiate_connection()
-        extra = self.limits.connection_window - 65535
-        if extra > 0:
-            conn.increment_flow_control_window(extra)
+        self.machine.initiate_connection()
         self.flush()
         if state.draining:
             self.go_away()
@@ -148,9 +139,9 @@ class Http2Connection(FlowControlledProtocol):
         if self.closed:
             return
         try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            # h2 has queued its GOAWAY (with ENHANCE_YOUR_CALM for the limits it enforces).
+            events = self.machine.receive_data(data)
+        except Http2ConnectionError as exc:
+            # The machine has queued its GOAWAY (ENHANCE_YOUR_CALM for the limits it enforces).
             log.debug("HTTP/2 connection from %s: %s; closing it", self.client, exc)
             self.end(None)
             return
@@ -165,7 +156,7 @@ class Http2Connection(FlowControlledProtocol):
         except Exception:  # a bug: this connection ends, the worker goes on
             log.exception("HTTP/2 connection from %s: handling a frame failed; closing it",
                           self.client)
-            self.end(ErrorCodes.INTERNAL_ERROR)
+            self.end(INTERNAL_ERROR)
             return
         self.flush()
 
@@ -203,18 +194,18 @@ class Http2Connection(FlowControlledProtocol):
         super().resume_writing()
         self.resume_reading()
 
-    # h2 events
+    # the machine's events
 
-    def on_request(self, event: h2.events.RequestReceived) -> None:
+    def on_request(self, event: RequestReceived) -> None:
         stream_id = event.stream_id
         state = self.state
         if self.goaway_id is not None and stream_id > self.goaway_id:
-            self.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)  # after our GOAWAY
+            self.reset_stream(stream_id, REFUSED_STREAM)  # after our GOAWAY
             return
         if len(self.streams) >= self.limits.max_concurrent_streams:
-            # h2 counts open streams; a reset stream's task may still run: refuse, and count
+            # The machine counts open streams; a reset stream's task may still run: refuse, and count
             # it against the reset budget (a client resetting and reopening at speed).
-            self.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            self.reset_stream(stream_id, REFUSED_STREAM)
             self.spend_reset()
             return
         try:
@@ -226,7 +217,9 @@ class Http2Connection(FlowControlledProtocol):
             state.refused_busy += 1
             self.answer(stream_id, 503)
             return
-        if stream.content_length is None and event.stream_ended is None:
+        if event.stream_ended:
+            stream.body_complete = True
+        elif stream.content_length is None:
             stream.chunked = True  # a body follows, its length unknown
         if state.timing:
             stream.start_time = state.clock()
@@ -241,17 +234,17 @@ class Http2Connection(FlowControlledProtocol):
             # opens its next one elsewhere, or here on a new connection while we still accept.
             self.go_away()
 
-    def on_data(self, event: h2.events.DataReceived) -> None:
+    def on_data(self, event: DataReceived) -> None:
         stream = self.streams.get(event.stream_id)
         length = event.flow_controlled_length
         if stream is None or stream.response_complete:
             if length:  # nobody will read it: give the window back at once
-                self.h2.acknowledge_received_data(length, event.stream_id)
+                self.machine.acknowledge_received_data(length, event.stream_id)
             return
         stream.body_received += len(event.data)
         body_limit = self.state.limits.body
         if body_limit and stream.body_received > body_limit:
-            self.h2.acknowledge_received_data(length, event.stream_id)
+            self.machine.acknowledge_received_data(length, event.stream_id)
             if stream.response_started:
                 self.reset(stream)
             else:
@@ -259,20 +252,24 @@ class Http2Connection(FlowControlledProtocol):
                 self.answer(event.stream_id, 413)
             return
         stream.feed_body(event.data, length)
+        if event.stream_ended:
+            stream.feed_end()
 
-    def on_end(self, event: h2.events.StreamEnded) -> None:
+    def on_trailers(self, event: TrailersReceived) -> None:
+        """The request's trailers end its body (not passed to the app: ASGI has no request
+        trailers)."""
         stream = self.streams.get(event.stream_id)
         if stream is not None:
             stream.feed_end()
 
-    def on_reset(self, event: h2.events.StreamReset) -> None:
+    def on_reset(self, event: StreamReset) -> None:
         stream = self.streams.get(event.stream_id)
         if stream is not None:
             stream.feed_disconnect()
         if event.remote_reset:
             self.spend_reset()
 
-    def on_window(self, event: h2.events.WindowUpdated) -> None:
+    def on_window(self, event: WindowUpdated) -> None:
         if event.stream_id:
             stream = self.streams.get(event.stream_id)
             if stream is not None and stream.window_waiter is not None:
@@ -280,19 +277,19 @@ class Http2Connection(FlowControlledProtocol):
         else:
             self.wake_windows()
 
-    def on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
+    def on_settings(self, event: RemoteSettingsChanged) -> None:
         if not self.control.spend(self.state.loop.time()):
             self.calm("SETTINGS flood")
             return
-        if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+        if INITIAL_WINDOW_SIZE in event.changed_settings:
             self.wake_windows()
 
-    def on_ping(self, event: h2.events.PingReceived) -> None:
+    def on_ping(self, event: PingReceived) -> None:
         if not self.control.spend(self.state.loop.time()):
             self.calm("PING flood")
 
-    def on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
-        # h2 will send nothing after the client's GOAWAY: what is in flight cannot finish.
+    def on_goaway(self, event: ConnectionTerminated) -> None:
+        # Nothing is sent after the client's GOAWAY: what is in flight cannot finish.
         self.end(None)
 
     # decisions on the budgets
@@ -304,7 +301,7 @@ class Http2Connection(FlowControlledProtocol):
     def calm(self, why: str) -> None:
         """A client abusing the protocol: GOAWAY ENHANCE_YOUR_CALM, and close."""
         log.info("HTTP/2 connection from %s: %s: GOAWAY ENHANCE_YOUR_CALM", self.client, why)
-        self.end(ErrorCodes.ENHANCE_YOUR_CALM)
+        self.end(ENHANCE_YOUR_CALM)
 
     # writing, for the streams
 
@@ -314,15 +311,15 @@ class Http2Connection(FlowControlledProtocol):
             counts.send_timed_out()
 
     def flush(self) -> None:
-        """Write what h2 has to send."""
+        """Write what the machine has queued."""
         self.flush_pending = False
         if not self.closed:
-            data = self.h2.data_to_send()
+            data = self.machine.data_to_send()
             if data:
                 self.transport.write(data)
 
     def schedule_flush(self) -> None:
-        """Write what h2 has to send at the end of this loop iteration: the frames of the
+        """Write what the machine has queued at the end of this loop iteration: the frames of the
         streams served in one iteration go out in one write."""
         if not self.flush_pending:
             self.flush_pending = True
@@ -330,8 +327,8 @@ class Http2Connection(FlowControlledProtocol):
 
     def send_headers(self, stream: Http2Stream, fields: list, end: bool) -> None:
         try:
-            self.h2.send_headers(stream.stream_id, fields, end_stream=end)
-        except h2.exceptions.ProtocolError as exc:  # the stream is gone (reset, closed)
+            self.machine.send_headers(stream.stream_id, fields, end)
+        except Http2StreamClosed as exc:  # the stream is gone (reset, closed)
             stream.feed_disconnect()
             raise ClientDisconnected(str(exc)) from None
         if end:
@@ -352,14 +349,14 @@ class Http2Connection(FlowControlledProtocol):
 
     def _push(self, stream: Http2Stream, data: bytes, end: bool) -> bytes | None:
         """Send what the windows allow of `data`; the rest, or None when all of it went."""
-        conn = self.h2
+        conn = self.machine
         stream_id = stream.stream_id
         try:
             size = len(data)
             window = conn.local_flow_control_window(stream_id)
             if size <= window:
                 if size <= conn.max_outbound_frame_size:
-                    conn.send_data(stream_id, data, end_stream=end)
+                    conn.send_data(stream_id, data, end)
                 else:
                     self._send_frames(stream_id, data, end)
                 if end:
@@ -369,15 +366,16 @@ class Http2Connection(FlowControlledProtocol):
                 self._send_frames(stream_id, data[:window], False)
                 data = data[window:]
             return data
-        except h2.exceptions.ProtocolError as exc:  # reset or closed meanwhile
+        except Http2StreamClosed as exc:  # reset or closed meanwhile
             stream.feed_disconnect()
             raise ClientDisconnected(str(exc)) from None
 
     def _send_frames(self, stream_id: int, data: bytes, end: bool) -> None:
-        step = self.h2.max_outbound_frame_size
+        conn = self.machine
+        step = conn.max_outbound_frame_size
         last = len(data) - step
         for at in range(0, len(data), step):
-            self.h2.send_data(stream_id, data[at:at + step], end_stream=end and at >= last)
+            conn.send_data(stream_id, data[at:at + step], end and at >= last)
 
     async def _send_rest(self, stream: Http2Stream, data: bytes | None, end: bool) -> None:
         """The rest of a send that the client's window stopped, sent as WINDOW_UPDATEs open
@@ -412,23 +410,20 @@ class Http2Connection(FlowControlledProtocol):
         if not stream.body_complete and not stream.disconnected:
             # The app answered without reading the whole body: tell the client to stop
             # sending it (RFC 9113 8.1).
-            self.reset_stream(stream.stream_id, ErrorCodes.NO_ERROR)
+            self.reset_stream(stream.stream_id, NO_ERROR)
 
     def reset_stream(self, stream_id: int, code: int) -> None:
         """RST_STREAM, unless the stream has closed meanwhile (a reset from the client later
         in the same batch of frames, say)."""
         try:
-            self.h2.reset_stream(stream_id, code)
-        except h2.exceptions.ProtocolError:
+            self.machine.reset_stream(stream_id, code)
+        except Http2StreamClosed:
             pass
 
     def acknowledge(self, stream: Http2Stream, size: int) -> None:
         """The app has read `size` flow-controlled bytes of the stream's body."""
         if not self.closed and not stream.closed:
-            try:
-                self.h2.acknowledge_received_data(size, stream.stream_id)
-            except h2.exceptions.ProtocolError:
-                return
+            self.machine.acknowledge_received_data(size, stream.stream_id)
             self.schedule_flush()
 
     def wake_windows(self) -> None:
@@ -439,7 +434,7 @@ class Http2Connection(FlowControlledProtocol):
     def reset(self, stream: Http2Stream) -> None:
         """End a stream at once (RST_STREAM INTERNAL_ERROR unless it has already ended)."""
         if not stream.closed and not self.closed:
-            self.reset_stream(stream.stream_id, ErrorCodes.INTERNAL_ERROR)
+            self.reset_stream(stream.stream_id, INTERNAL_ERROR)
             self.schedule_flush()
         stream.feed_disconnect()
 
@@ -451,18 +446,17 @@ class Http2Connection(FlowControlledProtocol):
         headers, body = error_response(status)
         fields = [(b":status", b"%d" % status), *(h for h in headers if h[0] != b"connection"),
                   (b"content-length", b"%d" % len(body)), (b"date", self.state.date)]
-        conn = self.h2
+        conn = self.machine
         try:
             if conn.local_flow_control_window(stream_id) >= len(body):
                 conn.send_headers(stream_id, fields)
-                conn.send_data(stream_id, body, end_stream=True)
+                conn.send_data(stream_id, body, True)
             else:
                 fields[-2] = (b"content-length", b"0")
-                conn.send_headers(stream_id, fields, end_stream=True)
-            stream = conn.streams.get(stream_id)
-            if stream is not None and not stream.closed:
-                conn.reset_stream(stream_id, ErrorCodes.NO_ERROR)  # the body: not wanted
-        except h2.exceptions.ProtocolError:
+                conn.send_headers(stream_id, fields, True)
+            if stream_id in conn.streams:
+                conn.reset_stream(stream_id, NO_ERROR)  # its body: not wanted
+        except Http2StreamClosed:
             pass
 
     def stream_released(self, stream: Http2Stream) -> None:
@@ -475,7 +469,7 @@ class Http2Connection(FlowControlledProtocol):
         if not self.streams:
             self.idle_since = self.state.loop.time()
             if self.goaway_id is not None:
-                self.end(ErrorCodes.NO_ERROR)  # drained: the final GOAWAY, and the close
+                self.end(NO_ERROR)  # drained: the final GOAWAY, and the close
 
     # the end
 
@@ -483,23 +477,20 @@ class Http2Connection(FlowControlledProtocol):
         """Drain: a GOAWAY with the last stream id taken; the streams in flight go on."""
         if self.goaway_id is not None or self.closed:
             return
-        self.goaway_id = last = self.h2.highest_inbound_stream_id
-        self.flush()  # what h2 has queued goes first
-        self.transport.write(GoAwayFrame(stream_id=0, last_stream_id=last,
-                                         error_code=ErrorCodes.NO_ERROR).serialize())
+        self.goaway_id = last = self.machine.highest_inbound_stream_id
+        self.machine.send_goaway(last)
+        self.flush()
         if not self.streams:
-            self.end(ErrorCodes.NO_ERROR)
+            self.end(NO_ERROR)
 
     def end(self, error: int | None) -> None:
-        """Close the connection; with `error`, after h2's GOAWAY with that code (None: h2 has
-        already queued its own, or will send nothing more)."""
+        """Close the connection; with `error`, after a final GOAWAY with that code (None: the
+        machine has already queued its own, or will send nothing more)."""
         if self.closed:
             return
         if error is not None:
-            try:
-                self.h2.close_connection(error, last_stream_id=self.goaway_id)
-            except h2.exceptions.ProtocolError:
-                pass  # h2 is already closed
+            last = self.goaway_id
+            self.machine.close_connection(error, -1 if last is None else last)
         self.flush()
         for stream in list(self.streams.values()):
             stream.feed_disconnect()
@@ -531,7 +522,7 @@ class Http2Connection(FlowControlledProtocol):
             limit = min(limit, 1.0) if limit else 1.0
         if limit and now - idle_since >= limit:
             self.go_away()
-            self.end(ErrorCodes.NO_ERROR)
+            self.end(NO_ERROR)
 
 
 def connection_factory(state: ServerState, limits: Http2Limits) -> Any:
