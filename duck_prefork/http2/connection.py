@@ -203,8 +203,8 @@ class Http2Connection(FlowControlledProtocol):
             self.reset_stream(stream_id, REFUSED_STREAM)  # after our GOAWAY
             return
         if len(self.streams) >= self.limits.max_concurrent_streams:
-            # The machine counts open streams; a reset stream's task may still run: refuse, and count
-            # it against the reset budget (a client resetting and reopening at speed).
+            # The machine counts open streams; a reset stream's task may still run: refuse,
+            # and count it against the reset budget (a client resetting and reopening at speed).
             self.reset_stream(stream_id, REFUSED_STREAM)
             self.spend_reset()
             return

@@ -11,8 +11,6 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
-from h2.exceptions import DenialOfServiceError
-from hyperframe.frame import ContinuationFrame, HeadersFrame
 
 from duck_prefork.asgi.pipeline import ASGI
 from duck_prefork.errors import ParseError
@@ -20,7 +18,7 @@ from duck_prefork.http1.connection import HttpConnection, ServerState
 from duck_prefork.http1.parser_h11 import H11Parser
 from duck_prefork.http1.request_head import DEFAULT_LIMITS, Limits
 from duck_prefork.http2.connection import Http2Connection
-from duck_prefork.http2.limits import HeaderBlockBuffer, Http2Limits, RateBudget
+from duck_prefork.http2.limits import Http2Limits, RateBudget
 from duck_prefork.http2.stream import Http2Stream
 from duck_prefork.net.stages import H2_PREFACE as PREFACE
 from duck_prefork.net.stages import ConnectionFacts, is_h2_preface
@@ -45,36 +43,6 @@ def test_rate_budget_allows_a_burst_then_refills_with_time():
 def test_rate_budget_zero_is_no_limit():
     budget = RateBudget(0, now=0.0)
     assert all(budget.spend(0.0) for _ in range(10000))
-
-
-# --- header blocks --------------------------------------------------------------------------
-
-
-def frames_of(*frames) -> list:
-    buffer = HeaderBlockBuffer(max_frames=3, max_size=100)
-    buffer.max_frame_size = 16384
-    buffer.add_data(PREFACE + b"".join(frame.serialize() for frame in frames))
-    return list(buffer)
-
-
-def test_header_block_within_bounds_is_joined():
-    (frame,) = frames_of(HeadersFrame(1, data=b"a" * 10),
-                         *[ContinuationFrame(1, data=b"b" * 10) for _ in range(2)],
-                         ContinuationFrame(1, data=b"c", flags=["END_HEADERS"]))
-    assert frame.data == b"a" * 10 + b"b" * 20 + b"c"
-
-
-def test_too_many_continuations_refused_before_the_block_ends():
-    with pytest.raises(DenialOfServiceError, match="CONTINUATION"):
-        frames_of(HeadersFrame(1, data=b"a"), *[ContinuationFrame(1, data=b"b")
-                                                for _ in range(4)])
-
-
-def test_oversized_compressed_block_refused_as_it_arrives():
-    with pytest.raises(DenialOfServiceError, match="bytes"):
-        frames_of(HeadersFrame(1, data=b"a" * 60), ContinuationFrame(1, data=b"b" * 60))
-    with pytest.raises(DenialOfServiceError, match="bytes"):
-        frames_of(HeadersFrame(1, data=b"a" * 101))
 
 
 # --- prior knowledge: a trusted peer's HTTP/1.1 connection that starts with the preface ------
@@ -147,30 +115,17 @@ def test_prior_knowledge_switches_only_a_trusted_peers_preface(transport, pieces
 # --- a stream's head ------------------------------------------------------------------------
 
 
-class Facts:
-    scheme = "http"
-    extensions = None
-
-
-class State:
-    def __init__(self, limits: Limits) -> None:
-        self.limits = limits
-
-
-class Owner:
-    """The parts of Http2Connection a stream's head reads."""
-
-    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
-        self.client = ("10.0.0.1", 1)
-        self.server = ("127.0.0.1", 80)
-        self.facts = Facts()
-        self.state = State(limits)
-
-
 def head(path=b"/", extra=(), method=b"GET", limits=DEFAULT_LIMITS) -> Http2Stream:
-    fields = [(b":method", method), (b":scheme", b"http"), (b":authority", b"example.com"),
-              (b":path", path), *extra]
-    return Http2Stream(Owner(limits), 1, fields)  # type: ignore[arg-type]
+    """A stream of a real connection (the compiled stream takes nothing else)."""
+    async def make() -> Http2Stream:
+        state = ServerState(None, ASGI(), lambda: H11Parser(limits), 5.0, timing=False,
+                            limits=limits)
+        connection = Http2Connection(state, Http2Limits())
+        connection.facts = ConnectionFacts(("10.0.0.1", 1), ("127.0.0.1", 80))
+        fields = [(b":method", method), (b":scheme", b"http"), (b":authority", b"example.com"),
+                  (b":path", path), *extra]
+        return Http2Stream(connection, 1, fields)
+    return asyncio.run(make())
 
 
 def test_head_fields_host_and_cookies():
