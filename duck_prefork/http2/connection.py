@@ -74,7 +74,8 @@ class Http2Connection(FlowControlledProtocol):
     """One HTTP/2 connection (see the module docstring)."""
 
     __slots__ = ("state", "limits", "facts", "client", "server", "machine", "streams", "served",
-                 "idle_since", "resets", "control", "goaway_id", "flush_pending", "drainers",
+                 "idle_since", "head_since", "resets", "control", "goaway_id", "flush_pending",
+                 "drainers",
                  "_dispatch")
 
     facts: ConnectionFacts
@@ -88,6 +89,7 @@ class Http2Connection(FlowControlledProtocol):
         self.streams: dict[int, Http2Stream] = {}  # until release(): the tasks still running
         self.served = 0
         self.idle_since: float | None = None
+        self.head_since: float | None = None  # a header block began arriving at, unfinished
         self.goaway_id: int | None = None  # the last stream id of our first GOAWAY
         self.flush_pending = False
         self.drainers: list[asyncio.Future] = []  # streams waiting in drain()
@@ -158,6 +160,11 @@ class Http2Connection(FlowControlledProtocol):
                           self.client)
             self.end(INTERNAL_ERROR)
             return
+        if self.machine.receiving_headers():
+            if self.head_since is None:
+                self.head_since = self.state.loop.time()
+        else:
+            self.head_since = None
         self.flush()
 
     def eof_received(self) -> bool:
@@ -505,6 +512,13 @@ class Http2Connection(FlowControlledProtocol):
                           self.client, state.send_timeout)
                 self.count_send_timeout()
                 self.abort()
+            return
+        head_since = self.head_since
+        if head_since is not None and state.header_timeout \
+                and now - head_since >= state.header_timeout:
+            # A slow header block holds the whole connection (nothing else may come between
+            # its frames): bounded as an HTTP/1.1 head is, whatever the other streams do.
+            self.calm(f"a header block took more than {state.header_timeout:g} s")
             return
         send_timeout = state.send_timeout
         if send_timeout:

@@ -312,6 +312,15 @@ class Http2Machine:
         self._buffer = buffer[pos:] if pos < end else b""
         return events
 
+    def receiving_headers(self) -> bool:
+        """Whether a header block has begun and not ended: a HEADERS frame in part, or a
+        block waiting for its CONTINUATION frames (the connection bounds how long by
+        --header-timeout, whatever its other streams do)."""
+        if self._block_stream:
+            return True
+        buffer = self._buffer
+        return len(buffer) >= 4 and (buffer[3] == HEADERS or buffer[3] == CONTINUATION)
+
     def frame(self, kind: int, flags: int, stream_id: int, payload: bytes,
               events: list[Event]) -> None:
         """One frame. A chain of tests rather than a table of methods: compiled, a test is a

@@ -134,3 +134,16 @@ def test_one_byte_window(target):
         assert goaway.error_code == ENHANCE_YOUR_CALM
     assert wire.closed_within(DEADLINE)
     wire.close()
+
+
+def test_slow_header_block_beside_an_active_stream(start_server):
+    """A HEADERS frame whose CONTINUATION never comes holds the whole connection (nothing may
+    come between a block's frames); a stream in flight keeps the connection from being idle,
+    so --header-timeout bounds the block by itself."""
+    server = start_server(APP, "--workers", "1", "--header-timeout", "1", bind="127.0.0.1:0")
+    wire = H2Wire(server.port)
+    wire.send_frames(wire.headers(1, "/slow?delay=5"))  # in flight meanwhile
+    wire.ping()  # the SETTINGS exchanged: the wire sends nothing more of its own
+    wire.send_frames(wire.headers(3, "/", end_headers=False))
+    ends(wire, server, (ENHANCE_YOUR_CALM,))
+    assert "a header block took more than 1 s" in server.log()

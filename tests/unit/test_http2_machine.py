@@ -404,6 +404,19 @@ def test_connection_errors_end_in_goaway(why, data, code):
     assert server.closed and server.receive_data(b"more") == []
 
 
+def test_a_header_block_in_progress_is_known():
+    server = ours()
+    data = started(HeadersFrame(1, data=block(GET)))  # no END_HEADERS
+    server.receive_data(data[:-5])
+    assert server.receiving_headers()  # the HEADERS frame in part
+    server.receive_data(data[-5:])
+    assert server.receiving_headers()  # whole, its block waiting for CONTINUATION
+    server.receive_data(ContinuationFrame(1, data=b"", flags=["END_HEADERS"]).serialize())
+    assert not server.receiving_headers()
+    server.receive_data(DataFrame(1, data=b"x" * 100).serialize()[:50])
+    assert not server.receiving_headers()  # a DATA frame in part is not a head
+
+
 def test_connection_errors_split_anywhere():
     for why, data, code in CONNECTION_ERRORS:
         server = ours()
