@@ -94,7 +94,13 @@ _HEAD: Final = struct.Struct(">BHBBI")  # a frame header: length (24 bits), type
 # Request fields HTTP/2 forbids (RFC 9113 8.2.2); TE is allowed with "trailers" only.
 _CONNECTION_SPECIFIC: Final = frozenset((b"connection", b"keep-alive", b"proxy-connection",
                                          b"transfer-encoding", b"upgrade"))
-_PSEUDO: Final = frozenset((b":method", b":scheme", b":authority", b":path", b":protocol"))
+_METHOD: Final = 1
+_SCHEME: Final = 2
+_AUTHORITY: Final = 4
+_PATH: Final = 8
+_PROTOCOL: Final = 16
+_PSEUDO_BITS: Final = {b":method": _METHOD, b":scheme": _SCHEME, b":authority": _AUTHORITY,
+                       b":path": _PATH, b":protocol": _PROTOCOL}
 # The bytes a field name may hold (RFC 9110 tchar, lowercase only: RFC 9113 8.2.1).
 _TOKEN_LOWER: Final = bytes(sorted(set(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")))
 # Field names found valid so far (bounded): a client sends the same few names on every stream.
@@ -461,7 +467,7 @@ class Http2Machine:
         """The request's Content-Length (-1: none), or _MALFORMED (RFC 9113 8.1.1, 8.2, 8.3;
         RFC 8441 4)."""
         method = scheme = path = authority = protocol = host = b""
-        seen: set[bytes] = set()
+        seen = 0  # the pseudo-headers met, one bit each
         regular = False
         length = -1
         for name, value in headers:
@@ -471,16 +477,17 @@ class Http2Machine:
             if 0 in value or 10 in value or 13 in value:
                 return _MALFORMED
             if name and name[0] == 58:  # b":"
-                if regular or name not in _PSEUDO or name in seen:
+                bit = _PSEUDO_BITS.get(name, 0)
+                if regular or not bit or seen & bit:
                     return _MALFORMED
-                seen.add(name)
-                if name == b":method":
+                seen |= bit
+                if bit == _METHOD:
                     method = value
-                elif name == b":path":
+                elif bit == _PATH:
                     path = value
-                elif name == b":scheme":
+                elif bit == _SCHEME:
                     scheme = value
-                elif name == b":authority":
+                elif bit == _AUTHORITY:
                     authority = value
                 else:
                     protocol = value
@@ -507,10 +514,10 @@ class Http2Machine:
                 host = value
         if not method:
             return _MALFORMED
-        if method == b"CONNECT" and b":protocol" not in seen:
-            if b":scheme" in seen or b":path" in seen or not authority:
+        if method == b"CONNECT" and not seen & _PROTOCOL:
+            if seen & (_SCHEME | _PATH) or not authority:
                 return _MALFORMED
-        elif b":protocol" in seen:
+        elif seen & _PROTOCOL:
             if method != b"CONNECT" or not self.connect_protocol or not protocol \
                     or not scheme or not path or not authority:
                 return _MALFORMED
