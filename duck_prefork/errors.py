@@ -46,3 +46,13 @@ class UpstreamFailure(Exception):
     def __init__(self, status: int, why: str) -> None:
         super().__init__(why)
         self.status = status
+
+
+class HpackError(Exception):
+    """A header block HPACK cannot decode (http2/hpack.py): a COMPRESSION_ERROR, which ends
+    the connection (RFC 9113 4.3: the decoder's table can no longer be trusted)."""
+
+
+class HeaderListTooLarge(HpackError):
+    """A header block whose decoded fields passed max_header_list_size (RFC 9113 6.5.2),
+    refused as the fields are decoded, so that an HPACK bomb stops at the bound."""
