@@ -30,7 +30,9 @@ evicted value is not kept alive), which keeps eviction O(1) amortised.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
+
+from mypy_extensions import i64
 
 from ..errors import HeaderListTooLarge, HpackError
 
@@ -62,15 +64,21 @@ _STATIC_TABLE: Final[tuple[tuple[bytes, bytes], ...]] = (
     (b'www-authenticate', b''),  # 61
 )
 _STATIC_COUNT: Final = 61
+# Fields are kept and handed on as the tuple objects they are, typed Any: mypyc would unbox a
+# tuple[bytes, bytes] into a C struct and box a new tuple at every use (a dict key, a list
+# item). A decoded indexed field is the table's own tuple: no allocation.
+_STATIC: Final[list[Any]] = list(_STATIC_TABLE)  # index 1 at 0
+# RFC 7541 4.1: an entry takes its name, its value and 32 bytes (as does a field in the
+# header list size, RFC 9113 6.5.2).
+_ENTRY_OVERHEAD: Final = 32
+_STATIC_SIZES: Final[list[int]] = [len(n) + len(v) + _ENTRY_OVERHEAD for n, v in _STATIC_TABLE]
 # The first static index of each field and of each name, for the encoder.
-_STATIC_FIELDS: Final[dict[tuple[bytes, bytes], int]] = {}
+_STATIC_FIELDS: Final[dict[Any, int]] = {}
 _STATIC_NAMES: Final[dict[bytes, int]] = {}
 for _index, _field in enumerate(_STATIC_TABLE, 1):
     _STATIC_FIELDS.setdefault(_field, _index)
     _STATIC_NAMES.setdefault(_field[0], _index)
 
-# RFC 7541 4.1: an entry takes its name, its value and 32 bytes.
-_ENTRY_OVERHEAD: Final = 32
 # Integers above this are refused (RFC 7541 5.1 lets a decoder bound them; sizes and indexes
 # past it are attacks), and so are more continuation bytes than this, even of zeros.
 _MAX_INTEGER: Final = (1 << 31) - 1
@@ -78,10 +86,11 @@ _MAX_CONTINUATION_BYTES: Final = 6
 # The dynamic table our encoder uses at most, whatever the peer allows: each connection keeps
 # one, and 4096 bytes hold every field a response repeats.
 _ENCODER_TABLE_LIMIT: Final = 4096
-# Evicted slots at the front of a table's list are deleted once there are this many (and they
+# Evicted slots at the front of a table's lists are deleted once there are this many (and they
 # are half the list): one list shift per batch rather than one per eviction.
 _COMPACT_AFTER: Final = 32
-_EVICTED: Final[tuple[bytes, bytes]] = (b"", b"")
+# "No limit" for the header list size.
+_UNLIMITED: Final = 1 << 62
 
 # RFC 7541 Appendix B: (code, bit length) of symbols 0-255 and EOS (256).
 _HUFFMAN_CODES: Final[tuple[tuple[int, int], ...]] = (
@@ -207,14 +216,14 @@ def _huffman_steps() -> list[int]:
 _HUFFMAN_STEPS: Final = _huffman_steps()
 
 
-def _huffman_decode(data: bytes, start: int, stop: int) -> bytes:
+def _huffman_decode(data: bytes, start: i64, stop: i64) -> bytes:
     """data[start:stop] Huffman-decoded; HpackError for EOS inside or bad padding."""
     steps = _HUFFMAN_STEPS
     out: list[int] = []
-    step = _ACCEPTS  # the empty string is valid
-    state = 0
+    step: i64 = _ACCEPTS  # the empty string is valid
+    state: i64 = 0
     for i in range(start, stop):
-        byte = data[i]
+        byte: i64 = data[i]
         step = steps[state | (byte >> 4)]
         if step < 0:
             raise HpackError("a Huffman string contains EOS")
@@ -232,21 +241,21 @@ def _huffman_decode(data: bytes, start: int, stop: int) -> bytes:
     return bytes(out)
 
 
-def _decode_integer(data: bytes, pos: int, mask: int) -> tuple[int, int]:
+def _decode_integer(data: bytes, pos: i64, mask: i64) -> tuple[i64, i64]:
     """(value, position after it) of the integer at data[pos] whose prefix is the bits in
     `mask` (RFC 7541 5.1)."""
-    end = len(data)
+    end: i64 = len(data)
     if pos >= end:
         raise HpackError("a header block ends inside a field")
-    value = data[pos] & mask
+    value: i64 = data[pos] & mask
     pos += 1
     if value < mask:
         return value, pos
-    shift = 0
+    shift: i64 = 0
     while True:
         if pos >= end:
             raise HpackError("a header block ends inside an integer")
-        byte = data[pos]
+        byte: i64 = data[pos]
         pos += 1
         value += (byte & 0x7F) << shift
         if not byte & 0x80:
@@ -259,14 +268,15 @@ def _decode_integer(data: bytes, pos: int, mask: int) -> tuple[int, int]:
     return value, pos
 
 
-def _decode_string(data: bytes, pos: int) -> tuple[bytes, int]:
+def _decode_string(data: bytes, pos: i64) -> tuple[bytes, i64]:
     """(string, position after it) of the string literal at data[pos] (RFC 7541 5.2)."""
-    if pos >= len(data):
+    end: i64 = len(data)
+    if pos >= end:
         raise HpackError("a header block ends before a string")
     huffman = data[pos] & 0x80
     length, pos = _decode_integer(data, pos, 0x7F)
     stop = pos + length
-    if stop > len(data):
+    if stop > end:
         raise HpackError("a string longer than the header block")
     if huffman:
         return _huffman_decode(data, pos, stop), stop
@@ -278,102 +288,118 @@ class Decoder:
 
     def __init__(self, max_table_size: int = 4096, max_header_list_size: int = 65536) -> None:
         # Our SETTINGS_HEADER_TABLE_SIZE: the most the client's size updates may ask for.
-        self.max_table_size = max_table_size
+        self.max_table_size: i64 = max_table_size
         # The size the client's encoder chose (RFC 7541 4.2), and what the entries take.
-        self.table_size = max_table_size
-        self.size = 0
-        # Entries oldest first; entries[first:] are in the table (before: evicted slots).
-        self.entries: list[tuple[bytes, bytes]] = []
-        self.first = 0
-        self.max_header_list_size = max_header_list_size
+        self.table_size: i64 = max_table_size
+        self.size: i64 = 0
+        # Entries (field tuples) and their sizes, oldest first; from `first` on they are in
+        # the table (before: evicted slots, None).
+        self.entries: list[Any] = []
+        self.sizes: list[int] = []
+        self.first: i64 = 0
+        self.max_header_list_size: i64 = max_header_list_size
 
     def decode(self, data: bytes) -> list[tuple[bytes, bytes]]:
         """The fields of one complete header block (HEADERS + CONTINUATION payloads)."""
-        headers: list[tuple[bytes, bytes]] = []
-        limit = self.max_header_list_size
-        total = 0
+        headers: list[Any] = []
+        entries = self.entries
+        sizes = self.sizes
+        limit = self.max_header_list_size or _UNLIMITED
+        total: i64 = 0
         updates = 0
-        pos = 0
-        end = len(data)
+        pos: i64 = 0
+        end: i64 = len(data)
         while pos < end:
-            byte = data[pos]
+            byte: i64 = data[pos]
             if byte & 0x80:  # indexed field (6.1)
                 if byte != 0xFF:
                     index = byte & 0x7F
                     pos += 1
                 else:
                     index, pos = _decode_integer(data, pos, 0x7F)
-                field = self._field(index)
+                if index <= _STATIC_COUNT:
+                    if index == 0:
+                        raise HpackError("index 0")
+                    field = _STATIC[index - 1]
+                    size: i64 = _STATIC_SIZES[index - 1]
+                else:
+                    position = len(entries) - (index - _STATIC_COUNT)
+                    if position < self.first:
+                        raise HpackError(f"index {index} is past the dynamic table")
+                    field = entries[position]
+                    size = sizes[position]
             elif byte & 0x40:  # literal with incremental indexing (6.2.1)
                 index, pos = _decode_integer(data, pos, 0x3F)
                 if index:
-                    name = self._field(index)[0]
+                    name = self._name(index)
                 else:
                     name, pos = _decode_string(data, pos)
                 value, pos = _decode_string(data, pos)
                 field = (name, value)
-                self._add(field)
+                size = len(name) + len(value) + _ENTRY_OVERHEAD
+                self._add(field, size)
             elif byte & 0x20:  # dynamic table size update (6.3)
                 if headers:
                     raise HpackError("a dynamic table size update after a field")
                 updates += 1
                 if updates > 2:
                     raise HpackError("more than two dynamic table size updates in a block")
-                size, pos = _decode_integer(data, pos, 0x1F)
-                if size > self.max_table_size:
+                table_size, pos = _decode_integer(data, pos, 0x1F)
+                if table_size > self.max_table_size:
                     raise HpackError("a dynamic table size update above "
                                      "SETTINGS_HEADER_TABLE_SIZE")
-                self.table_size = size
-                self._evict(size)
+                self.table_size = table_size
+                self._evict(table_size)
                 continue
             else:  # literal without indexing (6.2.2) or never indexed (6.2.3)
                 index, pos = _decode_integer(data, pos, 0x0F)
                 if index:
-                    name = self._field(index)[0]
+                    name = self._name(index)
                 else:
                     name, pos = _decode_string(data, pos)
                 value, pos = _decode_string(data, pos)
                 field = (name, value)
-            total += len(field[0]) + len(field[1]) + _ENTRY_OVERHEAD
-            if total > limit and limit:
+                size = len(name) + len(value) + _ENTRY_OVERHEAD
+            total += size
+            if total > limit:
                 raise HeaderListTooLarge(f"a header list larger than {limit} bytes")
             headers.append(field)
         return headers
 
-    def _field(self, index: int) -> tuple[bytes, bytes]:
+    def _name(self, index: i64) -> bytes:
+        """The name of the entry at `index` (a literal's indexed name)."""
         if index <= _STATIC_COUNT:
-            if index == 0:
-                raise HpackError("index 0")
-            return _STATIC_TABLE[index - 1]
-        entries = self.entries
-        position = len(entries) - (index - _STATIC_COUNT)
+            return _STATIC_TABLE[index - 1][0]  # (index 0 means a literal name: not here)
+        position = len(self.entries) - (index - _STATIC_COUNT)
         if position < self.first:
             raise HpackError(f"index {index} is past the dynamic table")
-        return entries[position]
+        name: bytes = self.entries[position][0]
+        return name
 
-    def _add(self, field: tuple[bytes, bytes]) -> None:
+    def _add(self, field: Any, size: i64) -> None:
         """RFC 7541 4.4: evict until the new entry fits; one larger than the table empties it
         and is not added."""
-        size = len(field[0]) + len(field[1]) + _ENTRY_OVERHEAD
         if size > self.table_size:
             self._evict(0)
             return
         self._evict(self.table_size - size)
         self.entries.append(field)
+        self.sizes.append(size)
         self.size += size
 
-    def _evict(self, room: int) -> None:
+    def _evict(self, room: i64) -> None:
         """Evict the oldest entries until they take at most `room` bytes."""
         entries = self.entries
+        sizes = self.sizes
         first = self.first
         size = self.size
         while size > room:
-            name, value = entries[first]
-            size -= len(name) + len(value) + _ENTRY_OVERHEAD
-            entries[first] = _EVICTED
+            size -= sizes[first]
+            entries[first] = None  # not kept alive by its slot
             first += 1
         if first >= _COMPACT_AFTER and first * 2 >= len(entries):
             del entries[:first]
+            del sizes[:first]
             first = 0
         self.first = first
         self.size = size
@@ -387,7 +413,7 @@ _INDEXED_NAME: Final[list[bytes]] = [bytes((0x40 | i,)) for i in range(63)]
 _LENGTH: Final[list[bytes]] = [bytes((i,)) for i in range(127)]
 
 
-def _encode_integer(value: int, mask: int, flags: int) -> bytes:
+def _encode_integer(value: i64, mask: i64, flags: i64) -> bytes:
     """The integer `value` with a prefix of the bits in `mask`, or-ed with `flags` (5.1)."""
     if value < mask:
         return bytes((flags | value,))
@@ -400,36 +426,44 @@ def _encode_integer(value: int, mask: int, flags: int) -> bytes:
     return bytes(out)
 
 
+def _length(string: bytes) -> bytes:
+    """A string's length prefix (not Huffman)."""
+    length: i64 = len(string)
+    return _LENGTH[length] if length < 127 else _encode_integer(length, 0x7F, 0)
+
+
 class Encoder:
     """Encodes a connection's response header blocks, in order (they share the table)."""
 
     def __init__(self) -> None:
         # The size our table may take (the peer's SETTINGS_HEADER_TABLE_SIZE, capped), and
         # what its entries take.
-        self.table_size = _ENCODER_TABLE_LIMIT
-        self.size = 0
-        # Entries oldest first; entries[first:] are in the table. Entry number n (counting
-        # every entry ever added from 0) has index 61 + added - n while n >= evicted.
-        self.entries: list[tuple[bytes, bytes]] = []
-        self.first = 0
-        self.added = 0
-        self.evicted = 0
+        self.table_size: i64 = _ENCODER_TABLE_LIMIT
+        self.size: i64 = 0
+        # Entries (field tuples) and their sizes, oldest first; from `first` on they are in
+        # the table. Entry number n (counting every entry ever added from 0) has index
+        # 61 + added - n while n >= evicted.
+        self.entries: list[Any] = []
+        self.sizes: list[int] = []
+        self.first: i64 = 0
+        self.added: i64 = 0
+        self.evicted: i64 = 0
         # The number of each field in the table, and of the newest entry with each name.
-        self.fields: dict[tuple[bytes, bytes], int] = {}
+        self.fields: dict[Any, int] = {}
         self.names: dict[bytes, int] = {}
         # A size change to signal at the start of the next block (RFC 7541 4.2): the smallest
         # size since the last block (-1: none), then table_size.
-        self.smallest_update = -1
+        self.smallest_update: i64 = -1
 
     def set_max_table_size(self, size: int) -> None:
         """The peer's SETTINGS_HEADER_TABLE_SIZE changed: use at most that from now on."""
-        size = min(size, _ENCODER_TABLE_LIMIT)
-        if size == self.table_size:
+        new: i64 = max(0, min(size, _ENCODER_TABLE_LIMIT))
+        if new == self.table_size:
             return
-        if self.smallest_update < 0 or size < self.smallest_update:
-            self.smallest_update = size
-        self.table_size = size
-        self._evict(size)
+        if self.smallest_update < 0 or new < self.smallest_update:
+            self.smallest_update = new
+        self.table_size = new
+        self._evict(new)
 
     def encode(self, headers: list[tuple[bytes, bytes]]) -> bytes:
         """One header block of `headers` (names lowercase, pseudo-headers first)."""
@@ -440,57 +474,60 @@ class Encoder:
             parts.append(_encode_integer(self.table_size, 0x1F, 0x20))
             self.smallest_update = -1
         fields = self.fields
-        for field in headers:
-            index = _STATIC_FIELDS.get(field, 0)
-            if not index:
-                number = fields.get(field, -1)
-                if number >= 0:
-                    index = _STATIC_COUNT + self.added - number
+        items: list[Any] = headers  # the tuples as objects (see _STATIC)
+        for field in items:
+            # Our table first: a response's fields are there from its second block on (a
+            # field of the static table is never added to it).
+            number: i64 = fields.get(field, -1)
+            if number >= 0:
+                index: i64 = _STATIC_COUNT + self.added - number
+            else:
+                index = _STATIC_FIELDS.get(field, 0)
             if index:
                 parts.append(_INDEXED[index] if index < 127
                              else _encode_integer(index, 0x7F, 0x80))
                 continue
-            name, value = field
-            name_index = _STATIC_NAMES.get(name, 0)
+            name: bytes = field[0]
+            value: bytes = field[1]
+            name_index: i64 = _STATIC_NAMES.get(name, 0)
             if not name_index:
                 number = self.names.get(name, -1)
                 if number >= 0:
                     name_index = _STATIC_COUNT + self.added - number
-            if len(name) + len(value) + _ENTRY_OVERHEAD <= self.table_size:
-                if name_index:  # literal with incremental indexing (6.2.1)
+            size: i64 = len(name) + len(value) + _ENTRY_OVERHEAD
+            if size <= self.table_size:  # literal with incremental indexing (6.2.1)
+                if name_index:
                     parts.append(_INDEXED_NAME[name_index] if name_index < 63
                                  else _encode_integer(name_index, 0x3F, 0x40))
                 else:
                     parts.append(b"\x40")
-                    parts.append(_LENGTH[len(name)] if len(name) < 127
-                                 else _encode_integer(len(name), 0x7F, 0))
+                    parts.append(_length(name))
                     parts.append(name)
-                self._add(field)
+                self._add(field, name, size)
             else:  # too large for the table (or a table of 0): without indexing (6.2.2)
                 parts.append(_encode_integer(name_index, 0x0F, 0))
                 if not name_index:
-                    parts.append(_LENGTH[len(name)] if len(name) < 127
-                                 else _encode_integer(len(name), 0x7F, 0))
+                    parts.append(_length(name))
                     parts.append(name)
-            parts.append(_LENGTH[len(value)] if len(value) < 127
-                         else _encode_integer(len(value), 0x7F, 0))
+            parts.append(_length(value))
             parts.append(value)
         return b"".join(parts)
 
-    def _add(self, field: tuple[bytes, bytes]) -> None:
+    def _add(self, field: Any, name: bytes, size: i64) -> None:
         """Add a field that fits the table (the caller checked), evicting as the peer will."""
-        size = len(field[0]) + len(field[1]) + _ENTRY_OVERHEAD
         self._evict(self.table_size - size)
         self.entries.append(field)
+        self.sizes.append(size)
         self.size += size
         self.fields[field] = self.added
-        self.names[field[0]] = self.added
+        self.names[name] = self.added
         self.added += 1
 
-    def _evict(self, room: int) -> None:
+    def _evict(self, room: i64) -> None:
         """Evict the oldest entries until they take at most `room` bytes, forgetting their
         numbers (unless a newer entry has the same field or name)."""
         entries = self.entries
+        sizes = self.sizes
         fields = self.fields
         names = self.names
         first = self.first
@@ -498,17 +535,18 @@ class Encoder:
         size = self.size
         while size > room:
             field = entries[first]
-            name = field[0]
-            size -= len(name) + len(field[1]) + _ENTRY_OVERHEAD
+            size -= sizes[first]
             if fields.get(field, -1) == evicted:
                 del fields[field]
+            name: bytes = field[0]
             if names.get(name, -1) == evicted:
                 del names[name]
-            entries[first] = _EVICTED
+            entries[first] = None  # not kept alive by its slot
             first += 1
             evicted += 1
         if first >= _COMPACT_AFTER and first * 2 >= len(entries):
             del entries[:first]
+            del sizes[:first]
             first = 0
         self.first = first
         self.evicted = evicted
