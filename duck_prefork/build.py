@@ -47,6 +47,7 @@ COMPILED = (
     "duck_prefork.upstream.headers",
     "duck_prefork.upstream.pool",
     "duck_prefork.upstream.exchange",
+    "duck_prefork.http2.hpack",  # HPACK for the compiled HTTP/2 core
     "duck_prefork.worker.probes",  # in front of the pipeline when --health/--ready-path is on
     "duck_prefork.metrics.counters",
     "duck_prefork.access_log",

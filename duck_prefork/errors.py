@@ -60,3 +60,13 @@ class Http2ConnectionError(Exception):
 class Http2StreamClosed(Exception):
     """Something to send on an HTTP/2 stream that can take no more (reset, ended, unknown), or
     on a connection that has ended (http2/machine.py)."""
+
+
+class HpackError(Exception):
+    """A header block HPACK cannot decode (http2/hpack.py): a COMPRESSION_ERROR, which ends
+    the connection (RFC 9113 4.3: the decoder's table can no longer be trusted)."""
+
+
+class HeaderListTooLarge(HpackError):
+    """A header block whose decoded fields passed max_header_list_size (RFC 9113 6.5.2),
+    refused as the fields are decoded, so that an HPACK bomb stops at the bound."""
