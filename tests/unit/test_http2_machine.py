@@ -539,3 +539,33 @@ def test_a_ping_is_answered_and_goaway_from_the_client_ends_reading():
     frames = parse(server.data_to_send())
     assert [type(f).__name__ for f in frames] == ["SettingsFrame", "PingFrame"]
     assert "ACK" in frames[1].flags and frames[1].opaque_data == b"abcdefgh"
+
+
+# --- anything at all: the machine answers with its own error, never another -----------------
+
+frames = st.lists(st.tuples(st.integers(0, 10), st.integers(0, 255), st.integers(0, 9),
+                            st.binary(max_size=300)), max_size=20)
+
+
+@settings(max_examples=500, deadline=None)
+@given(frames, st.lists(st.integers(0, 3000), max_size=5))
+def test_any_frames_end_only_in_the_machines_own_error(script, cuts):
+    data = started(headers_frame(1, [(b":method", b"POST"), *GET[1:]], ["END_HEADERS"]),
+                   *[m.frame_head(len(payload), kind, flags, stream_id) + payload
+                     for kind, flags, stream_id, payload in script])
+    server = ours()
+    try:
+        feed(server, data, cuts)
+    except Http2ConnectionError:
+        assert server.closed
+        assert isinstance(parse(server.data_to_send())[-1], GoAwayFrame)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=3000))
+def test_any_bytes_end_only_in_the_machines_own_error(data):
+    server = ours()
+    try:
+        server.receive_data(started() + data)
+    except Http2ConnectionError:
+        assert server.closed
