@@ -428,8 +428,10 @@ class Http2Connection(FlowControlledProtocol):
             pass
 
     def acknowledge(self, stream: Http2Stream, size: int) -> None:
-        """The app has read `size` flow-controlled bytes of the stream's body."""
-        if not self.closed and not stream.closed:
+        """The app has read `size` flow-controlled bytes of the stream's body, or will never
+        read them (the stream has ended): the client may send as much again (on the
+        connection only, once the stream has ended; the machine knows)."""
+        if not self.closed:
             self.machine.acknowledge_received_data(size, stream.stream_id)
             self.schedule_flush()
 

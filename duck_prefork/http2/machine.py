@@ -107,6 +107,7 @@ _TOKEN_LOWER: Final = bytes(sorted(set(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmn
 _GOOD_NAMES: Final[set[bytes]] = set()
 _GOOD_NAMES_MAX: Final = 4096
 _MALFORMED: Final = -2  # _check_request's answer for a request to refuse
+_RESET_MEMORY: Final = 128  # streams we reset whose late frames are ignored, not errors
 
 
 def frame_head(length: int, kind: int, flags: int, stream_id: int) -> bytes:
@@ -260,6 +261,9 @@ class Http2Machine:
         self._block_size = 0
         self._block_end_stream = False
         self._block_refused = False
+        # The last streams we reset, oldest first: what the client sent on them before it
+        # saw the RST_STREAM is ignored rather than taken for an error.
+        self._reset_by_us: dict[int, None] = {}
 
     # --- the start ----------------------------------------------------------------------
 
@@ -433,6 +437,8 @@ class Http2Machine:
             self.trailers(stream_id, stream, headers, end_stream, events)
             return
         if stream_id <= self.highest_inbound_stream_id:
+            if stream_id in self._reset_by_us:
+                return  # trailers the client sent before it saw our RST_STREAM (RFC 9113 5.1)
             self.fail(STREAM_CLOSED, f"HEADERS on closed stream {stream_id}")
         self.highest_inbound_stream_id = stream_id
         if len(self.streams) >= self.max_concurrent_streams:
@@ -653,14 +659,20 @@ class Http2Machine:
             events.append(PingReceived(payload))
 
     def on_priority(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
-        """Priorities are not used (RFC 9113 deprecates them); the frame is checked."""
+        """Priorities are not used (RFC 9113 deprecates them); the frame is checked. (On an
+        idle stream, which may not be reset, an error is the connection's.)"""
         if stream_id == 0:
             self.fail(PROTOCOL_ERROR, "PRIORITY on stream 0")
+        idle = stream_id > self.highest_inbound_stream_id
         if len(payload) != 5:
+            if idle:
+                self.fail(FRAME_SIZE_ERROR, "PRIORITY of a wrong length")
             self.stream_error(stream_id, FRAME_SIZE_ERROR, events)
             return
         depends = (payload[0] & 0x7F) << 24 | payload[1] << 16 | payload[2] << 8 | payload[3]
         if depends == stream_id:
+            if idle:
+                self.fail(PROTOCOL_ERROR, "a stream depending on itself")
             self.stream_error(stream_id, PROTOCOL_ERROR, events)
 
     def on_goaway(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
@@ -778,6 +790,10 @@ class Http2Machine:
 
     def queue_reset(self, stream_id: int, code: int) -> None:
         self.out.append(frame_head(4, RST_STREAM, 0, stream_id) + struct.pack(">I", code))
+        reset = self._reset_by_us
+        reset[stream_id] = None
+        if len(reset) > _RESET_MEMORY:
+            del reset[next(iter(reset))]  # the oldest
 
     def send_goaway(self, last_stream_id: int, code: int = NO_ERROR) -> None:
         """A GOAWAY that lets the streams up to `last_stream_id` finish (the drain)."""

@@ -275,6 +275,11 @@ class Http2Stream(Stream):
             self._waiter.wake()
 
     def release(self) -> None:
+        if self._unacked:
+            # Body the app never read: the connection's window would otherwise shrink by
+            # it for good, and a long connection of such streams stop taking bodies at all.
+            self.connection.acknowledge(self, self._unacked)
+            self._unacked = 0
         self.connection.stream_released(self)
 
     def close(self) -> None:

@@ -245,6 +245,25 @@ def test_request_window_reopens_only_as_the_app_reads():
     asyncio.run(run())
 
 
+def test_a_body_the_app_never_reads_goes_back_to_the_connections_window():
+    """An app that answers without reading the body: the stream ends, and the bytes it had
+    received are returned to the connection (else a long connection of such requests would
+    shrink the connection's window for good)."""
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def run():
+        peer = Peer(app, Http2Limits(connection_window=65535))
+        for stream_id in (1, 3, 5):  # 3 x 30,000 bytes: more than the connection's window
+            peer.request(stream_id, "/", b"x" * 30000, end=False)
+            await peer.settle()
+            assert peer.of(h2.events.ResponseReceived, stream_id)
+        assert peer.server.machine.in_window + peer.server.machine.in_owed == 65535
+
+    asyncio.run(run())
+
+
 def test_trailers_end_the_stream():
     async def app(scope, receive, send):
         assert "http.response.trailers" in scope["extensions"]

@@ -385,6 +385,10 @@ CONNECTION_ERRORS = [
     ("WINDOW_UPDATE on an idle stream", started(WindowUpdateFrame(9, window_increment=1)),
      m.PROTOCOL_ERROR),
     ("RST_STREAM on an idle stream", started(RstStreamFrame(9)), m.PROTOCOL_ERROR),
+    ("PRIORITY of a wrong length on an idle stream",
+     started(b"\x00\x00\x04\x02\x00\x00\x00\x00\x09abcd"), m.FRAME_SIZE_ERROR),
+    ("an idle stream depending on itself", started(PriorityFrame(9, depends_on=9)),
+     m.PROTOCOL_ERROR),
     ("RST_STREAM of a wrong length", started(b"\x00\x00\x03\x03\x00\x00\x00\x00\x01abc"),
      m.FRAME_SIZE_ERROR),
     ("more streams than we allow", started(*[headers_frame(i) for i in range(1, 204, 2)]),
@@ -491,14 +495,16 @@ def test_content_length_is_held_to_the_data():
 
 def test_stream_errors_that_leave_the_connection_up():
     server = ours()
+    post = [(b":method", b"POST"), *GET[1:]]
     events = server.receive_data(started(
-        headers_frame(1, [(b":method", b"POST"), *GET[1:]], ["END_HEADERS"]),
+        headers_frame(1, post, ["END_HEADERS"]), headers_frame(3, post, ["END_HEADERS"]),
         WindowUpdateFrame(1, window_increment=0),  # a zero increment on a stream
         PriorityFrame(3, depends_on=3),  # a stream depending on itself
         headers_frame(5)))
-    assert reported(events) == [("request", 1, [(b":method", b"POST"), *GET[1:]], False),
-                                   ("reset", 1, m.PROTOCOL_ERROR, False),
-                                   ("request", 5, GET, True)]
+    assert reported(events) == [("request", 1, post, False), ("request", 3, post, False),
+                                ("reset", 1, m.PROTOCOL_ERROR, False),
+                                ("reset", 3, m.PROTOCOL_ERROR, False),
+                                ("request", 5, GET, True)]
     resets = [f for f in parse(server.data_to_send()) if isinstance(f, RstStreamFrame)]
     assert [(f.stream_id, f.error_code) for f in resets] == [(1, 1), (3, 1)]
 
@@ -514,8 +520,20 @@ def test_frames_on_a_stream_we_reset_are_ignored_and_their_credit_returned():
     assert server.in_window == before - 1000 and server.in_owed == 1000
     assert server.receive_data(WindowUpdateFrame(1, window_increment=5).serialize()) == []
     assert server.receive_data(RstStreamFrame(1).serialize()) == []
+    # trailers sent before the client saw our RST_STREAM: decoded (HPACK's table goes on),
+    # ignored, and the connection goes on
+    trailers = HeadersFrame(1, data=block([(b"x-sum", b"1")]), flags=["END_HEADERS",
+                                                                      "END_STREAM"])
+    assert server.receive_data(trailers.serialize()) == []
     with pytest.raises(Http2StreamClosed):
         server.reset_stream(1, m.CANCEL)
+    # a stream that ended both ways is another matter: HEADERS on it break the protocol
+    server = ours()
+    server.receive_data(started(headers_frame(1)))
+    server.send_headers(1, [(b":status", b"204")], end_stream=True)
+    with pytest.raises(Http2ConnectionError) as caught:
+        server.receive_data(headers_frame(1).serialize())
+    assert caught.value.code == m.STREAM_CLOSED
 
 
 def test_extended_connect_when_advertised():
