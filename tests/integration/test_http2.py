@@ -21,6 +21,7 @@ from .test_tls import tls_args, tls_port
 pytestmark = pytest.mark.timeout(120)
 
 APP = "tests.apps.http2:app"
+PROTOCOL_ERROR = 1
 needs_h2load = pytest.mark.skipif(shutil.which("h2load") is None,
                                   reason="h2load (nghttp2-client) is not installed")
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -157,6 +158,19 @@ def test_request_limits_per_stream(start_server):
     assert wire.response(1)[0] == 413
     assert wire.response(3)[0] == 414
     assert wire.response(5)[:3:2] == (200, b"y" * 10)  # the connection goes on
+    wire.close()
+
+
+def test_a_malformed_request_is_reset_and_the_connection_goes_on(start_server):
+    """RFC 9113 8.1.1: a stream error, not the connection's end."""
+    server = start_server(APP, "--workers", "1", bind="127.0.0.1:0")
+    wire = H2Wire(server.port)
+    wire.send_frames(wire.headers(1, "/", extra=[(b"X-Upper", b"1")]),
+                     wire.headers(3, "/", extra=[(b"connection", b"close")]))
+    wire.request(5, "/echo", "POST", b"z" * 10)
+    assert wire.response(5)[:3:2] == (200, b"z" * 10)
+    resets = {f.stream_id: f.error_code for f in wire.frames if isinstance(f, RstStreamFrame)}
+    assert resets == {1: PROTOCOL_ERROR, 3: PROTOCOL_ERROR}
     wire.close()
 
 
