@@ -175,6 +175,8 @@ def test_what_the_refusals_border_on_is_accepted():
     assert decoder.decode(b"\x00\x01a\x80") == [(b"a", b"")]  # empty Huffman string
     assert decoder.decode(b"\x20\x3f\xe1\x1f\x82") == [(b":method", b"GET")]  # 0, then 4096
     assert decoder.decode(b"") == []
+    # Name index 15 + 43 (user-agent) padded to 6 continuation bytes, the most taken.
+    assert decoder.decode(b"\x0f\xab\x80\x80\x80\x80\x00\x00") == [(b"user-agent", b"")]
     # The largest integer taken, as a table size: refused as a size, not as an integer.
     with pytest.raises(HpackError, match="above SETTINGS"):
         Decoder().decode(b"\x3f" + _continuation((1 << 31) - 1 - 31))
