@@ -1,12 +1,11 @@
 """HPACK (RFC 7541), the header compression of HTTP/2: a strict decoder for the client's
 header blocks and a cheap encoder for our responses, compiled with mypyc (build.py).
 
-The decoder faces the internet, so everything the RFC lets a decoder refuse is refused, as an
-HpackError (the connection ends with COMPRESSION_ERROR): integers past 2**31 - 1 or with more
-than six continuation bytes, indexes outside the tables, a table size update anywhere but at
-the start of a block (at most two of them) or above our SETTINGS_HEADER_TABLE_SIZE, strings
-longer than the block, and Huffman strings with the EOS symbol or padding that is not up to
-seven 1 bits. The decoded list is measured as each field is decoded (name + value + 32, RFC
+The decoder faces the internet, so it refuses, as an HpackError (the connection ends with
+COMPRESSION_ERROR): integers past 2**31 - 1 or with more than six continuation bytes, indexes
+outside the tables, a table size update anywhere but at the start of a block (at most two of
+them) or above our SETTINGS_HEADER_TABLE_SIZE, strings longer than the block, and Huffman
+strings with the EOS symbol or padding that is not up to seven 1 bits. The decoded list is measured as each field is decoded (name + value + 32, RFC
 9113 6.5.2), so a small block that references a large table entry thousands of times (an HPACK
 bomb) stops at the bound (HeaderListTooLarge) instead of after building the list.
 
@@ -23,7 +22,8 @@ the byte emitted (a code is at least 5 bits long, so at most one per nibble), an
 bits since the last byte may end the string (up to seven 1 bits: a prefix of EOS) or the
 nibble is an error (it completes EOS).
 
-Both tables keep their entries in a list, oldest first: an index is arithmetic on its length.
+Both dynamic tables (the decoder's, the encoder's) keep their entries in a list, oldest first:
+an index is arithmetic on its length.
 Evicted entries leave the front of the list in batches (a slot is cleared at once, so an
 evicted value is not kept alive), which keeps eviction O(1) amortised.
 """
@@ -303,7 +303,13 @@ def _decode_string(data: bytes, pos: i64) -> tuple[bytes, i64]:
 
 
 class Decoder:
-    """Decodes a connection's header blocks, in order (they share the dynamic table)."""
+    """Decodes a connection's header blocks, in order (they share the dynamic table).
+
+    The table starts at max_table_size (our SETTINGS_HEADER_TABLE_SIZE): right for the
+    protocol's default, 4096, which a client assumes until it sees our SETTINGS. A lower
+    setting would need the table to stay at 4096 until the client's first size update (RFC
+    7541 4.2), which this decoder does not track.
+    """
 
     def __init__(self, max_table_size: int = 4096, max_header_list_size: int = 65536) -> None:
         # Our SETTINGS_HEADER_TABLE_SIZE: the most the client's size updates may ask for.
