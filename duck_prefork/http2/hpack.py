@@ -5,9 +5,10 @@ The decoder faces the internet, so it refuses, as an HpackError (the connection 
 COMPRESSION_ERROR): integers past 2**31 - 1 or with more than six continuation bytes, indexes
 outside the tables, a table size update anywhere but at the start of a block (at most two of
 them) or above our SETTINGS_HEADER_TABLE_SIZE, strings longer than the block, and Huffman
-strings with the EOS symbol or padding that is not up to seven 1 bits. The decoded list is measured as each field is decoded (name + value + 32, RFC
-9113 6.5.2), so a small block that references a large table entry thousands of times (an HPACK
-bomb) stops at the bound (HeaderListTooLarge) instead of after building the list.
+strings with the EOS symbol or padding that is not up to seven 1 bits. The decoded list is
+measured as each field is decoded (name + value + 32, RFC 9113 6.5.2), so a small block that
+references a large table entry thousands of times (an HPACK bomb) stops at the bound
+(HeaderListTooLarge) instead of after building the list.
 
 The encoder never Huffman-codes (the RFC allows it; it saves a pass over every string for a few
 bytes), sends a field found in the static or the dynamic table as its index, and otherwise a
