@@ -431,10 +431,8 @@ class Decoder:
         self.size = size
 
 
-# Encoded representations short enough to be one byte, made once: an indexed field (index <
-# 127), the first byte of a literal with incremental indexing (name index < 63), a string's
-# length (< 127, not Huffman).
-_INDEXED: Final[list[bytes]] = [bytes((0x80 | i,)) for i in range(127)]
+# Encoded representations short enough to be one byte, made once: the first byte of a literal
+# with incremental indexing (name index < 63), a string's length (< 127, not Huffman).
 _INDEXED_NAME: Final[list[bytes]] = [bytes((0x40 | i,)) for i in range(63)]
 _LENGTH: Final[list[bytes]] = [bytes((i,)) for i in range(127)]
 
@@ -500,6 +498,11 @@ class Encoder:
             parts.append(_encode_integer(self.table_size, 0x1F, 0x20))
             self.smallest_update = -1
         fields = self.fields
+        # One-byte representations (an index below 127: nearly every field from a response's
+        # second block on) gather in a machine word, turned into bytes 7 at a time or before
+        # a longer one: int.to_bytes is one C call, cheaper than a part per field to join.
+        word: i64 = 0
+        count: i64 = 0
         items: list[Any] = headers  # the tuples as objects (see _STATIC)
         for field in items:
             # Our table first: a response's fields are there from its second block on (a
@@ -509,9 +512,20 @@ class Encoder:
                 index: i64 = _STATIC_COUNT + self.added - number
             else:
                 index = _STATIC_FIELDS.get(field, 0)
+            if 0 < index < 127:
+                word = (word << 8) | 0x80 | index
+                count += 1
+                if count == 7:
+                    parts.append(int(word).to_bytes(7, "big"))
+                    word = 0
+                    count = 0
+                continue
+            if count:
+                parts.append(int(word).to_bytes(int(count), "big"))
+                word = 0
+                count = 0
             if index:
-                parts.append(_INDEXED[index] if index < 127
-                             else _encode_integer(index, 0x7F, 0x80))
+                parts.append(_encode_integer(index, 0x7F, 0x80))
                 continue
             name: bytes = field[0]
             value: bytes = field[1]
@@ -537,6 +551,10 @@ class Encoder:
                     parts.append(name)
             parts.append(_length(value))
             parts.append(value)
+        last = int(word).to_bytes(int(count), "big")
+        if not parts:
+            return last
+        parts.append(last)
         return b"".join(parts)
 
     def _add(self, field: Any, name: bytes, size: i64) -> None:

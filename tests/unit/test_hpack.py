@@ -418,3 +418,16 @@ def test_indexes_past_126_take_more_bytes():
     block = encoder.encode(fields[:1])  # the oldest: index 61 + 80
     assert block == b"\xff\x0e"
     assert reference.decode(block, raw=True) == fields[:1]
+
+
+def test_runs_of_one_byte_indexes_around_longer_fields():
+    # One-byte indexes gather 7 at a time; a literal or a long index in between flushes them.
+    encoder = Encoder()
+    reference = hpack.Decoder()
+    many = [(b"x-%03d" % i, b"v") for i in range(80)]
+    reference.decode(encoder.encode(many), raw=True)
+    static = [(b":status", b"200"), (b":method", b"GET"), (b":path", b"/")] * 3  # 9
+    fields = static + [many[0], (b"x-new", b"1")] + static[:8] + [many[79]] * 7 + [many[0]]
+    block = encoder.encode(fields)
+    assert block.startswith(bytes([0x88, 0x82, 0x84] * 3) + b"\xff\x0e\x40\x05x-new\x011")
+    assert reference.decode(block, raw=True) == fields
