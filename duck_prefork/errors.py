@@ -2,7 +2,7 @@
 
 They live apart from the modules that raise them because those are compiled by mypyc
 (build.py), which cannot compile subclasses of built-in exceptions; each is re-exported where
-it belongs (stream.py, http1/request_head.py).
+it belongs (stream.py, http1/request_head.py, http2/hpack.py).
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """HPACK (RFC 7541), the header compression of HTTP/2: a strict decoder for the client's
 header blocks and a cheap encoder for our responses, compiled with mypyc (build.py).
 
-The decoder faces the internet, so everything the RFC lets a decoder refuse is refused, as an
-HpackError (the connection ends with COMPRESSION_ERROR): integers past 2**31 - 1 or with more
-than six continuation bytes, indexes outside the tables, a table size update anywhere but at
-the start of a block (at most two of them) or above our SETTINGS_HEADER_TABLE_SIZE, strings
-longer than the block, and Huffman strings with the EOS symbol or padding that is not up to
-seven 1 bits. The decoded list is measured as each field is decoded (name + value + 32, RFC
-9113 6.5.2), so a small block that references a large table entry thousands of times (an HPACK
-bomb) stops at the bound (HeaderListTooLarge) instead of after building the list.
+The decoder faces the internet, so it refuses, as an HpackError (the connection ends with
+COMPRESSION_ERROR): integers past 2**31 - 1 or with more than six continuation bytes, indexes
+outside the tables, a table size update anywhere but at the start of a block (at most two of
+them) or above our SETTINGS_HEADER_TABLE_SIZE, strings longer than the block, and Huffman
+strings with the EOS symbol or padding that is not up to seven 1 bits. The decoded list is
+measured as each field is decoded (name + value + 32, RFC 9113 6.5.2), so a small block that
+references a large table entry thousands of times (an HPACK bomb) stops at the bound
+(HeaderListTooLarge) instead of after building the list.
 
 The encoder never Huffman-codes (the RFC allows it; it saves a pass over every string for a few
 bytes), sends a field found in the static or the dynamic table as its index, and otherwise a
@@ -17,13 +17,14 @@ second response on. A field that changes on every response (date, content-length
 through the table, which eviction handles; a dict maps each field in our table to its insertion
 number, so finding an index is one lookup whatever has been evicted.
 
-Huffman decoding is a table walk 4 bits at a time (nghttp2's design): the states are the inner
-nodes of the code tree, and _HUFFMAN_STEPS holds, for each state and nibble, the next state,
-the byte emitted (a code is at least 5 bits long, so at most one per nibble), whether the bits
-since the last byte may end the string (up to seven 1 bits: a prefix of EOS) or whether the
+Huffman decoding is a table walk 4 bits at a time (nghttp2's design): the states are the 256
+inner nodes of the code tree, and three tables give, for each state and nibble, the next state,
+the byte emitted (a code is at least 5 bits long, so at most one per nibble), and whether the
+bits since the last byte may end the string (up to seven 1 bits: a prefix of EOS) or the
 nibble is an error (it completes EOS).
 
-Both tables keep their entries in a list, oldest first: an index is arithmetic on its length.
+Both dynamic tables (the decoder's, the encoder's) keep their entries in a list, oldest first:
+an index is arithmetic on its length.
 Evicted entries leave the front of the list in batches (a slot is cleared at once, so an
 evicted value is not kept alive), which keeps eviction O(1) amortised.
 """
@@ -149,17 +150,16 @@ _HUFFMAN_CODES: Final[tuple[tuple[int, int], ...]] = (
 )
 _EOS: Final = 256
 
-# A step of the Huffman walk, _HUFFMAN_STEPS[state * 16 + nibble]: -1 for an error (the
-# nibble completes EOS), else the next state times 16, the byte emitted (bits 12-19, if
-# _EMITS), and _ACCEPTS if the string may end after this nibble.
-_EMITS: Final = 1 << 20
-_ACCEPTS: Final = 1 << 21
-_NEXT_STATE: Final = 0xFFF
+# The Huffman walk, as three tables indexed by state * 16 + nibble (bytes: mypyc reads an item
+# as a C integer, with no object): the next state, the byte emitted if _EMITS, and the flags.
+_EMITS: Final = 1
+_ACCEPTS: Final = 2  # the string may end after this nibble
+_FAILS: Final = 4  # the nibble completes EOS
 
 
-def _huffman_steps() -> list[int]:
-    """The 4-bit Huffman walk, from the code table (nghttp2's lib/nghttp2_hd_huffman_data.c
-    is the same table, generated)."""
+def _huffman_tables() -> tuple[bytes, bytes, bytes]:
+    """The 4-bit Huffman walk (next states, bytes emitted, flags), from the code table
+    (nghttp2's lib/nghttp2_hd_huffman_data.c is the same walk, generated)."""
     # The code tree: children[node] = [child for bit 0, child for bit 1]; a child is an inner
     # node's number (> 0: the root, 0, is nobody's child), a leaf as -(symbol + 1), or 0 while
     # not yet made.
@@ -175,6 +175,7 @@ def _huffman_steps() -> list[int]:
                 children[node][bit] = child
             node = child
         children[node][code & 1] = -(symbol + 1)
+    assert len(children) == 256  # 257 leaves: the states fit a byte
     # The string may end where the bits since the last symbol are up to seven 1s (RFC 7541
     # 5.2: padding is a prefix of EOS, shorter than 8 bits): the root and the all-1 path.
     accepting = {0}
@@ -182,63 +183,82 @@ def _huffman_steps() -> list[int]:
     for _ in range(7):
         node = children[node][1]
         accepting.add(node)
-    steps = [-1] * (len(children) * 16)
-    for state in range(len(children)):
+    next_states = bytearray(256 * 16)
+    emitted_bytes = bytearray(256 * 16)
+    flags = bytearray(256 * 16)
+    for state in range(256):
         for nibble in range(16):
+            step = state * 16 + nibble
             node = state
-            emitted = -1
-            failed = False
             for shift in (3, 2, 1, 0):
                 child = children[node][(nibble >> shift) & 1]
-                if child < 0:
-                    symbol = -child - 1
-                    if symbol == _EOS or emitted >= 0:  # (two symbols in 4 bits cannot be)
-                        failed = True
-                        break
-                    emitted = symbol
-                    node = 0
-                elif child == 0:  # (a complete code has no gaps; kept as an error anyway)
-                    failed = True
-                    break
-                else:
+                if child > 0:
                     node = child
-            if failed:
-                continue
-            step = node * 16
-            if emitted >= 0:
-                step |= _EMITS | (emitted << 12)
-            if node in accepting:
-                step |= _ACCEPTS
-            steps[state * 16 + nibble] = step
-    return steps
+                    continue
+                symbol = -child - 1
+                # (A code is at least 5 bits long: two in one nibble cannot be. A complete
+                # code has no gaps, child == 0: kept as an error anyway.)
+                if child == 0 or symbol == _EOS or flags[step] & _EMITS:
+                    flags[step] = _FAILS
+                    break
+                flags[step] = _EMITS
+                emitted_bytes[step] = symbol
+                node = 0
+            if not flags[step] & _FAILS:
+                next_states[step] = node
+                if node in accepting:
+                    flags[step] |= _ACCEPTS
+    return bytes(next_states), bytes(emitted_bytes), bytes(flags)
 
 
-_HUFFMAN_STEPS: Final = _huffman_steps()
+_HUFFMAN_TABLES: Final = _huffman_tables()
+_HUFFMAN_NEXT: Final = _HUFFMAN_TABLES[0]
+_HUFFMAN_EMITTED: Final = _HUFFMAN_TABLES[1]
+_HUFFMAN_FLAGS: Final = _HUFFMAN_TABLES[2]
 
 
 def _huffman_decode(data: bytes, start: i64, stop: i64) -> bytes:
     """data[start:stop] Huffman-decoded; HpackError for EOS inside or bad padding."""
-    steps = _HUFFMAN_STEPS
-    out: list[int] = []
-    step: i64 = _ACCEPTS  # the empty string is valid
+    next_states = _HUFFMAN_NEXT
+    emitted = _HUFFMAN_EMITTED
+    flags_of = _HUFFMAN_FLAGS
+    # The bytes decoded gather in a machine word, turned into bytes every 6 or 7 of them
+    # (int.to_bytes is one C call under mypyc; a list of ints and bytes(list) cost ~10 ns a
+    # byte, twice the walk).
+    chunks: list[bytes] = []
+    word: i64 = 0
+    count: i64 = 0
+    flags: i64 = _ACCEPTS  # the empty string is valid
     state: i64 = 0
     for i in range(start, stop):
         byte: i64 = data[i]
-        step = steps[state | (byte >> 4)]
-        if step < 0:
-            raise HpackError("a Huffman string contains EOS")
-        if step & _EMITS:
-            out.append((step >> 12) & 0xFF)
-        step = steps[(step & _NEXT_STATE) | (byte & 0xF)]
-        if step < 0:
-            raise HpackError("a Huffman string contains EOS")
-        if step & _EMITS:
-            out.append((step >> 12) & 0xFF)
-        state = step & _NEXT_STATE
-    if not step & _ACCEPTS:
+        step = (state << 4) | (byte >> 4)
+        flags = flags_of[step]
+        if flags & (_EMITS | _FAILS):
+            if flags & _FAILS:
+                raise HpackError("a Huffman string contains EOS")
+            word = (word << 8) | emitted[step]
+            count += 1
+        step = (next_states[step] << 4) | (byte & 0xF)
+        flags = flags_of[step]
+        if flags & (_EMITS | _FAILS):
+            if flags & _FAILS:
+                raise HpackError("a Huffman string contains EOS")
+            word = (word << 8) | emitted[step]
+            count += 1
+        state = next_states[step]
+        if count >= 6:  # (at most 2 more a byte: the word never holds more than 7)
+            chunks.append(int(word).to_bytes(int(count), "big"))
+            word = 0
+            count = 0
+    if not flags & _ACCEPTS:
         raise HpackError("a Huffman string ends in padding that is not a prefix of EOS "
                          "or is 8 bits or longer")
-    return bytes(out)
+    last = int(word).to_bytes(int(count), "big")
+    if not chunks:
+        return last
+    chunks.append(last)
+    return b"".join(chunks)
 
 
 def _decode_integer(data: bytes, pos: i64, mask: i64) -> tuple[i64, i64]:
@@ -284,7 +304,13 @@ def _decode_string(data: bytes, pos: i64) -> tuple[bytes, i64]:
 
 
 class Decoder:
-    """Decodes a connection's header blocks, in order (they share the dynamic table)."""
+    """Decodes a connection's header blocks, in order (they share the dynamic table).
+
+    The table starts at max_table_size (our SETTINGS_HEADER_TABLE_SIZE): right for the
+    protocol's default, 4096, which a client assumes until it sees our SETTINGS. A lower
+    setting would need the table to stay at 4096 until the client's first size update (RFC
+    7541 4.2), which this decoder does not track.
+    """
 
     def __init__(self, max_table_size: int = 4096, max_header_list_size: int = 65536) -> None:
         # Our SETTINGS_HEADER_TABLE_SIZE: the most the client's size updates may ask for.
@@ -405,10 +431,8 @@ class Decoder:
         self.size = size
 
 
-# Encoded representations short enough to be one byte, made once: an indexed field (index <
-# 127), the first byte of a literal with incremental indexing (name index < 63), a string's
-# length (< 127, not Huffman).
-_INDEXED: Final[list[bytes]] = [bytes((0x80 | i,)) for i in range(127)]
+# Encoded representations short enough to be one byte, made once: the first byte of a literal
+# with incremental indexing (name index < 63), a string's length (< 127, not Huffman).
 _INDEXED_NAME: Final[list[bytes]] = [bytes((0x40 | i,)) for i in range(63)]
 _LENGTH: Final[list[bytes]] = [bytes((i,)) for i in range(127)]
 
@@ -474,6 +498,11 @@ class Encoder:
             parts.append(_encode_integer(self.table_size, 0x1F, 0x20))
             self.smallest_update = -1
         fields = self.fields
+        # One-byte representations (an index below 127: nearly every field from a response's
+        # second block on) gather in a machine word, turned into bytes 7 at a time or before
+        # a longer one: int.to_bytes is one C call, cheaper than a part per field to join.
+        word: i64 = 0
+        count: i64 = 0
         items: list[Any] = headers  # the tuples as objects (see _STATIC)
         for field in items:
             # Our table first: a response's fields are there from its second block on (a
@@ -483,9 +512,20 @@ class Encoder:
                 index: i64 = _STATIC_COUNT + self.added - number
             else:
                 index = _STATIC_FIELDS.get(field, 0)
+            if 0 < index < 127:
+                word = (word << 8) | 0x80 | index
+                count += 1
+                if count == 7:
+                    parts.append(int(word).to_bytes(7, "big"))
+                    word = 0
+                    count = 0
+                continue
+            if count:
+                parts.append(int(word).to_bytes(int(count), "big"))
+                word = 0
+                count = 0
             if index:
-                parts.append(_INDEXED[index] if index < 127
-                             else _encode_integer(index, 0x7F, 0x80))
+                parts.append(_encode_integer(index, 0x7F, 0x80))
                 continue
             name: bytes = field[0]
             value: bytes = field[1]
@@ -511,6 +551,10 @@ class Encoder:
                     parts.append(name)
             parts.append(_length(value))
             parts.append(value)
+        last = int(word).to_bytes(int(count), "big")
+        if not parts:
+            return last
+        parts.append(last)
         return b"".join(parts)
 
     def _add(self, field: Any, name: bytes, size: i64) -> None:
