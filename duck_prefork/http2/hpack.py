@@ -434,6 +434,11 @@ class Decoder:
 # Encoded representations short enough to be one byte, made once: the first byte of a literal
 # with incremental indexing (name index < 63), a string's length (< 127, not Huffman).
 _INDEXED_NAME: Final[list[bytes]] = [bytes((0x40 | i,)) for i in range(63)]
+# Fields whose values are secrets a compression oracle could guess one try at a time (RFC
+# 7541 7.1.3): sent as never-indexed literals, which an intermediary must pass on as such,
+# and kept out of our table.
+_NEVER_INDEXED: Final = frozenset((b"set-cookie", b"authorization", b"proxy-authorization",
+                                   b"cookie"))
 _LENGTH: Final[list[bytes]] = [bytes((i,)) for i in range(127)]
 
 
@@ -535,7 +540,12 @@ class Encoder:
                 if number >= 0:
                     name_index = _STATIC_COUNT + self.added - number
             size: i64 = len(name) + len(value) + _ENTRY_OVERHEAD
-            if size <= self.table_size:  # literal with incremental indexing (6.2.1)
+            if name in _NEVER_INDEXED:  # never indexed (6.2.3, 7.1.3), by us or a proxy
+                parts.append(_encode_integer(name_index, 0x0F, 0x10))
+                if not name_index:
+                    parts.append(_length(name))
+                    parts.append(name)
+            elif size <= self.table_size:  # literal with incremental indexing (6.2.1)
                 if name_index:
                     parts.append(_INDEXED_NAME[name_index] if name_index < 63
                                  else _encode_integer(name_index, 0x3F, 0x40))
