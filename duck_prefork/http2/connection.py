@@ -24,6 +24,10 @@ high-water mark, so that a client that does not read cannot make us queue replie
 blocks bounded before decoding (HeaderBlockBuffer) and after (hpack's max_header_list_size:
 HPACK bombs), and a stream count per connection after which the connection is drained.
 
+Tunnels (RFC 8441 extended CONNECT, tunnel.py): with a hook for a :protocol (WebSocket, unless
+--ws none) the connection advertises SETTINGS_ENABLE_CONNECT_PROTOCOL, and a CONNECT naming it
+is handed over as a TunnelStream, which counts against the concurrent streams as any stream.
+
 Drain (TERM, HUP, recycle, or --http2-max-streams reached): a GOAWAY carrying the last stream
 id we took, written by hand because h2 refuses to send anything after its own GOAWAY; streams
 above it are refused (REFUSED_STREAM, the client may retry them elsewhere); the streams in
@@ -51,6 +55,7 @@ from ..net.stages import ConnectionFacts
 from ..stream import ClientDisconnected, Waiter, error_response
 from .limits import HeaderBlockBuffer, Http2Limits, RateBudget
 from .stream import Http2Stream
+from .tunnel import TunnelStream
 
 if TYPE_CHECKING:
     from ..http1.connection import ServerState
@@ -64,6 +69,10 @@ _CONFIG: Final = h2.config.H2Configuration(
     normalize_inbound_headers=False, validate_outbound_headers=False,
     normalize_outbound_headers=False)
 
+# RFC 8441: a :protocol (lowercase) -> what takes a stream with it over: hook(stream, the head's
+# fields with its pseudo-headers, whether END_STREAM came with it).
+Tunnels = dict[bytes, Callable[[TunnelStream, list[tuple[bytes, bytes]], bool], None]]
+
 # A send that has waited on the client's window restarts its --send-timeout clock only when one
 # opening of the window lets this much go (or all that was left): a client that opens its
 # window a few bytes at a time, however often, makes no progress.
@@ -75,14 +84,18 @@ class Http2Connection(FlowControlledProtocol):
 
     __slots__ = ("state", "limits", "facts", "client", "server", "h2", "streams", "served",
                  "idle_since", "resets", "control", "goaway_id", "flush_pending", "drainers",
-                 "_dispatch")
+                 "tunnels", "_dispatch")
 
     facts: ConnectionFacts
 
-    def __init__(self, state: ServerState, limits: Http2Limits) -> None:
+    def __init__(self, state: ServerState, limits: Http2Limits,
+                 tunnels: Tunnels | None = None) -> None:
         super().__init__()
         self.state = state
         self.limits = limits
+        # RFC 8441 extended CONNECT: :protocol -> the hook that takes such a stream over
+        # (open_tunnel); advertised with SETTINGS_ENABLE_CONNECT_PROTOCOL when there is one.
+        self.tunnels = tunnels or None
         self.client: tuple | None = None
         self.server: tuple | None = None
         self.streams: dict[int, Http2Stream] = {}  # until release(): the tasks still running
@@ -92,11 +105,14 @@ class Http2Connection(FlowControlledProtocol):
         self.flush_pending = False
         self.drainers: list[asyncio.Future] = []  # streams waiting in drain()
         conn = self.h2 = h2.connection.H2Connection(config=_CONFIG)
-        conn.local_settings = h2.settings.Settings(client=False, initial_values={
+        settings = {
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window,
-        })
+        }
+        if self.tunnels:
+            settings[h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL] = 1
+        conn.local_settings = h2.settings.Settings(client=False, initial_values=settings)
         conn.decoder.max_header_list_size = limits.max_header_list_size
         buffer = HeaderBlockBuffer(limits.max_continuation_frames, limits.max_header_list_size)
         buffer.max_frame_size = conn.max_inbound_frame_size
@@ -233,7 +249,8 @@ class Http2Connection(FlowControlledProtocol):
         self.streams[stream_id] = stream
         self.idle_since = None
         self.served += 1
-        state.start_task(state.handler(state.app, stream), stream)
+        if stream.method != "CONNECT" or not self.open_tunnel(stream, event):
+            state.start_task(state.handler(state.app, stream), stream)
         if state.lame_duck or (self.limits.max_streams and
                                self.served >= self.limits.max_streams):
             # Enough on this connection, or the lame duck (the master is stopping: HTTP/1.1
@@ -477,6 +494,38 @@ class Http2Connection(FlowControlledProtocol):
             if self.goaway_id is not None:
                 self.end(ErrorCodes.NO_ERROR)  # drained: the final GOAWAY, and the close
 
+    # tunnels (RFC 8441 extended CONNECT: tunnel.py)
+
+    def open_tunnel(self, stream: Http2Stream, event: h2.events.RequestReceived) -> bool:
+        """A CONNECT whose :protocol has a hook in `tunnels` (a WebSocket) is handed to it as
+        a TunnelStream, in `stream`'s place; False: any other CONNECT is served as a request
+        (as an HTTP/1.1 Upgrade the worker does not take is: --ws none)."""
+        tunnels = self.tunnels
+        if tunnels is None:
+            return False
+        headers = event.headers
+        hook = next((tunnels.get(value.lower()) for name, value in headers
+                     if name == b":protocol"), None)
+        if hook is None:
+            return False
+        tunnel = TunnelStream(self, stream.stream_id, headers)  # (parsed once already)
+        tunnel.start_time = stream.start_time
+        self.streams[stream.stream_id] = tunnel
+        hook(tunnel, headers, event.stream_ended is not None)
+        return True
+
+    def end_tunnel(self, stream: Http2Stream) -> None:
+        """END_STREAM on a tunnel whose bytes have all gone. Not a response's end
+        (stream_finished): not counted in the metrics; but as after a response, a client
+        that has not ended its side is told to stop (RST_STREAM NO_ERROR)."""
+        try:
+            self.h2.send_data(stream.stream_id, b"", end_stream=True)
+        except h2.exceptions.ProtocolError:  # reset or closed meanwhile
+            return
+        if not stream.body_complete:
+            self.reset_stream(stream.stream_id, ErrorCodes.NO_ERROR)
+        self.schedule_flush()
+
     # the end
 
     def go_away(self) -> None:
@@ -534,6 +583,7 @@ class Http2Connection(FlowControlledProtocol):
             self.end(ErrorCodes.NO_ERROR)
 
 
-def connection_factory(state: ServerState, limits: Http2Limits) -> Any:
+def connection_factory(state: ServerState, limits: Http2Limits,
+                       tunnels: Tunnels | None = None) -> Any:
     """The "h2" entry of a ConnectionPlan's protocols table."""
-    return lambda: Http2Connection(state, limits)
+    return lambda: Http2Connection(state, limits, tunnels)
