@@ -43,6 +43,34 @@ if TYPE_CHECKING:
     from .connection import Http2Connection
 
 
+class WindowWaiter:
+    """A tunnel's window_waiter (what the connection wakes on WINDOW_UPDATE, and a send
+    waiting for the client's window waits on): a Waiter that also remembers a wake that came
+    while nobody waited. A tunnel's send that the window held up is awaited by its own task
+    (the pump), which starts a loop iteration later; a WINDOW_UPDATE read in between must
+    not be lost, or the send would wait for one the client has no reason to send."""
+
+    __slots__ = ("_future", "woken")
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future | None = None
+        self.woken = False
+
+    def wait(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+        self._future = future = loop.create_future()
+        if self.woken:
+            self.woken = False
+            future.set_result(None)  # the waiter re-checks the window: at worst, no progress
+        return future
+
+    def wake(self) -> None:
+        future = self._future
+        if future is None or future.done():
+            self.woken = True
+        else:
+            future.set_result(None)
+
+
 class TunnelStream(Http2Stream):
     """One extended CONNECT's stream, a transport to the protocol that took it over."""
 
@@ -60,6 +88,7 @@ class TunnelStream(Http2Stream):
         self.pump: asyncio.Task | None = None  # that send, and then the outbox's
         self.closing = False  # close() was called: END_STREAM once the outbox is out
         self.done = False  # connection_lost is scheduled, the stream released with it
+        self.window_waiter = WindowWaiter()  # type: ignore[assignment]
 
     # The connection adds each DATA frame's size to the body's, for --limit-request-body;
     # a tunnel's bytes are not a body.

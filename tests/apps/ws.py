@@ -39,6 +39,10 @@ async def app(scope, receive, send):
         await answer_lifespan(receive, send)
         return
     if scope["type"] == "http":
+        if scope["method"] == "CONNECT":  # (an extended CONNECT with --ws none: no route)
+            await send({"type": "http.response.start", "status": 405, "headers": []})
+            await send({"type": "http.response.body", "body": b"no CONNECT here"})
+            return
         body = b"plain HTTP, upgrade ignored" if any(
             name == b"upgrade" for name, _ in scope["headers"]) else b"plain HTTP"
         await send({"type": "http.response.start", "status": 200,
