@@ -202,11 +202,11 @@ class Worker:
                                   proxy=proxy, clock=loop.time)
         websocket = websocket_upgrade(config)
         upgrade: Callable[[Any, Any], bool] | None = websocket
-        # WebSockets over HTTP/2 (RFC 8441): not with upstream routes, whose WebSockets are
-        # their upstream's over HTTP/1.1 (a client told it may use extended CONNECT would
-        # send those that way too).
+        # WebSockets over HTTP/2 (RFC 8441), unless --ws-http2 false; not with upstream
+        # routes either, whose WebSockets are their upstream's over HTTP/1.1 (a client told
+        # it may use extended CONNECT would send those that way too).
         tunnels: Tunnels | None = {b"websocket": websocket.over_http2} \
-            if websocket is not None and not config.upstream else None
+            if websocket is not None and config.ws_http2 and not config.upstream else None
         if isinstance(pipeline, UpstreamASGI):
             pipeline.start()
             if upgrade is not None:

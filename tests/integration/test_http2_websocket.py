@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, RstStreamFrame
+from websockets.sync.client import connect as connect_http1
 from wsproto.connection import Connection, ConnectionType
 
 from .conftest import running_server, wait_for
@@ -283,10 +284,16 @@ def test_an_app_that_does_not_receive_shuts_the_window_and_loses_nothing(connect
 
 # --- servers with their own options -------------------------------------------------------
 
-def test_ws_none_advertises_nothing_and_serves_an_extended_connect_as_http(start_server):
+@pytest.mark.parametrize("options", [("--ws", "none"), ("--ws-http2", "false")])
+def test_turned_off_nothing_is_advertised_and_an_extended_connect_is_http(start_server,
+                                                                         options):
     """As an HTTP/1.1 Upgrade request with --ws none is served as plain HTTP: the app's
     answer (this app's: 405 for a CONNECT)."""
-    server = start_server(APP, "--workers", "1", "--ws", "none")
+    server = start_server(APP, "--workers", "1", *options)
+    if options[0] == "--ws-http2":  # WebSockets over HTTP/1.1 are still served
+        with connect_http1(f"ws://127.0.0.1:{server.port}/echo") as ws:
+            ws.send("over HTTP/1.1")
+            assert ws.recv() == "over HTTP/1.1"
     with H2WebSocketClient(server.port) as client:
         client.wait(lambda: client.remote_settings, what="the server's SETTINGS")
         assert not client.remote_settings.get(ENABLE_CONNECT_PROTOCOL)
