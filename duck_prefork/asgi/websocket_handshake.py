@@ -36,7 +36,7 @@ from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import LocalProtocolError, split_comma_header
 
 from ..http1.stream import encode_error
-from ..stream import SERVER, error_response
+from ..stream import SERVER, ClientDisconnected, error_response
 
 if TYPE_CHECKING:
     from ..http1.stream import Http1Stream
@@ -230,18 +230,26 @@ class Http2Handshake:
             accepts = server_extensions_handshake(self.extensions, extensions)
             if accepts:
                 fields.append((b"sec-websocket-extensions", accepts))
-        self.stream.send_head(200, [*fields, *headers], b"", True)
+        self.head(200, [*fields, *headers])
         return b"", Connection(ConnectionType.SERVER, extensions)
 
     def refuse(self, status: int, date_header: bytes, date: bytes) -> bytes:
         headers, body = error_response(status)
-        self.stream.send_head(status, [*headers, (b"content-length", b"%d" % len(body))],
-                              b"", True)
+        self.head(status, [*headers, (b"content-length", b"%d" % len(body))])
         return body
 
     def deny(self, status: int, headers: Headers, date: bytes) -> bytes:
-        self.stream.send_head(status, headers, b"", True)
+        self.head(status, headers)
         return b""
+
+    def head(self, status: int, headers: Headers) -> None:
+        """The answer's HEADERS (the stream stays open for DATA). A stream the client has
+        reset meanwhile takes nothing, as a closed socket does: the session hears of it from
+        the transport (connection_lost)."""
+        try:
+            self.stream.send_head(status, headers, b"", True)
+        except ClientDisconnected:
+            pass
 
     def deny_body(self, body: bytes, finished: bool) -> bytes:
         return body  # the stream's END_STREAM, once the session closes it, ends the response
