@@ -139,6 +139,7 @@ class TunnelStream(Http2Stream):
 
     def feed_disconnect(self) -> None:
         super().feed_disconnect()  # wakes a send waiting for the window: it raises
+        self.stall_since = None  # (nothing is waiting on this client any more)
         self._finish()
 
     def _eof(self) -> None:

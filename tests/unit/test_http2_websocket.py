@@ -72,12 +72,14 @@ def test_offers_are_read_across_fields():
 class WebSocketPeer(Peer):
     """Peer (test_http2) with the connection's WebSocket hook, or none (--ws none)."""
 
-    def __init__(self, app, websockets: bool = True, max_size: int = 0) -> None:
+    def __init__(self, app, websockets: bool = True, max_size: int = 0,
+                 ping_interval: float = 0) -> None:
         self.state = ServerState(app, ASGI(), lambda: H11Parser(Limits()), keep_alive=5.0,
                                  timing=False)
         self.transport = FakeTransport()
         self.transport.get_write_buffer_size = lambda: 0  # type: ignore[attr-defined]
-        upgrade = WebSocketUpgrade(max_size=max_size, ping_interval=0)
+        upgrade = WebSocketUpgrade(max_size=max_size, ping_interval=ping_interval,
+                                   ping_timeout=ping_interval)
         self.server = Http2Connection(self.state, Http2Limits(),
                                       {b"websocket": upgrade.over_http2} if websockets else None)
         self.server.take_over(self.transport,  # type: ignore[arg-type]
@@ -264,5 +266,34 @@ def test_drain_closes_with_1001_before_the_goaway():
         await peer.settle()
         assert seen[-1]["code"] == 1001 and not peer.server.streams
         assert peer.transport.closed  # the final GOAWAY, then the close
+
+    asyncio.run(run())
+
+
+def test_the_size_limit_and_the_pings_apply_on_a_stream():
+    async def run():
+        seen: list = []
+        peer = WebSocketPeer(echo_app(seen), max_size=10, ping_interval=5)
+        peer.open()
+        await peer.settle()
+        [session] = peer.state.websockets
+        peer.send(1, BytesMessage(data=b"x" * 11))
+        await peer.settle()
+        assert [e.code for e in peer.received() if isinstance(e, CloseConnection)] == [1009]
+        assert seen[-1]["code"] == 1009
+
+        peer = WebSocketPeer(echo_app(seen), ping_interval=5)
+        peer.open()
+        await peer.settle()
+        [session] = peer.state.websockets
+        session.check_timeouts(session.next_ping_at)
+        await peer.settle()
+        assert [type(e).__name__ for e in peer.received()] == ["Ping"]
+        session.check_timeouts(session.next_ping_at)  # unanswered for ping_timeout: dropped
+        await peer.settle()
+        assert [e.error_code for e in peer.of(h2.events.StreamReset, 1)] == [8]  # CANCEL
+        assert seen[-1] == {"type": "websocket.disconnect", "code": 1011,
+                            "reason": "keepalive ping timeout"}
+        assert not peer.server.streams and not peer.state.websockets
 
     asyncio.run(run())
