@@ -212,16 +212,22 @@ def test_the_client_closes(connect, events_file):
     wait_event(events_file, "disconnect 4321")
 
 
-def test_a_client_reset_is_a_disconnect_for_the_app(connect, events_file):
+@pytest.mark.parametrize("how", ["reset", "connection lost"])
+def test_a_client_reset_or_a_lost_connection_is_a_disconnect_for_the_app(connect, events_file,
+                                                                         how):
     client = connect()
     before = count_events(events_file, "disconnect 1006")
     ws = client.connect("/echo")
     client.send(ws, TextMessage(data="x"))
     assert client.receive(ws) == TextMessage(data="x")
-    client.reset(ws)
+    if how == "reset":
+        client.reset(ws)
+    else:
+        client.close()
     wait_for(lambda: count_events(events_file, "disconnect 1006") > before,
              what="the app's websocket.disconnect 1006")
-    assert client.get("/after")[0] == 200  # the connection is fine
+    if how == "reset":
+        assert client.get("/after")[0] == 200  # the connection is fine
 
 
 def test_http_requests_on_the_same_connection_as_websockets(connect):

@@ -198,13 +198,17 @@ def test_without_websockets_an_extended_connect_is_an_http_request():
     asyncio.run(run())
 
 
-def test_a_client_reset_is_a_disconnect_and_frees_the_stream():
+@pytest.mark.parametrize("how", ["reset", "connection lost"])
+def test_a_client_reset_or_a_lost_connection_is_a_disconnect(how):
     async def run():
         seen: list = []
         peer = WebSocketPeer(echo_app(seen))
         peer.open()
         await peer.settle()
-        peer.client.reset_stream(1)
+        if how == "reset":
+            peer.client.reset_stream(1)
+        else:
+            peer.server.connection_lost(None)
         await peer.settle()
         assert seen[-1] == {"type": "websocket.disconnect", "code": 1006, "reason": ""}
         assert not peer.server.streams and not peer.state.websockets and not peer.state.tasks
