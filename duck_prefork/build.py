@@ -41,6 +41,7 @@ COMPILED = (
     "duck_prefork.http2.machine",
     "duck_prefork.http2.connection",
     "duck_prefork.http2.stream",
+    "duck_prefork.http2.tunnel",
     "duck_prefork.asgi.pipeline",
     "duck_prefork.upstream.routes",
     "duck_prefork.upstream.codec",

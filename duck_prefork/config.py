@@ -377,6 +377,9 @@ class Config:
              "500 (0: no limit)")
     ws_per_message_deflate: bool = option(boolean, True, metavar="true|false",
         help="compress WebSocket messages (permessage-deflate) when the client offers it")
+    ws_http2: bool = option(boolean, True, metavar="true|false",
+        help="WebSockets over HTTP/2 (RFC 8441 extended CONNECT) on HTTP/2 connections; false: "
+             "not offered, clients open an HTTP/1.1 connection for their WebSockets")
     http2: bool = option(boolean, True, metavar="true|false",
         help="HTTP/2: offered by ALPN (h2, http/1.1) on TLS listeners, and spoken in cleartext "
              "(h2c, prior knowledge) with --forwarded-allow-ips peers only; false: HTTP/1.1 only")

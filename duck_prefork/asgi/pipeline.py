@@ -247,7 +247,9 @@ class ASGI:
         scope["type"] = "websocket"
         scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"  # proxy headers apply
         scope["subprotocols"] = subprotocols
-        scope.setdefault("extensions", {})["websocket.http.response"] = {}
+        extensions = scope.setdefault("extensions", {})
+        extensions.pop("http.response.trailers", None)  # (an HTTP/2 stream's: not here)
+        extensions["websocket.http.response"] = {}
         return scope
 
     def get_response(self, request: Request) -> Coroutine[Any, Any, Request]:

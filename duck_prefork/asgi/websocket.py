@@ -1,25 +1,42 @@
-"""The ASGI websocket protocol over wsproto, on a connection taken over from HTTP/1.1.
+"""The ASGI websocket protocol over wsproto, on a connection taken over from HTTP/1.1 or on an
+HTTP/2 stream (RFC 8441 extended CONNECT).
+
+One session (WebSocketSession) serves both; what differs sits on either side of it:
+
+  the handshake  an HTTP/1.1 GET with Upgrade: websocket, or an HTTP/2 CONNECT with :protocol
+                 websocket. Its rules and its answers (101 or HEADERS 200, the refusals) are
+                 websocket_handshake.py's; the session asks its handshake object to answer.
+  the transport  the connection's own (the session is its protocol after switch_protocol), or
+                 the HTTP/2 stream (http2.tunnel.TunnelStream), which looks to the session like
+                 an asyncio transport: data_received with the DATA frames (their window
+                 reopened as they are handed over), write() as DATA frames (waiting for the
+                 client's windows in order), close() as END_STREAM, abort() as RST_STREAM, and
+                 a client's RST_STREAM or a lost connection as connection_lost.
 
 A request whose Connection lists "upgrade" and whose Upgrade names "websocket" is a WebSocket
 handshake; any other request is plain HTTP (RFC 9110 7.8 lets a server ignore Upgrade). A
 handshake is held to RFC 6455 4.2.1 first (handshake_refusal): one that breaks a rule is
 answered 400, or 426 for a version other than 13, with Connection: close, and never reaches
 the app (uvicorn, through websockets, also refuses such a request rather than passing it on;
-it says 405 and 505 where we say 400). A good one makes the HttpConnection hand its transport
-to a WebSocketSession (net.stages.switch_protocol), with the bytes that followed the head and
-the connection's facts; wsproto writes the answer once the app has decided: websocket.accept
--> 101, websocket.close before accept -> 403, websocket.http.response.* -> the app's own
-response, no decision within --ws-accept-timeout -> 500. Then frames <-> messages.
+it says 405 and 505 where we say 400); over HTTP/2, RFC 8441's rules
+(http2_handshake_refusal) with the same statuses. A good one makes the HttpConnection hand its
+transport to a WebSocketSession (net.stages.switch_protocol), with the bytes that followed the
+head and the connection's facts, or the stream to one (over_http2); the handshake is answered
+once the app has decided: websocket.accept -> 101 (HTTP/2: 200), websocket.close before accept
+-> 403, websocket.http.response.* -> the app's own response, no decision within
+--ws-accept-timeout -> 500. Then frames <-> messages.
 
 Limits: a message is at most --ws-max-size bytes (else close 1009), counted across its frames
 and, when permessage-deflate is on, enforced while it is inflated (CappedPerMessageDeflate): a
 few hundred KB of deflated zeros never become hundreds of MiB before the size is checked.
 
 Flow control: complete incoming messages wait in a queue for receive(); past QUEUE_MESSAGES
-or QUEUE_BYTES the socket stops being read until the app catches up, so a client cannot flood
-a worker that the app does not read from. Outgoing, send() awaits the transport's drain once
-its buffer is full: a slow reader slows the app down instead of growing the worker, and one
-that reads nothing for --send-timeout seconds is dropped (as for HTTP: FlowControlledProtocol).
+or QUEUE_BYTES the transport stops being read until the app catches up, so a client cannot
+flood a worker that the app does not read from (over HTTP/2: the stream's window is not
+reopened meanwhile). Outgoing, send() awaits the transport's drain once its buffer is full
+(HTTP/2: once the client's window is shut): a slow reader slows the app down instead of growing
+the worker, and one that reads nothing for --send-timeout seconds is dropped (as for HTTP:
+FlowControlledProtocol; over HTTP/2 the connection enforces it, as for its other streams).
 
 No timer per connection: ServerState.tick calls check_timeouts once a second, which answers
 handshakes the app left undecided, drops peers whose writes make no progress, sends the
@@ -30,36 +47,45 @@ close handshake.
 from __future__ import annotations
 
 import asyncio
-import binascii
 import os
 import zlib
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 
 import h11
-from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
-    AcceptConnection,
     BytesMessage,
     CloseConnection,
     Ping,
     Pong,
-    RejectConnection,
-    RejectData,
     TextMessage,
 )
-from wsproto.events import Request as HandshakeRequest
 from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, Opcode, RsvBits
 from wsproto.utilities import RemoteProtocolError
 
 from ..http1.connection import FlowControlledProtocol, HttpConnection, ServerState
-from ..http1.stream import Http1Stream, encode_error
+from ..http1.stream import Http1Stream
 from ..logs import log
 from ..net.stages import ConnectionFacts, switch_protocol
-from ..stream import SERVER, ClientDisconnected, Waiter
+from ..stream import ClientDisconnected, Waiter, error_response
+from .websocket_handshake import (
+    Http1Handshake,
+    Http2Handshake,
+    handshake_refusal,
+    has_token,
+    http2_handshake_refusal,
+    refusal_headers,
+    refusal_response,
+)
+
+if TYPE_CHECKING:
+    from ..http2.tunnel import TunnelStream
+
+__all__ = ["CappedPerMessageDeflate", "WebSocketSession", "WebSocketUpgrade",
+           "handshake_refusal", "http2_handshake_refusal"]
 
 # Reading pauses while this many messages, or bytes of them, wait for the app's receive().
 QUEUE_MESSAGES = 16
@@ -75,64 +101,11 @@ TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 
 
-# --- the opening handshake (RFC 6455 4.2.1) -------------------------------------------------
-
-def has_token(values: list[bytes], token: bytes) -> bool:
-    """Whether comma-separated header `values` list `token` (ASCII case-insensitive)."""
-    return any(part.strip().lower() == token for value in values for part in value.split(b","))
-
-
-def is_key(values: list[bytes]) -> bool:
-    """One Sec-WebSocket-Key that is the base64 of 16 bytes (4.2.1 item 5)."""
-    if len(values) != 1:
-        return False
-    try:
-        return len(binascii.a2b_base64(values[0], strict_mode=True)) == 16
-    except binascii.Error:
-        return False
-
-
-_HANDSHAKE_FIELDS = (b"host", b"upgrade", b"connection", b"sec-websocket-key",
-                     b"sec-websocket-version")
-
-
-def handshake_refusal(method: str, http_version: str, headers: list[tuple[bytes, bytes]],
-                      has_body: bool) -> tuple[int, str] | None:
-    """What RFC 6455 4.2.1 has a server verify before it answers 101, and wsproto does not
-    (it takes any method and version, an Upgrade that is exactly "websocket", any key): None
-    for a good handshake, else (status, why) for the first rule broken, in the RFC's order.
-    `headers` are (lowercase name, value) pairs. A body is refused too: a handshake has none,
-    and its bytes would be read as frames."""
-    fields: dict[bytes, list[bytes]] = {name: [] for name in _HANDSHAKE_FIELDS}
-    for name, value in headers:
-        values = fields.get(name)
-        if values is not None:
-            values.append(value)
-    rules = (
-        (method == "GET", 400, "the method of a WebSocket handshake is GET"),
-        (http_version not in ("0.9", "1.0"), 400, "a WebSocket handshake is HTTP/1.1 or later"),
-        (not has_body, 400, "a WebSocket handshake has no body"),
-        (bool(fields[b"host"]), 400, "no Host header"),
-        (has_token(fields[b"upgrade"], b"websocket"), 400, "Upgrade does not name websocket"),
-        (has_token(fields[b"connection"], b"upgrade"), 400, "Connection does not list Upgrade"),
-        (is_key(fields[b"sec-websocket-key"]), 400,
-         "Sec-WebSocket-Key is not one base64-encoded 16-byte value"),
-        (fields[b"sec-websocket-version"] == [b"13"], 426, "Sec-WebSocket-Version is not 13"),
-    )
-    return next(((status, why) for ok, status, why in rules if not ok), None)
-
-
-def refusal_response(status: int, why: str, date_header: bytes) -> bytes:
-    """The answer to a handshake we will not take (the server's own error response, closing
-    the connection); a 426 names the version we speak (RFC 6455 4.4)."""
-    extra = ((b"Sec-WebSocket-Version", b"13"),) if status == 426 else ()
-    return encode_error(status, date_header, why, extra)
-
-
 @dataclass(frozen=True)
 class WebSocketUpgrade:
-    """The worker's WebSocket settings, and the hook that HttpConnection calls with a request
-    that asks for a protocol switch (ServerState.upgrade)."""
+    """The worker's WebSocket settings, and the hooks that start a session: the one
+    HttpConnection calls with a request that asks for a protocol switch (ServerState.upgrade),
+    and the one Http2Connection calls with an extended CONNECT for "websocket" (over_http2)."""
 
     max_size: int = 16 * 1024 * 1024  # largest message, else close 1009 (0: no limit)
     ping_interval: float = 20.0  # seconds between keepalive pings (0: none)
@@ -160,9 +133,28 @@ class WebSocketUpgrade:
             return True
         data = connection.parser.take_upgrade_data()
         read_paused = connection.hand_over()
-        switch_protocol(connection.transport, WebSocketSession(self, connection.state, request),
-                        connection.facts, data, read_paused, connection.write_paused)
+        session = WebSocketSession(self, connection.state, request, Http1Handshake())
+        switch_protocol(connection.transport, session, connection.facts, data, read_paused,
+                        connection.write_paused)
         return True
+
+    def over_http2(self, stream: TunnelStream, headers: list[tuple[bytes, bytes]],
+                   ended: bool) -> None:
+        """An HTTP/2 stream whose head is a CONNECT with :protocol websocket (RFC 8441; the
+        connection's tunnels table): start the session on it, or refuse a bad handshake on
+        the stream. `headers` are the head's fields with its pseudo-headers; `ended`: it came
+        with END_STREAM."""
+        state = stream.connection.state
+        refusal = http2_handshake_refusal(headers, ended)
+        if refusal is not None:
+            status, why = refusal
+            log.debug("refused a WebSocket handshake (HTTP/2) from %s: %d %s", stream.client,
+                      status, why)
+            fields, body = error_response(status, why)
+            stream.respond(status, [*fields, *refusal_headers(status)], body)
+            state.handler.write_access_log(stream, stream.client, status, 0)
+            return
+        stream.start(WebSocketSession(self, state, stream, Http2Handshake(stream)))
 
 
 # --- permessage-deflate with the size limit inside the inflater -----------------------------
@@ -234,24 +226,32 @@ class CappedPerMessageDeflate(PerMessageDeflate):
 
 
 class WebSocketSession(FlowControlledProtocol):
-    """One WebSocket connection: the handshake, then ASGI messages <-> wsproto events."""
+    """One WebSocket: the handshake's decision, then ASGI messages <-> wsproto events, on
+    either transport (see the module docstring)."""
 
-    __slots__ = ("state", "settings", "client", "server", "request", "ws", "scope", "accepted",
-                 "refused", "close_sent", "close_sent_at", "disconnect", "connect_delivered",
+    __slots__ = ("state", "settings", "client", "server", "request", "handshake", "ws",
+                 "scope", "accepted", "refused", "denial_started", "close_sent",
+                 "close_sent_at", "disconnect", "connect_delivered",
                  "messages", "queued_bytes", "fragments", "fragment_size", "pending", "receiver",
                  "ping_sent_at", "next_ping_at", "denial", "start_time", "task", "facts")
 
     facts: ConnectionFacts  # and client, server: set by take_over
 
-    def __init__(self, settings: WebSocketUpgrade, state: ServerState, request: Http1Stream):
+    def __init__(self, settings: WebSocketUpgrade, state: ServerState,
+                 request: Http1Stream | TunnelStream,
+                 handshake: Http1Handshake | Http2Handshake):
         super().__init__()
         self.state = state
         self.settings = settings
         self.request = request
-        self.ws = WSConnection(ConnectionType.SERVER)
+        self.handshake = handshake
+        # The frame layer once accepted (over HTTP/1.1, the handshake's WSConnection, which
+        # is that already; over HTTP/2, a wsproto Connection made at accept).
+        self.ws: Any = handshake.ws if type(handshake) is Http1Handshake else None
         self.scope: dict = {}
-        self.accepted = False  # 101 sent: frames flow
+        self.accepted = False  # 101 (HTTP/2: 200) sent: frames flow
         self.refused = False  # answered with an HTTP response instead (403, denial, 500)
+        self.denial_started = False  # the head of the app's denial response has been sent
         self.close_sent = False
         self.close_sent_at = 0.0
         self.disconnect: dict | None = None  # the websocket.disconnect the app will receive
@@ -268,9 +268,10 @@ class WebSocketSession(FlowControlledProtocol):
         self.start_time = self.state.loop.time()
         self.task: asyncio.Task | None = None  # the app's, for the accept timeout to cancel
 
-    def take_over(self, transport: asyncio.Transport, facts: ConnectionFacts,
+    def take_over(self, transport: Any, facts: ConnectionFacts,
                   read_paused: bool, write_paused: bool) -> None:
-        """The connection is ours (switch_protocol); then the bytes after the head arrive."""
+        """The connection is ours (switch_protocol; or the HTTP/2 stream, TunnelStream.start,
+        which is an asyncio transport to us); then the bytes after the head arrive."""
         self.transport = transport
         self.facts = facts
         self.client = facts.client
@@ -283,13 +284,8 @@ class WebSocketSession(FlowControlledProtocol):
         state = self.state
         state.websockets.add(self)
         request = self.request
-        # handshake_refusal has checked the head; wsproto reads Upgrade and Connection more
-        # narrowly (one value, exactly "websocket"; the last Connection field only).
-        headers = [(name, value) for name, value in request.headers
-                   if name != b"upgrade" and name != b"connection"]
-        headers += ((b"upgrade", b"websocket"), (b"connection", b"Upgrade"))
         try:
-            self.ws.initiate_upgrade_connection(headers, request.target)
+            subprotocols = self.handshake.begin(request)  # type: ignore[arg-type]
         except (RemoteProtocolError, h11.ProtocolError) as exc:
             # wsproto re-serializes the head with h11, which may refuse what our parser let
             # through (read_head's rules are not h11's in every corner): still a bad request.
@@ -299,9 +295,7 @@ class WebSocketSession(FlowControlledProtocol):
             self.log_access(400)
             self.close()
             return
-        # the Request event of the handshake initiate_upgrade_connection was given
-        handshake = cast(HandshakeRequest, next(self.ws.events()))
-        self.scope = state.handler.get_websocket_scope(request, handshake.subprotocols)
+        self.scope = state.handler.get_websocket_scope(request, subprotocols)
         self.resume_reading()  # frames that arrive now wait in self.pending, bounded below
         state.start_task(self.run(state.app))
 
@@ -413,7 +407,7 @@ class WebSocketSession(FlowControlledProtocol):
 
     def awaiting_app(self) -> bool:
         """The app has neither accepted nor refused yet (nor begun a denial response)."""
-        return not (self.accepted or self.refused) and self.ws.state is ConnectionState.CONNECTING
+        return not (self.accepted or self.refused or self.denial_started)
 
     def _check_handshake_open(self, kind: str) -> None:
         if self.accepted or self.refused or self.denial is not None:
@@ -427,11 +421,12 @@ class WebSocketSession(FlowControlledProtocol):
         settings = self.settings
         extensions: list[Extension] = [CappedPerMessageDeflate(settings.max_size)] \
             if settings.per_message_deflate else []
-        extra = self.own_headers(headers)
-        self.write(self.ws.send(AcceptConnection(
-            subprotocol=subprotocol, extensions=extensions, extra_headers=extra + list(headers))))
+        handshake = self.handshake
+        data, self.ws = handshake.accept(subprotocol, extensions, list(headers),
+                                         self.state.date)
+        self.write(data)
         self.accepted = True
-        self.log_access(101)
+        self.log_access(handshake.accepted_status)
         now = self.state.loop.time()
         self.next_ping_at = now + self.settings.ping_interval
         if self.state.draining:
@@ -444,23 +439,13 @@ class WebSocketSession(FlowControlledProtocol):
         if not self.closed:
             self.resume_reading()
 
-    def own_headers(self, app_headers) -> list[tuple[bytes, bytes]]:
-        """Server and Date for a handshake answer wsproto writes (101, the app's denial
-        response), unless the app gave its own: the values every response of the worker has."""
-        names = {name.lower() for name, _ in app_headers}
-        own = []
-        if b"server" not in names:
-            own.append((b"server", SERVER))
-        if b"date" not in names:
-            own.append((b"date", self.state.date))
-        return own
-
     def refuse(self, status: int) -> None:
         """Answer the handshake with the server's own HTTP response (403 on close, 500 on an
         error), as the HTTP/1.1 codec writes it for every error."""
         self.refused = True
         self.set_disconnect(ABNORMAL, "")
-        self.write(encode_error(status, self.state.date_header))
+        state = self.state
+        self.write(self.handshake.refuse(status, state.date_header, state.date))
         self.log_access(status)
         self.close()
 
@@ -468,15 +453,12 @@ class WebSocketSession(FlowControlledProtocol):
         if self.refused:
             raise RuntimeError("ASGI: 'websocket.http.response.body' after the response ended")
         assert self.denial is not None  # send() checked: websocket.http.response.start came first
-        if self.ws.state is ConnectionState.CONNECTING:
+        handshake = self.handshake
+        if not self.denial_started:
+            self.denial_started = True
             status, headers = self.denial
-            headers = [(name, value) for name, value in headers
-                       if name.lower() != b"connection"]
-            headers.append((b"connection", b"close"))  # the connection cannot go on
-            headers[:0] = self.own_headers(headers)
-            self.write(self.ws.send(RejectConnection(status_code=status, headers=headers,
-                                                     has_body=True)))
-        self.write(self.ws.send(RejectData(data=body, body_finished=not more_body)))
+            self.write(handshake.deny(status, headers, self.state.date))
+        self.write(handshake.deny_body(body, not more_body))
         if not more_body:
             self.refused = True
             self.set_disconnect(ABNORMAL, "")

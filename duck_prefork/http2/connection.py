@@ -24,6 +24,10 @@ high-water mark, so that a client that does not read cannot make us queue replie
 blocks bounded as they arrive and while they are decoded (the machine: CONTINUATION floods,
 HPACK bombs), and a stream count per connection after which the connection is drained.
 
+Tunnels (RFC 8441 extended CONNECT, tunnel.py): with a hook for a :protocol (WebSocket, unless
+--ws none) the connection advertises SETTINGS_ENABLE_CONNECT_PROTOCOL, and a CONNECT naming it
+is handed over as a TunnelStream, which counts against the concurrent streams as any stream.
+
 Drain (TERM, HUP, recycle, or --http2-max-streams reached): a GOAWAY carrying the last stream
 id we took; streams above it are refused (REFUSED_STREAM, the client may retry them
 elsewhere); the streams in flight finish, within --graceful-timeout; then the final GOAWAY
@@ -59,10 +63,15 @@ from .machine import (
     WindowUpdated,
 )
 from .stream import Http2Stream
+from .tunnel import TunnelStream
 
 if TYPE_CHECKING:
     from ..http1.connection import ServerState
 
+
+# RFC 8441: a :protocol (lowercase) -> what takes a stream with it over: hook(stream, the head's
+# fields with its pseudo-headers, whether END_STREAM came with it).
+Tunnels = dict[bytes, Callable[[TunnelStream, list[tuple[bytes, bytes]], bool], None]]
 
 # A send that has waited on the client's window restarts its --send-timeout clock only when one
 # opening of the window lets this much go (or all that was left): a client that opens its
@@ -75,15 +84,18 @@ class Http2Connection(FlowControlledProtocol):
 
     __slots__ = ("state", "limits", "facts", "client", "server", "machine", "streams", "served",
                  "idle_since", "head_since", "resets", "control", "goaway_id", "flush_pending",
-                 "drainers",
-                 "_dispatch")
+                 "drainers", "tunnels", "_dispatch")
 
     facts: ConnectionFacts
 
-    def __init__(self, state: ServerState, limits: Http2Limits) -> None:
+    def __init__(self, state: ServerState, limits: Http2Limits,
+                 tunnels: Tunnels | None = None) -> None:
         super().__init__()
         self.state = state
         self.limits = limits
+        # RFC 8441 extended CONNECT: :protocol -> the hook that takes such a stream over
+        # (open_tunnel); advertised with SETTINGS_ENABLE_CONNECT_PROTOCOL when there is one.
+        self.tunnels = tunnels or None
         self.client: tuple | None = None
         self.server: tuple | None = None
         self.streams: dict[int, Http2Stream] = {}  # until release(): the tasks still running
@@ -97,7 +109,8 @@ class Http2Connection(FlowControlledProtocol):
             max_concurrent_streams=limits.max_concurrent_streams,
             max_header_list_size=limits.max_header_list_size,
             stream_window=limits.stream_window, connection_window=limits.connection_window,
-            max_continuation_frames=limits.max_continuation_frames)
+            max_continuation_frames=limits.max_continuation_frames,
+            connect_protocol=bool(self.tunnels))
         self._dispatch: dict[type, Callable[[Any], None]] = {
             RequestReceived: self.on_request,
             DataReceived: self.on_data,
@@ -233,7 +246,8 @@ class Http2Connection(FlowControlledProtocol):
         self.streams[stream_id] = stream
         self.idle_since = None
         self.served += 1
-        state.start_task(state.handler(state.app, stream), stream)
+        if stream.method != "CONNECT" or not self.open_tunnel(stream, event):
+            state.start_task(state.handler(state.app, stream), stream)
         if state.lame_duck or (self.limits.max_streams and
                                self.served >= self.limits.max_streams):
             # Enough on this connection, or the lame duck (the master is stopping: HTTP/1.1
@@ -480,6 +494,38 @@ class Http2Connection(FlowControlledProtocol):
             if self.goaway_id is not None:
                 self.end(NO_ERROR)  # drained: the final GOAWAY, and the close
 
+    # tunnels (RFC 8441 extended CONNECT: tunnel.py)
+
+    def open_tunnel(self, stream: Http2Stream, event: RequestReceived) -> bool:
+        """A CONNECT whose :protocol has a hook in `tunnels` (a WebSocket) is handed to it as
+        a TunnelStream, in `stream`'s place; False: any other CONNECT is served as a request
+        (as an HTTP/1.1 Upgrade the worker does not take is: --ws none)."""
+        tunnels = self.tunnels
+        if tunnels is None:
+            return False
+        headers = event.headers
+        hook = next((tunnels.get(value.lower()) for name, value in headers
+                     if name == b":protocol"), None)
+        if hook is None:
+            return False
+        tunnel = TunnelStream(self, stream.stream_id, headers)  # (parsed once already)
+        tunnel.start_time = stream.start_time
+        self.streams[stream.stream_id] = tunnel
+        hook(tunnel, headers, event.stream_ended)
+        return True
+
+    def end_tunnel(self, stream: Http2Stream) -> None:
+        """END_STREAM on a tunnel whose bytes have all gone. Not a response's end
+        (stream_finished): not counted in the metrics; but as after a response, a client
+        that has not ended its side is told to stop (RST_STREAM NO_ERROR)."""
+        try:
+            self.machine.send_data(stream.stream_id, b"", True)
+        except Http2StreamClosed:  # reset or closed meanwhile
+            return
+        if not stream.body_complete:
+            self.reset_stream(stream.stream_id, NO_ERROR)
+        self.schedule_flush()
+
     # the end
 
     def go_away(self) -> None:
@@ -541,6 +587,7 @@ class Http2Connection(FlowControlledProtocol):
             self.end(NO_ERROR)
 
 
-def connection_factory(state: ServerState, limits: Http2Limits) -> Any:
+def connection_factory(state: ServerState, limits: Http2Limits,
+                       tunnels: Tunnels | None = None) -> Any:
     """The "h2" entry of a ConnectionPlan's protocols table."""
-    return lambda: Http2Connection(state, limits)
+    return lambda: Http2Connection(state, limits, tunnels)

@@ -44,7 +44,7 @@ from ..hooks import run_hook
 from ..http1.connection import HttpConnection, ServerState
 from ..http1.parser_h11 import H11Parser
 from ..http1.request_head import Limits
-from ..http2.connection import connection_factory
+from ..http2.connection import Tunnels, connection_factory
 from ..http2.limits import Http2Limits
 from ..loader import AppLoadError, load_app
 from ..logs import log
@@ -200,7 +200,13 @@ class Worker:
         pipeline = build_pipeline(config, root_path=config.root_path, state=lifespan_state,
                                   access_log=access_log, middlewares=response_middlewares(config),
                                   proxy=proxy, clock=loop.time)
-        upgrade: Callable[[Any, Any], bool] | None = websocket_upgrade(config)
+        websocket = websocket_upgrade(config)
+        upgrade: Callable[[Any, Any], bool] | None = websocket
+        # WebSockets over HTTP/2 (RFC 8441), unless --ws-http2 false; not with upstream
+        # routes either, whose WebSockets are their upstream's over HTTP/1.1 (a client told
+        # it may use extended CONNECT would send those that way too).
+        tunnels: Tunnels | None = {b"websocket": websocket.over_http2} \
+            if websocket is not None and config.ws_http2 and not config.upstream else None
         if isinstance(pipeline, UpstreamASGI):
             pipeline.start()
             if upgrade is not None:
@@ -234,7 +240,7 @@ class Worker:
             self.proxy_protocol = ProxyProtocol(
                 config.proxy_protocol, ProxyHeaders(config.forwarded_allow_ips).trusts)
         plan_for = connection_plans(config, self.listeners, state, self._tls_server(loop),
-                                    self.proxy_protocol)
+                                    self.proxy_protocol, tunnels)
         acceptors = [Acceptor(listener.socket, plan_for(listener).protocol_factory(), state)
                      for listener in self.listeners]
         for acceptor in acceptors:
@@ -381,16 +387,17 @@ def make_access_log(config: Config) -> AccessLog | None:
 
 def connection_plans(config: Config, listeners: list[Listener], state: ServerState,
                      tls: TlsServer | None, proxy: ProxyProtocol | None = None,
-                     ) -> Callable[[Listener], ConnectionPlan]:
+                     tunnels: Tunnels | None = None) -> Callable[[Listener], ConnectionPlan]:
     """Which ConnectionPlan a listener's connections follow: with --proxy-protocol a TCP
     listener's starts with the PROXY header; then a TLS listener's has the handshake (ALPN
     then picks HTTP/2 or HTTP/1.1); with --redirect-https a plain TCP listener's has the
     redirect (and no HTTP/1.1 request reaches the app). A listener with none of these goes
     straight to HTTP/1.1; with --http2, its HTTP/1.1 connections from trusted peers switch to
-    HTTP/2 when their first bytes are the prior-knowledge preface (ServerState.h2c)."""
+    HTTP/2 when their first bytes are the prior-knowledge preface (ServerState.h2c). `tunnels`:
+    what HTTP/2 connections take extended CONNECT streams over for (WebSockets, RFC 8441)."""
     protocols: dict[str, Callable[[], Any]] = {HTTP_1_1: lambda: HttpConnection(state)}
     if config.http2:
-        protocols[H2] = state.h2c = connection_factory(state, http2_limits(config))
+        protocols[H2] = state.h2c = connection_factory(state, http2_limits(config), tunnels)
         # (after a PROXY header the client it names is judged: a TCP proxy relays its bytes)
         state.h2c_trusts = ProxyHeaders(config.forwarded_allow_ips).trusts
     tls_ports = [listener.socket.getsockname()[1] for listener in listeners
