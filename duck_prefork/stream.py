@@ -39,8 +39,6 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Final, Protocol
 
-from mypy_extensions import mypyc_attr
-
 from .errors import ClientDisconnected, InvalidResponse
 
 __all__ = ["SERVER", "ClientDisconnected", "InvalidResponse", "Stream", "StreamHandler",
@@ -95,7 +93,6 @@ class Waiter:
             future.set_result(None)
 
 
-@mypyc_attr(allow_interpreted_subclasses=True)  # http2.stream.Http2Stream is plain Python
 class Stream:
     """What a wire protocol offers the ASGI side for one request (see the module docstring): the
     base of each kind of stream, which sets every field and implements every method."""

@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from ..stream import ClientDisconnected
+from ..stream import ClientDisconnected, Waiter
 from .machine import CANCEL
 from .stream import Http2Stream
 
@@ -42,17 +42,17 @@ if TYPE_CHECKING:
     from .connection import Http2Connection
 
 
-class WindowWaiter:
+class WindowWaiter(Waiter):
     """A tunnel's window_waiter (what the connection wakes on WINDOW_UPDATE, and a send
     waiting for the client's window waits on): a Waiter that also remembers a wake that came
     while nobody waited. A tunnel's send that the window held up is awaited by its own task
     (the pump), which starts a loop iteration later; a WINDOW_UPDATE read in between must
     not be lost, or the send would wait for one the client has no reason to send."""
 
-    __slots__ = ("_future", "woken")
+    __slots__ = ("woken",)
 
     def __init__(self) -> None:
-        self._future: asyncio.Future | None = None
+        super().__init__()
         self.woken = False
 
     def wait(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
@@ -87,7 +87,7 @@ class TunnelStream(Http2Stream):
         self.pump: asyncio.Task | None = None  # that send, and then the outbox's
         self.closing = False  # close() was called: END_STREAM once the outbox is out
         self.done = False  # connection_lost is scheduled, the stream released with it
-        self.window_waiter = WindowWaiter()  # type: ignore[assignment]
+        self.window_waiter = WindowWaiter()
 
     # The connection adds each DATA frame's size to the body's, for --limit-request-body;
     # a tunnel's bytes are not a body.
