@@ -354,17 +354,7 @@ class Decoder:
                         raise HpackError(f"index {index} is past the dynamic table")
                     field = entries[position]
                     size = sizes[position]
-            elif byte & 0x40:  # literal with incremental indexing (6.2.1)
-                index, pos = _decode_integer(data, pos, 0x3F)
-                if index:
-                    name = self._name(index)
-                else:
-                    name, pos = _decode_string(data, pos)
-                value, pos = _decode_string(data, pos)
-                field = (name, value)
-                size = len(name) + len(value) + _ENTRY_OVERHEAD
-                self._add(field, size)
-            elif byte & 0x20:  # dynamic table size update (6.3)
+            elif byte & 0xE0 == 0x20:  # dynamic table size update (6.3)
                 if headers:
                     raise HpackError("a dynamic table size update after a field")
                 updates += 1
@@ -377,8 +367,9 @@ class Decoder:
                 self.table_size = table_size
                 self._evict(table_size)
                 continue
-            else:  # literal without indexing (6.2.2) or never indexed (6.2.3)
-                index, pos = _decode_integer(data, pos, 0x0F)
+            else:  # a literal: with incremental indexing (6.2.1), without (6.2.2), never (6.2.3)
+                indexing = byte & 0x40 != 0
+                index, pos = _decode_integer(data, pos, 0x3F if indexing else 0x0F)
                 if index:
                     name = self._name(index)
                 else:
@@ -386,6 +377,8 @@ class Decoder:
                 value, pos = _decode_string(data, pos)
                 field = (name, value)
                 size = len(name) + len(value) + _ENTRY_OVERHEAD
+                if indexing:
+                    self._add(field, size)
             total += size
             if total > limit:
                 raise HeaderListTooLarge(f"a header list larger than {limit} bytes")

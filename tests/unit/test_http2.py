@@ -160,12 +160,13 @@ def test_head_limits(kwargs, status):
 class Peer:
     """An h2 client wired to an Http2Connection through a fake transport."""
 
-    def __init__(self, app, limits: Http2Limits | None = None, **state_options) -> None:
+    def __init__(self, app, limits: Http2Limits | None = None, tunnels=None,
+                 **state_options) -> None:
         self.state = ServerState(app, ASGI(), lambda: H11Parser(Limits()), keep_alive=5.0,
                                  timing=False, **state_options)
         self.transport = FakeTransport()
         self.transport.get_write_buffer_size = lambda: 0  # type: ignore[attr-defined]
-        self.server = Http2Connection(self.state, limits or Http2Limits())
+        self.server = Http2Connection(self.state, limits or Http2Limits(), tunnels)
         self.server.take_over(self.transport,  # type: ignore[arg-type]
                               ConnectionFacts(("10.0.0.1", 5), ("127.0.0.1", 80)))
         self.client = h2.connection.H2Connection(h2.config.H2Configuration(

@@ -14,17 +14,9 @@ import pytest
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
-from duck_prefork.asgi.pipeline import ASGI
 from duck_prefork.asgi.websocket import QUEUE_BYTES, WebSocketUpgrade
 from duck_prefork.asgi.websocket_handshake import http2_handshake_refusal, offered
-from duck_prefork.http1.connection import ServerState
-from duck_prefork.http1.parser_h11 import H11Parser
-from duck_prefork.http1.request_head import Limits
-from duck_prefork.http2.connection import Http2Connection
-from duck_prefork.http2.limits import Http2Limits
-from duck_prefork.net.stages import ConnectionFacts
 
-from .fakes import FakeTransport
 from .test_http2 import Peer
 
 pytestmark = pytest.mark.timeout(30)
@@ -74,22 +66,11 @@ class WebSocketPeer(Peer):
 
     def __init__(self, app, websockets: bool = True, max_size: int = 0,
                  ping_interval: float = 0) -> None:
-        self.state = ServerState(app, ASGI(), lambda: H11Parser(Limits()), keep_alive=5.0,
-                                 timing=False)
-        self.transport = FakeTransport()
-        self.transport.get_write_buffer_size = lambda: 0  # type: ignore[attr-defined]
         upgrade = WebSocketUpgrade(max_size=max_size, ping_interval=ping_interval,
                                    ping_timeout=ping_interval)
-        self.server = Http2Connection(self.state, Http2Limits(),
-                                      {b"websocket": upgrade.over_http2} if websockets else None)
-        self.server.take_over(self.transport,  # type: ignore[arg-type]
-                              ConnectionFacts(("10.0.0.1", 5), ("127.0.0.1", 80)))
-        self.client = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=True, header_encoding=None))
-        self.client.initiate_connection()
-        self.events: list = []
         self.ws = Connection(ConnectionType.CLIENT)
-        self.pump()
+        super().__init__(app, tunnels={b"websocket": upgrade.over_http2} if websockets
+                         else None)
 
     def open(self, stream_id: int = 1, extra: tuple = ()) -> None:
         self.client.send_headers(stream_id, [*HEAD, *extra])
