@@ -25,8 +25,9 @@ blocks bounded as they arrive and while they are decoded (the machine: CONTINUAT
 HPACK bombs), and a stream count per connection after which the connection is drained.
 
 Tunnels (RFC 8441 extended CONNECT, tunnel.py): with a hook for a :protocol (WebSocket, unless
---ws none) the connection advertises SETTINGS_ENABLE_CONNECT_PROTOCOL, and a CONNECT naming it
-is handed over as a TunnelStream, which counts against the concurrent streams as any stream.
+--ws none or --ws-http2 false) the connection advertises SETTINGS_ENABLE_CONNECT_PROTOCOL, and
+a CONNECT naming it is handed over as a TunnelStream, which counts against the concurrent
+streams as any stream.
 
 Drain (TERM, HUP, recycle, or --http2-max-streams reached): a GOAWAY carrying the last stream
 id we took; streams above it are refused (REFUSED_STREAM, the client may retry them
