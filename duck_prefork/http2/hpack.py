@@ -90,6 +90,18 @@ _ENCODER_TABLE_LIMIT: Final = 4096
 # Evicted slots at the front of a table's lists are deleted once there are this many (and they
 # are half the list): one list shift per batch rather than one per eviction.
 _COMPACT_AFTER: Final = 32
+
+
+def _compacted(entries: list[Any], sizes: list[int], first: i64) -> i64:
+    """A table's list after eviction: the cleared slots before `first` are dropped in one
+    batch once they are many and at least half of it (O(1) amortised); the new `first`."""
+    if first >= _COMPACT_AFTER and first * 2 >= len(entries):
+        del entries[:first]
+        del sizes[:first]
+        return 0
+    return first
+
+
 # "No limit" for the header list size.
 _UNLIMITED: Final = 1 << 62
 
@@ -416,11 +428,7 @@ class Decoder:
             size -= sizes[first]
             entries[first] = None  # not kept alive by its slot
             first += 1
-        if first >= _COMPACT_AFTER and first * 2 >= len(entries):
-            del entries[:first]
-            del sizes[:first]
-            first = 0
-        self.first = first
+        self.first = _compacted(entries, sizes, first)
         self.size = size
 
 
@@ -591,10 +599,6 @@ class Encoder:
             entries[first] = None  # not kept alive by its slot
             first += 1
             evicted += 1
-        if first >= _COMPACT_AFTER and first * 2 >= len(entries):
-            del entries[:first]
-            del sizes[:first]
-            first = 0
-        self.first = first
+        self.first = _compacted(entries, sizes, first)
         self.evicted = evicted
         self.size = size

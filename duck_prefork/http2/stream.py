@@ -53,6 +53,17 @@ def _name(name: bytes) -> bytes:
     return result
 
 
+def _field_name(name: bytes, value: bytes) -> bytes:
+    """A response field's name as sent (lowercase), or _DROP; InvalidResponse for CR, LF or
+    NUL in either (the head and the trailers alike)."""
+    lowered = _NAMES.get(name)
+    if lowered is None:
+        lowered = _name(name)
+    if 13 in value or 10 in value or 0 in value:
+        raise InvalidResponse(_INVALID)
+    return lowered
+
+
 # The request headers that mean "the proxy step may apply" (as request_head.py notes them).
 _FORWARDED: Final = frozenset((b"forwarded", b"x-forwarded-for", b"x-forwarded-proto",
                                b"x-forwarded-host"))
@@ -206,11 +217,7 @@ class Http2Stream(Stream):
         fields = [(b":status", _STATUS.get(status) or b"%d" % status)]
         content_length = None
         for name, value in headers:
-            lowered = _NAMES.get(name)
-            if lowered is None:
-                lowered = _name(name)
-            if 13 in value or 10 in value or 0 in value:
-                raise InvalidResponse(_INVALID)
+            lowered = _field_name(name, value)
             if not lowered:
                 continue  # connection-specific
             if lowered == b"content-length":
@@ -258,11 +265,7 @@ class Http2Stream(Stream):
             raise ClientDisconnected("client disconnected")
         fields = []
         for name, value in headers:
-            lowered = _NAMES.get(name)
-            if lowered is None:
-                lowered = _name(name)
-            if 13 in value or 10 in value or 0 in value:
-                raise InvalidResponse(_INVALID)
+            lowered = _field_name(name, value)
             if lowered:
                 fields.append((lowered, value))
         self.connection.send_headers(self, fields, True)
